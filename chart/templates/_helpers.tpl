@@ -1,0 +1,197 @@
+{{/*
+Chart name, truncated to 63 characters (a DNS label).
+*/}}
+{{- define "greeter.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name of every object: fullnameOverride, else "<release>-<chart>" (or the release name when it
+already holds the chart name).
+*/}}
+{{- define "greeter.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the Service (and of the DNS name clients dial).
+*/}}
+{{- define "greeter.serviceName" -}}
+{{- default (include "greeter.fullname" .) .Values.service.name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "greeter.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels on every object.
+*/}}
+{{- define "greeter.labels" -}}
+helm.sh/chart: {{ include "greeter.chart" . }}
+{{ include "greeter.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "greeter.imageTag" . | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: greeter
+{{- end }}
+
+{{/*
+Selector labels: name and instance, so two releases never select each other's pods.
+*/}}
+{{- define "greeter.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "greeter.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "greeter.imageTag" -}}
+{{- default .Chart.AppVersion .Values.image.tag }}
+{{- end }}
+
+{{/*
+Image reference: repository@digest when a digest is set, else repository:tag.
+*/}}
+{{- define "greeter.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (include "greeter.imageTag" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Seconds the kubelet waits after SIGTERM before SIGKILL. Derived from the same values the server
+gets as GREETER_DRAIN_DELAY and GREETER_GRACE_PERIOD, so the two always agree:
+drainDelay + gracePeriod + terminationMargin, rounded up.
+*/}}
+{{- define "greeter.terminationGracePeriodSeconds" -}}
+{{- $s := .Values.server }}
+{{- ceil (addf $s.drainDelay $s.gracePeriod $s.terminationMargin) | int }}
+{{- end }}
+
+{{/*
+Name of the Secret holding the auth tokens file.
+*/}}
+{{- define "greeter.authSecretName" -}}
+{{- default (printf "%s-auth" (include "greeter.fullname" .)) .Values.auth.existingSecret }}
+{{- end }}
+
+{{- define "greeter.tlsDir" -}}/etc/greeter/tls{{- end }}
+{{- define "greeter.authDir" -}}/etc/greeter/auth{{- end }}
+
+{{/*
+The server's settings as GREETER_* environment, in one place. Every setting the chart controls
+is mapped here and nowhere else.
+*/}}
+{{- define "greeter.env" -}}
+- name: GREETER_HOST
+  value: "[::]"
+- name: GREETER_PORT
+  value: {{ .Values.server.port | quote }}
+- name: GREETER_METRICS_PORT
+  value: {{ ternary .Values.metrics.port 0 .Values.metrics.enabled | quote }}
+- name: GREETER_DRAIN_DELAY
+  value: {{ .Values.server.drainDelay | quote }}
+- name: GREETER_GRACE_PERIOD
+  value: {{ .Values.server.gracePeriod | quote }}
+- name: GREETER_REFLECTION
+  value: {{ .Values.server.reflection | quote }}
+- name: GREETER_MAX_CONNECTION_AGE
+  value: {{ .Values.server.maxConnectionAge | quote }}
+- name: GREETER_LOG_LEVEL
+  value: {{ .Values.server.logLevel | quote }}
+- name: GREETER_LOG_FORMAT
+  value: {{ .Values.server.logFormat | quote }}
+- name: GREETER_ACCESS_LOG
+  value: {{ .Values.server.accessLog | quote }}
+- name: GREETER_WORKERS
+  value: {{ .Values.server.workers | quote }}
+- name: GREETER_CLUSTER_NAME
+  value: {{ .Values.cluster.name | quote }}
+{{- with .Values.cluster.zone }}
+- name: GREETER_ZONE
+  value: {{ . | quote }}
+{{- end }}
+- name: GREETER_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: GREETER_NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+- name: GREETER_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- if .Values.tls.enabled }}
+- name: GREETER_TLS_CERT
+  value: {{ printf "%s/tls.crt" (include "greeter.tlsDir" .) | quote }}
+- name: GREETER_TLS_KEY
+  value: {{ printf "%s/tls.key" (include "greeter.tlsDir" .) | quote }}
+{{- if .Values.tls.clientCA }}
+- name: GREETER_TLS_CLIENT_CA
+  value: {{ printf "%s/ca.crt" (include "greeter.tlsDir" .) | quote }}
+{{- end }}
+{{- end }}
+{{- if .Values.auth.enabled }}
+- name: GREETER_AUTH_ENABLED
+  value: "true"
+- name: GREETER_AUTH_TOKENS_FILE
+  value: {{ printf "%s/tokens" (include "greeter.authDir" .) | quote }}
+- name: GREETER_AUTH_EXEMPT
+  value: {{ .Values.auth.exempt | quote }}
+{{- end }}
+{{- if .Values.fault.enabled }}
+- name: GREETER_FAULT_ENABLED
+  value: "true"
+- name: GREETER_FAULT_DELAY
+  value: {{ .Values.fault.delay | quote }}
+- name: GREETER_FAULT_DELAY_PERCENT
+  value: {{ .Values.fault.delayPercent | quote }}
+- name: GREETER_FAULT_STATUS
+  value: {{ .Values.fault.status | quote }}
+- name: GREETER_FAULT_STATUS_PERCENT
+  value: {{ .Values.fault.statusPercent | quote }}
+{{- end }}
+{{- with .Values.server.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+One probe on the gRPC health service. The kubelet's native gRPC probe speaks cleartext only, so
+with TLS on the probe runs `greeter health` in the container instead.
+*/}}
+{{- define "greeter.probe" -}}
+{{- $root := index . 0 }}
+{{- $p := index . 1 }}
+{{- if $root.Values.tls.enabled -}}
+exec:
+  command:
+    - greeter
+    - health
+    - {{ printf "localhost:%v" $root.Values.server.port | quote }}
+    - --tls
+    - --insecure
+    - --service
+    - {{ $root.Values.probes.service | quote }}
+    - -t
+    - {{ $p.timeoutSeconds | quote }}
+{{- else -}}
+grpc:
+  port: {{ $root.Values.server.port }}
+  service: {{ $root.Values.probes.service | quote }}
+{{- end }}
+periodSeconds: {{ $p.periodSeconds }}
+failureThreshold: {{ $p.failureThreshold }}
+timeoutSeconds: {{ $p.timeoutSeconds }}
+{{- end }}
