@@ -109,7 +109,7 @@ class Settings:
 
     # -- listening --
     host: str = _setting("[::]", "address to bind the gRPC port on", parse_str)
-    port: int = _setting(50051, "gRPC port", parse_int)
+    port: int = _setting(50051, "gRPC port (0: any free port)", parse_int)
     metrics_host: str = _setting("[::]", "address to bind the metrics port on", parse_str)
     metrics_port: int = _setting(9090, "Prometheus /metrics port (0 turns metrics off)", parse_int)
     workers: int = _setting(
@@ -213,7 +213,7 @@ class Settings:
         bad: list[tuple[str, str]] = []
         for name in ("port", "metrics_port"):
             value = getattr(self, name)
-            if not 0 <= value <= 65535 or (name == "port" and value == 0):
+            if not 0 <= value <= 65535:
                 bad.append((name, f"{value} is not a valid port"))
         if self.metrics_port and self.metrics_port == self.port:
             bad.append(("metrics_port", "must differ from the gRPC port"))

@@ -1,0 +1,167 @@
+"""Shared fixtures: real servers on 127.0.0.1, real channels, real tools.
+
+``running`` starts a real Greeter in the test's event loop; ``spawn_server``
+starts one as a separate ``greeter serve`` process (for signals and exit codes).
+``require_tool`` skips a test when a tool is missing on a developer machine,
+but fails it in CI (``CI=true``), where .ci/run must have installed it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from greeter.server import GreeterServer, running_server
+from greeter.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require_tool(name: str, hint: str = "") -> str:
+    """Path of ``name`` on PATH; skip locally when missing, fail in CI."""
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"{name} is not installed{': ' + hint if hint else ''}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI must install it in .ci/run)")
+    pytest.skip(message)
+    raise AssertionError("unreachable")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_settings(**overrides: object) -> Settings:
+    """Settings for an in-process test server: loopback, ephemeral port, no drain pause."""
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "metrics_host": "127.0.0.1",
+        "metrics_port": free_port(),
+        "drain_delay": 0.0,
+        "grace_period": 2.0,
+        "pod_name": "pod-a",
+        "cluster_name": "cluster-a",
+        "access_log": False,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]  # not a test, despite its name
+
+
+@contextlib.asynccontextmanager
+async def running(**overrides: object) -> AsyncIterator[GreeterServer]:
+    """``async with running(auth_enabled=True, ...) as server:`` then dial ``server.port``."""
+    async with running_server(test_settings(**overrides)) as server:
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def channel_to(server: GreeterServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield channel
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[GreeterServer]:
+    async with running() as srv:
+        yield srv
+
+
+@pytest.fixture
+async def channel(server: GreeterServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with channel_to(server) as ch:
+        yield ch
+
+
+class ServerProcess:
+    """A ``greeter serve`` child process on a free port."""
+
+    def __init__(self, args: list[str], env: dict[str, str], port: int, metrics_port: int) -> None:
+        self.port = port
+        self.metrics_port = metrics_port
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "greeter", "serve", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                _, err = self.proc.communicate()
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{err}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
+            ):
+                return
+            time.sleep(0.05)
+        raise AssertionError("server did not start listening in time")
+
+    def stop(self, timeout: float = 30.0) -> tuple[int, str, str]:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        return self.proc.returncode, out, err
+
+
+@pytest.fixture
+def spawn_server() -> Iterator[object]:
+    """``spawn_server("--drain-delay", "1", env={...})`` → a ready ServerProcess."""
+    started: list[ServerProcess] = []
+
+    def spawn(*args: str, env: dict[str, str] | None = None, wait: bool = True) -> ServerProcess:
+        port, metrics_port = free_port(), free_port()
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("GREETER_")}
+        full_env.update(
+            {
+                "GREETER_HOST": "127.0.0.1",
+                "GREETER_PORT": str(port),
+                "GREETER_METRICS_HOST": "127.0.0.1",
+                "GREETER_METRICS_PORT": str(metrics_port),
+                "GREETER_DRAIN_DELAY": "0",
+                "GREETER_GRACE_PERIOD": "5",
+                "GREETER_LOG_FORMAT": "json",
+            }
+        )
+        full_env.update(env or {})
+        proc = ServerProcess(list(args), full_env, port, metrics_port)
+        started.append(proc)
+        if wait:
+            proc.wait_ready()
+        return proc
+
+    yield spawn
+    for proc in started:
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.communicate()
