@@ -264,14 +264,14 @@ class Settings:
 
     def _file_problems(self) -> list[tuple[str, str]]:
         bad: list[tuple[str, str]] = []
-        if bool(self.tls_cert) != bool(self.tls_key):
-            bad.append(("tls_key" if self.tls_cert else "tls_cert", "TLS needs both cert and key"))
-        if self.tls_client_ca and not self.tls_cert:
-            bad.append(("tls_client_ca", "client certificates need TLS (tls_cert, tls_key)"))
         for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file"):
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 bad.append((name, f"file {path!r} does not exist or is not readable"))
+        if bool(self.tls_cert) != bool(self.tls_key):
+            bad.append(("tls_key" if self.tls_cert else "tls_cert", "TLS needs both cert and key"))
+        if self.tls_client_ca and not self.tls_cert:
+            bad.append(("tls_client_ca", "client certificates need TLS (tls_cert, tls_key)"))
         return bad
 
     @property

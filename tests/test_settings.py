@@ -1,0 +1,148 @@
+"""Settings: flags over GREETER_* env over defaults; every bad value names its setting."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import grpc
+import pytest
+
+from greeter import settings
+from greeter.settings import Settings, SettingsError
+
+
+def test_defaults_are_the_documented_names():
+    s = settings.load({}, {})
+    assert (s.port, s.metrics_port) == (50051, 9090)
+    assert s.reflection is True
+    assert s.auth_enabled is False
+    assert s.fault_enabled is False
+    assert s.pod_name  # the host name
+
+
+def test_flags_win_over_env_and_env_over_defaults():
+    env = {"GREETER_PORT": "6000", "GREETER_DRAIN_DELAY": "7.5", "GREETER_CLUSTER_NAME": "east"}
+    s = settings.load({"port": "6001"}, env)
+    assert s.port == 6001
+    assert s.drain_delay == 7.5
+    assert s.cluster_name == "east"
+
+
+def test_list_bool_and_status_values_parse():
+    env = {
+        "GREETER_REFLECTION": "off",
+        "GREETER_AUTH_EXEMPT": "health",
+        "GREETER_FAULT_STATUS": "14",
+    }
+    s = settings.load({}, env)
+    assert s.reflection is False
+    assert s.auth_exempt == ("health",)
+    assert s.fault_status is grpc.StatusCode.UNAVAILABLE
+
+
+def test_identity_leaves_out_empty_values():
+    s = settings.load({}, {"GREETER_CLUSTER_NAME": "c1", "GREETER_POD_NAME": "p1"})
+    assert s.identity == {"x-greeter-cluster": "c1", "x-greeter-pod": "p1"}
+
+
+def test_secrets_are_masked_in_public_view():
+    s = settings.load({}, {"GREETER_AUTH_TOKENS": "s3cret-token"})
+    assert "s3cret-token" not in repr(s.public())
+
+
+BAD_VALUES = [
+    ("port", "70000"),
+    ("port", "http"),
+    ("metrics_port", "-1"),
+    ("drain_delay", "-1"),
+    ("drain_delay", "soon"),
+    ("grace_period", "nan"),
+    ("keepalive_time", "0"),
+    ("max_concurrent_streams", "0"),
+    ("max_recv_message_size", "10"),
+    ("stream_count", "100000000"),
+    ("stream_max", "0"),
+    ("fault_delay_percent", "101"),
+    ("fault_status", "NOPE"),
+    ("fault_status", "OK"),
+    ("access_log_sample", "2"),
+    ("log_level", "loud"),
+    ("log_format", "xml"),
+    ("reflection", "maybe"),
+    ("auth_exempt", "everything"),
+    ("tls_cert", "/does/not/exist.pem"),
+    ("tls_client_ca", "/does/not/exist.pem"),
+    ("auth_tokens_file", "/does/not/exist"),
+    ("event_loop", "trio"),
+    ("workers", "999"),
+    ("host", ""),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_VALUES)
+def test_every_bad_value_is_rejected_naming_the_setting(name, value):
+    env_name = settings.env_name(name)
+    with pytest.raises(SettingsError) as flag_error:
+        settings.load({name: value}, {})
+    with pytest.raises(SettingsError) as env_error:
+        settings.load({}, {env_name: value})
+    for error in (flag_error, env_error):
+        assert name in str(error.value)
+        assert env_name in str(error.value)
+
+
+def test_combinations_are_checked():
+    with pytest.raises(SettingsError, match="auth_enabled"):
+        settings.load({}, {"GREETER_AUTH_ENABLED": "true"})
+    with pytest.raises(SettingsError, match="metrics_port"):
+        settings.load({"port": "9000", "metrics_port": "9000"}, {})
+
+
+def test_settings_are_frozen():
+    s = settings.load({}, {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.port = 1  # type: ignore[misc]
+
+
+def test_every_setting_has_a_flag_and_help():
+    names = {f.name for f in dataclasses.fields(Settings)}
+    out = subprocess.run(
+        [sys.executable, "-m", "greeter", "serve", "--help"], capture_output=True, text=True
+    ).stdout
+    for name in names:
+        assert settings.flag_name(name) in out
+        assert settings.env_name(name) in out
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        (["--port", "abc"], {}, "GREETER_PORT"),
+        ([], {"GREETER_DRAIN_DELAY": "-3"}, "drain_delay"),
+        ([], {"GREETER_TLS_CERT": "/nope.pem", "GREETER_TLS_KEY": "/nope.key"}, "tls_cert"),
+    ],
+)
+def test_serve_fails_at_startup_naming_the_setting(args, env, needle, spawn_server):
+    proc = spawn_server(*args, env=env, wait=False)
+    rc, _, err = (
+        proc.stop(timeout=20)
+        if proc.proc.wait(timeout=20) is None
+        else (
+            proc.proc.returncode,
+            *proc.proc.communicate(),
+        )
+    )
+    assert rc == 2
+    assert needle in err
+    assert "Traceback" not in err
+
+
+def test_port_clash_fails_at_startup_instead_of_sharing(spawn_server):
+    first = spawn_server()
+    second = spawn_server(env={"GREETER_PORT": str(first.port)}, wait=False)
+    second.proc.wait(timeout=20)
+    _, err = second.proc.communicate()
+    assert second.proc.returncode == 3
+    assert "cannot listen" in err
