@@ -1,0 +1,376 @@
+"""Side-by-side throughput of the Greeter and its Python peers, in one run.
+
+``python -m bench.run`` (``--quick`` for a smoke run, ``--help`` for the rest).
+
+Every server runs as its own process pinned to core 0, h2load to core 1 (when
+the machine has two cores). Each round starts each server in turn (the order
+rotates between rounds so no server always goes first), checks that it answers
+with grpc-status OK, then measures unary SayHello and server-streaming
+SayHelloStreamReply with h2load, and the server's CPU time per call from
+/proc. Reported: medians over the rounds, and the median of each round's ratio
+to the bare grpc.aio baseline measured in that same round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench import h2load
+from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
+
+BASELINE = "bare-aio"
+TOKEN = "bench-token"
+STREAM_COUNT = 1000
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to start one server: argv (``{port}`` filled in), ``GREETER_*`` env, call headers."""
+
+    name: str
+    argv: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    headers: tuple[str, ...] = ()
+    about: str = ""
+
+
+def _greeter(name: str, about: str, headers: tuple[str, ...] = (), **env: str) -> ServerSpec:
+    base = {
+        "GREETER_HOST": "127.0.0.1",
+        "GREETER_PORT": "{port}",
+        "GREETER_METRICS_HOST": "127.0.0.1",
+        "GREETER_METRICS_PORT": "{metrics_port}",
+        "GREETER_STREAM_MAX": str(STREAM_COUNT),
+        "GREETER_DRAIN_DELAY": "0",
+        "GREETER_GRACE_PERIOD": "1",
+    }
+    base.update(env)
+    return ServerSpec(name, ("-m", "bench.servers.greeter_serve"), base, headers, about)
+
+
+SERVERS: dict[str, ServerSpec] = {
+    spec.name: spec
+    for spec in (
+        ServerSpec("bare-aio", ("-m", "bench.servers.bare_aio", "{port}"), about="baseline"),
+        ServerSpec(
+            "bare-aio-uvloop",
+            ("-m", "bench.servers.bare_aio", "{port}", "--uvloop"),
+            about="baseline on uvloop",
+        ),
+        ServerSpec(
+            "sync-pool",
+            ("-m", "bench.servers.sync_pool", "{port}", "10"),
+            about="grpc sync server, ThreadPoolExecutor(10)",
+        ),
+        ServerSpec(
+            "grpclib",
+            ("-m", "bench.servers.grpclib_server", "{port}"),
+            about="grpclib 0.4 on uvloop",
+        ),
+        _greeter(
+            "greeter-plain",
+            "metrics off, access log off (identity only)",
+            GREETER_METRICS_PORT="0",
+            GREETER_ACCESS_LOG="false",
+        ),
+        _greeter("greeter-defaults", "defaults: metrics, identity, access log of every call"),
+        _greeter(
+            "greeter-instrumented",
+            "metrics, identity, access log sampled 1%",
+            GREETER_ACCESS_LOG_SAMPLE="0.01",
+            GREETER_CLUSTER_NAME="bench",
+            GREETER_ZONE="z1",
+        ),
+        _greeter(
+            "greeter-all",
+            "instrumented + auth (bearer token)",
+            (f"authorization: Bearer {TOKEN}",),
+            GREETER_ACCESS_LOG_SAMPLE="0.01",
+            GREETER_CLUSTER_NAME="bench",
+            GREETER_ZONE="z1",
+            GREETER_AUTH_ENABLED="true",
+            GREETER_AUTH_TOKENS=TOKEN,
+        ),
+    )
+}
+DEFAULT_SERVERS = (
+    "bare-aio",
+    "sync-pool",
+    "grpclib",
+    "greeter-defaults",
+    "greeter-instrumented",
+    "greeter-all",
+)
+
+
+def parse_spec(text: str) -> ServerSpec:
+    """``name`` or ``name@ENV=VALUE,ENV2=VALUE`` (a variant with extra environment)."""
+    name, _, extra = text.partition("@")
+    if name not in SERVERS:
+        raise SystemExit(f"unknown server {name!r}; known: {', '.join(SERVERS)}")
+    spec = SERVERS[name]
+    if not extra:
+        return spec
+    env = dict(spec.env)
+    for pair in extra.split(","):
+        key, _, value = pair.partition("=")
+        env[key] = value
+    return ServerSpec(text, spec.argv, env, spec.headers, f"{spec.about}; {extra}")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+@contextlib.contextmanager
+def started(spec: ServerSpec, core: int | None) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    port, metrics_port = free_port(), free_port()
+    fill = {"port": str(port), "metrics_port": str(metrics_port)}
+    argv = [sys.executable, *(a.format(**fill) for a in spec.argv)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GREETER_")}
+    env.update({k: v.format(**fill) for k, v in spec.env.items()})
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+
+    def pin() -> None:
+        if core is not None:
+            os.sched_setaffinity(0, {core})
+
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin
+    )
+    try:
+        check_server(port, spec, proc)
+        yield port, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def check_server(port: int, spec: ServerSpec, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until the server answers, then check both methods end with grpc-status OK."""
+    metadata = [tuple(h.split(": ", 1)) for h in spec.headers]
+    deadline = time.monotonic() + 20
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = helloworld_pb2_grpc.GreeterStub(channel)
+        request = helloworld_pb2.HelloRequest(name="world")
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{spec.name} exited with {proc.returncode}")
+            try:
+                reply, call = stub.SayHello.with_call(request, timeout=2, metadata=metadata)
+                break
+            except grpc.RpcError as exc:
+                if time.monotonic() > deadline or exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                time.sleep(0.1)
+        if call.code() != grpc.StatusCode.OK or not reply.message:
+            raise RuntimeError(f"{spec.name}: SayHello gave {call.code()}")
+        md = [*metadata, ("x-greeter-stream-count", str(STREAM_COUNT))]
+        stream = stub.SayHelloStreamReply(request, timeout=10, metadata=md)
+        got = sum(1 for _ in stream)
+        if stream.code() != grpc.StatusCode.OK or got != STREAM_COUNT:
+            raise RuntimeError(f"{spec.name}: stream gave {stream.code()} after {got} replies")
+
+
+@dataclass
+class Sample:
+    server: str
+    round: int
+    unary_rps: float
+    unary_cpu_us: float
+    stream_msgs: float
+    stream_cpu_us: float
+
+
+def measure(spec: ServerSpec, rnd: int, args: argparse.Namespace, request: Path) -> Sample:
+    server_core, client_core = (0, 1) if args.pin else (None, None)
+    with started(spec, server_core) as (port, proc):
+        common: dict[str, Any] = {"warm_up": args.warm_up, "core": client_core}
+        before = cpu_seconds(proc.pid)
+        unary = h2load.run(
+            port,
+            "SayHello",
+            request,
+            duration=args.duration,
+            clients=args.connections,
+            streams=args.streams,
+            headers=spec.headers,
+            **common,
+        )
+        middle = cpu_seconds(proc.pid)
+        stream = h2load.run(
+            port,
+            "SayHelloStreamReply",
+            request,
+            duration=args.duration,
+            clients=1,
+            streams=args.stream_concurrency,
+            headers=(*spec.headers, f"x-greeter-stream-count: {STREAM_COUNT}"),
+            **common,
+        )
+        after = cpu_seconds(proc.pid)
+    # CPU time includes the warm-up, so divide by every call made, not just the measured ones.
+    unary_calls = unary.rps * (args.duration + args.warm_up)
+    stream_msgs = stream.rps * STREAM_COUNT
+    stream_total = stream_msgs * (args.duration + args.warm_up)
+    return Sample(
+        spec.name,
+        rnd,
+        unary.rps,
+        (middle - before) / unary_calls * 1e6 if unary_calls else 0.0,
+        stream_msgs,
+        (after - middle) / stream_total * 1e6 if stream_total else 0.0,
+    )
+
+
+def summarise(samples: list[Sample], order: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for name in order:
+        mine = [s for s in samples if s.server == name]
+        base = {s.round: s for s in samples if s.server == BASELINE}
+        ratios_u = [s.unary_rps / base[s.round].unary_rps for s in mine if s.round in base]
+        ratios_s = [s.stream_msgs / base[s.round].stream_msgs for s in mine if s.round in base]
+        rows.append(
+            {
+                "server": name,
+                "unary_rps": statistics.median(s.unary_rps for s in mine),
+                "unary_x": statistics.median(ratios_u) if ratios_u else None,
+                "unary_cpu_us": statistics.median(s.unary_cpu_us for s in mine),
+                "stream_msgs": statistics.median(s.stream_msgs for s in mine),
+                "stream_x": statistics.median(ratios_s) if ratios_s else None,
+                "stream_cpu_us": statistics.median(s.stream_cpu_us for s in mine),
+                "unary_all": [round(s.unary_rps) for s in mine],
+                "stream_all": [round(s.stream_msgs) for s in mine],
+            }
+        )
+    return rows
+
+
+def table(rows: list[dict[str, Any]], specs: dict[str, ServerSpec]) -> str:
+    def x(value: float | None) -> str:
+        return "" if value is None else f"{value:.2f}"
+
+    lines = [
+        "| server | unary rps | × bare | µs CPU/call | stream msg/s | × bare | µs CPU/msg | what |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['server']} | {r['unary_rps']:,.0f} | {x(r['unary_x'])} | "
+            f"{r['unary_cpu_us']:.0f} | {r['stream_msgs']:,.0f} | {x(r['stream_x'])} | "
+            f"{r['stream_cpu_us']:.1f} | {specs[r['server']].about} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    import google.protobuf
+    import prometheus_client  # noqa: F401
+
+    versions = f"grpcio {grpc.__version__}, protobuf {google.protobuf.__version__}"
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        versions += f", uvloop {uvloop.__version__}"
+    with contextlib.suppress(ImportError):
+        import grpclib
+
+        versions += f", grpclib {grpclib.__version__}"
+    return (
+        f"{os.cpu_count()} cores ({model}), Linux {platform.release()}, "
+        f"Python {platform.python_version()}, {versions}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s: a smoke run")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per test")
+    parser.add_argument("--warm-up", type=float, default=1.0, help="seconds of warm-up per test")
+    parser.add_argument("--servers", default=",".join(DEFAULT_SERVERS), help="comma-separated")
+    parser.add_argument("--connections", type=int, default=4, help="unary: h2load -c")
+    parser.add_argument("--streams", type=int, default=64, help="unary: h2load -m per connection")
+    parser.add_argument("--stream-concurrency", type=int, default=4, help="streams in flight")
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="don't pin to cores")
+    parser.add_argument("--json", type=Path, help="also write the samples and summary here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration, args.warm_up = 1, 2.0, 0.5
+    if args.pin and len(os.sched_getaffinity(0)) < 2:
+        print("fewer than 2 cores available: not pinning", file=sys.stderr)
+        args.pin = False
+    names = [n for n in args.servers.split(";" if "@" in args.servers else ",") if n]
+    specs = {s.name: s for s in (parse_spec(n) for n in names)}
+    if BASELINE not in specs:
+        specs = {BASELINE: SERVERS[BASELINE], **specs}
+    order = list(specs)
+    samples: list[Sample] = []
+    print(f"machine: {machine()}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="greeter-bench-") as tmp:
+        request = h2load.write_request_file(Path(tmp))
+        for rnd in range(args.rounds):
+            shift = rnd % len(order)
+            for name in order[shift:] + order[:shift]:
+                sample = measure(specs[name], rnd, args, request)
+                samples.append(sample)
+                print(
+                    f"round {rnd + 1}/{args.rounds} {name}: unary {sample.unary_rps:,.0f} rps "
+                    f"({sample.unary_cpu_us:.0f} µs CPU), stream {sample.stream_msgs:,.0f} msg/s",
+                    file=sys.stderr,
+                )
+    rows = summarise(samples, order)
+    print(table(rows, specs))
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": machine(),
+                    "command": " ".join(["python", "-m", "bench.run", *(argv or sys.argv[1:])]),
+                    "samples": [s.__dict__ for s in samples],
+                    "summary": rows,
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
