@@ -10,6 +10,7 @@
 # the default official slim image does; so does a Debian bookworm rootfs with python3-venv
 # (the offline image test builds from one).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
+# checkov:skip=CKV_DOCKER_7: the base is a build argument whose default is a pinned version tag (3.11-slim-bookworm); checkov cannot see through ARG
 
 FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \

@@ -1,0 +1,218 @@
+"""gitops/: every manifest valid against its controller's schema, names that agree with the
+chart and the walkthrough, the ApplicationSet rendered for two clusters, the cert tool."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import deploy_support as ds
+
+MANIFESTS = sorted(
+    p for p in ds.GITOPS.rglob("*.yaml") if p.name != "kustomization.yaml"
+)
+APPSET = ds.GITOPS / "argocd" / "applicationset.yaml"
+FLEET = ds.GITOPS / "fleet"
+_TEMPLATE = re.compile(r"\{\{\s*\.([A-Za-z_][\w.]*)\s*\}\}")
+
+
+def fill_template(node: Any, params: dict[str, str]) -> Any:
+    """Apply the ApplicationSet's Go-template fields (only `{{.key}}` is used here) with
+    missingkey=error semantics: an unknown key is an error, as Argo CD makes it."""
+    if isinstance(node, dict):
+        return {fill_template(k, params): fill_template(v, params) for k, v in node.items()}
+    if isinstance(node, list):
+        return [fill_template(v, params) for v in node]
+    if isinstance(node, str):
+
+        def sub(match: re.Match[str]) -> str:
+            key = match.group(1)
+            if key not in params:
+                raise KeyError(f"map has no entry for key {key!r}")
+            return params[key]
+
+        leftover = _TEMPLATE.sub(sub, node)
+        assert "{{" not in leftover, f"template syntax this test cannot apply: {node!r}"
+        return leftover
+    return node
+
+
+def appset() -> dict[str, Any]:
+    [doc] = ds.load_yaml_documents(APPSET)
+    return doc
+
+
+def generate_application(cluster: dict[str, str]) -> dict[str, Any]:
+    """The Application the cluster generator makes for one cluster."""
+    spec = appset()["spec"]
+    params = {"name": cluster["name"], "nameNormalized": cluster["name"], **cluster}
+    app: dict[str, Any] = fill_template(copy.deepcopy(spec["template"]), params)
+    return app
+
+
+def all_gitops_objects() -> list[dict[str, Any]]:
+    return [doc for path in MANIFESTS for doc in ds.load_yaml_documents(path)]
+
+
+def test_gitops_has_the_walkthrough_files() -> None:
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in all_gitops_objects()}
+    assert kinds == {
+        ("ApplicationSet", "appset-grpc-demo"),
+        ("Namespace", "gateway-demo"),
+        ("AlbConfig", "ackone-gateway-demo"),
+        ("IngressClass", "alb"),
+        ("Ingress", "grpc-ingress"),
+    }
+
+
+def test_every_gitops_manifest_validates() -> None:
+    objects = all_gitops_objects()
+    assert ds.validate_all(objects, ds.KUBE_VERSIONS) == []
+
+
+def test_validators_reject_broken_gitops_objects() -> None:
+    """Each validator used above can fail: one broken object per schema source."""
+    objects = {o["kind"]: o for o in all_gitops_objects()}
+    albconfig = copy.deepcopy(objects["AlbConfig"])
+    albconfig["spec"]["listeners"][0]["protocl"] = "HTTPS"
+    appset_bad = copy.deepcopy(objects["ApplicationSet"])
+    appset_bad["spec"]["syncPolicy"] = {"preserveResourcesOnDeletion": "yes"}
+    ingress = copy.deepcopy(objects["Ingress"])
+    ingress["spec"]["tls"][0]["secret"] = "grpc-secret"
+    problems = ds.validate_all([albconfig, appset_bad, ingress], ["1.30.0"])
+    assert any("AlbConfig" in p and "protocl" in p for p in problems), problems
+    assert any("ApplicationSet" in p for p in problems), problems
+    assert any("Ingress/" in p and "secret" in p for p in problems), problems
+
+
+def test_applicationset_generates_per_cluster_apps() -> None:
+    doc = appset()
+    assert doc["metadata"] == {"name": "appset-grpc-demo", "namespace": "argocd"}
+    spec = doc["spec"]
+    assert spec["goTemplate"] is True
+    assert "missingkey=error" in spec["goTemplateOptions"]
+    [generator] = spec["generators"]
+    # The in-cluster entry has no cluster Secret, so this selector leaves it out.
+    assert generator["clusters"]["selector"]["matchLabels"] == {
+        "argocd.argoproj.io/secret-type": "cluster"
+    }
+    sync = spec["template"]["spec"]["syncPolicy"]
+    assert "CreateNamespace=true" in sync["syncOptions"]
+    assert sync["automated"]["prune"] is True
+    names = set()
+    for cluster in ds.EXAMPLE_CLUSTERS:
+        app = generate_application(cluster)
+        names.add(app["metadata"]["name"])
+        assert app["spec"]["destination"] == {
+            "server": cluster["server"],
+            "namespace": "gateway-demo",
+        }
+        source = app["spec"]["source"]
+        assert (ds.ROOT / source["path"] / "Chart.yaml").is_file()
+        assert source["helm"]["valuesObject"]["cluster"]["name"] == cluster["name"]
+    assert len(names) == len(ds.EXAMPLE_CLUSTERS)
+
+
+def test_missing_template_key_is_an_error() -> None:
+    with pytest.raises(KeyError):
+        fill_template({"name": "{{.clusterName}}"}, {"name": "x"})
+
+
+def test_applications_deploy_the_chart_with_each_cluster_name(tmp_path: Path) -> None:
+    for cluster in ds.EXAMPLE_CLUSTERS:
+        app = generate_application(cluster)
+        helm = app["spec"]["source"]["helm"]
+        objects = ds.render(
+            [helm["valuesObject"]],
+            release=helm["releaseName"],
+            namespace=app["spec"]["destination"]["namespace"],
+            tmp=tmp_path,
+        )
+        deployment = ds.one(objects, "Deployment")
+        env = {
+            e["name"]: e.get("value")
+            for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+        assert env["GREETER_CLUSTER_NAME"] == cluster["name"]
+        assert ds.one(objects, "Service")["metadata"]["name"] == "grpc-service"
+
+
+def test_fleet_ingress_matches_the_chart_service(tmp_path: Path) -> None:
+    objects = {o["kind"]: o for o in all_gitops_objects()}
+    ingress = objects["Ingress"]
+    assert ingress["metadata"]["namespace"] == "gateway-demo"
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["alb.ingress.kubernetes.io/backend-protocol"] == "grpc"
+    assert json.loads(annotations["alb.ingress.kubernetes.io/listen-ports"]) == [{"HTTPS": 443}]
+    assert ingress["spec"]["ingressClassName"] == "alb"
+    assert ingress["spec"]["tls"] == [{"hosts": ["grpc.example.com"], "secretName": "grpc-secret"}]
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+
+    chart_objects = ds.render([{}], tmp=tmp_path)
+    service = ds.one(chart_objects, "Service")
+    assert backend["name"] == service["metadata"]["name"]
+    assert backend["port"]["number"] in {p["port"] for p in service["spec"]["ports"]}
+
+    ingress_class = objects["IngressClass"]
+    assert ingress_class["spec"]["parameters"] == {
+        "apiGroup": "alibabacloud.com",
+        "kind": "AlbConfig",
+        "name": objects["AlbConfig"]["metadata"]["name"],
+    }
+
+
+def test_albconfig_has_https_443_and_marked_placeholders() -> None:
+    albconfig = next(o for o in all_gitops_objects() if o["kind"] == "AlbConfig")
+    assert {"port": 443, "protocol": "HTTPS"} in albconfig["spec"]["listeners"]
+    remote = albconfig["metadata"]["annotations"]["alb.ingress.kubernetes.io/remote-clusters"]
+    assert all(c.startswith("REPLACE_ME") for c in remote.split(","))
+    vswitches = [z["vSwitchId"] for z in albconfig["spec"]["config"]["zoneMappings"]]
+    assert len(vswitches) == 2
+    assert all(v.startswith("REPLACE_ME") for v in vswitches)
+
+
+def test_kustomize_builds_the_fleet_folder(tmp_path: Path) -> None:
+    kubectl = ds.helm_paths()["kubectl"]
+    result = ds.run([str(kubectl), "kustomize", str(FLEET)], env=ds.helm_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc)
+    assert kinds == ["AlbConfig", "Ingress", "IngressClass", "Namespace"]
+
+
+def test_make_cert_writes_a_valid_tls_secret(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    result = ds.run([ds.python(), str(ds.ROOT / "tools" / "make_cert.py"), "--out", str(tmp_path)])
+    assert result.returncode == 0, result.stderr
+    [secret] = ds.load_yaml_documents(tmp_path / "grpc-secret.yaml")
+    assert secret["metadata"] == {"name": "grpc-secret", "namespace": "gateway-demo"}
+    assert secret["type"] == "kubernetes.io/tls"
+    assert ds.validate_core([secret], ["1.27.0", "1.34.0"]) == []
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["grpc.example.com"]
+    assert (tmp_path / "tls.key").stat().st_mode & 0o077 == 0
+
+
+def test_readme_walks_the_steps_end_to_end() -> None:
+    text = (ds.GITOPS / "README.md").read_text()
+    for needle in (
+        "tools/make_cert.py",
+        "kubectl apply -f gitops/argocd/applicationset.yaml",
+        "kubectl apply -k gitops/fleet",
+        "REPLACE_ME",
+        "grpcurl -insecure -authority grpc.example.com",
+        "greeter load",
+        "--insecure --authority grpc.example.com",
+        "greeter deploy",
+    ):
+        assert needle in text, needle
+    last_block = text.rsplit("```", 2)[-2]
+    assert "greeter load" in last_block
