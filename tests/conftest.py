@@ -123,6 +123,16 @@ class ServerProcess:
             time.sleep(0.05)
         raise AssertionError("server did not start listening in time")
 
+    def wait(self, timeout: float = 30.0) -> tuple[int, str, str]:
+        """Wait for the process to exit by itself (no signal sent)."""
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+            raise AssertionError(f"server did not exit within {timeout}s:\n{err}") from None
+        return self.proc.returncode, out, err
+
     def stop(self, timeout: float = 30.0) -> tuple[int, str, str]:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -164,4 +174,7 @@ def spawn_server() -> Iterator[object]:
     for proc in started:
         if proc.proc.poll() is None:
             proc.proc.kill()
-            proc.proc.communicate()
+        for pipe in (proc.proc.stdout, proc.proc.stderr):
+            if pipe is not None and not pipe.closed:
+                pipe.close()
+        proc.proc.wait()

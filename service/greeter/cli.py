@@ -85,7 +85,9 @@ def build_parser() -> Parser:
             if not exc.name or not module.startswith(exc.name):  # something it imports is missing
                 raise
             continue
-        plugin.register(sub)
+        register = getattr(plugin, "register", None)
+        if callable(register):
+            register(sub)
     return parser
 
 
@@ -220,9 +222,19 @@ def cmd_health(args: argparse.Namespace) -> int:
     return asyncio.run(_health(target, args.service, args.timeout, args.connect_timeout))
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices.values())
+    return []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the subcommand, so that its own exit code applies
+        sub = next((p for p in _subparsers(parser) if p.prog.split()[-1] == args.command), parser)
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

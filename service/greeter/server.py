@@ -277,13 +277,14 @@ def _install_signal_handlers(server: GreeterServer) -> None:
 async def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT, then drain. Returns the process exit code."""
     server = GreeterServer(settings)
+    # Before binding: a SIGTERM that arrives while starting still drains cleanly.
+    _install_signal_handlers(server)
     try:
         await server.start()
     except StartupError as exc:
         logger.error("start-up failed: %s", exc)
         await server.abort()
         return STARTUP_FAILURE
-    _install_signal_handlers(server)
     await server.wait_stop_requested()
     await server.drain()
     return 0

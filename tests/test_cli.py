@@ -1,0 +1,91 @@
+"""``greeter call`` and ``greeter health`` as a new user would run them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import free_port
+from greeter.certs import make_leaf
+
+
+def greeter(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "greeter", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_call_prints_reply_and_identity(spawn_server):
+    proc = spawn_server(env={"GREETER_CLUSTER_NAME": "east", "GREETER_POD_NAME": "p1"})
+    result = greeter("call", proc.address, "--name", "Ada")
+    assert result.returncode == 0, result.stderr
+    assert "Hello, Ada!" in result.stdout
+    assert "cluster=east" in result.stdout
+    assert "pod=p1" in result.stdout
+
+
+def test_call_stream_as_json(spawn_server):
+    proc = spawn_server(env={"GREETER_CLUSTER_NAME": "east"})
+    result = greeter(
+        "call",
+        proc.address,
+        "--method",
+        "SayHelloStreamReply",
+        "-m",
+        "x-greeter-stream-count:2",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert body["replies"] == ["Hello, world! (1/2)", "Hello, world! (2/2)"]
+    assert body["identity"]["x-greeter-cluster"] == "east"
+
+
+def test_call_with_tls_insecure_and_authority(spawn_server, tmp_path):
+    pair = make_leaf(tmp_path, "tls", ["grpc.example.com"])
+    proc = spawn_server(env={"GREETER_TLS_CERT": str(pair.cert), "GREETER_TLS_KEY": str(pair.key)})
+    result = greeter("call", proc.address, "--insecure", "--authority", "grpc.example.com")
+    assert result.returncode == 0, result.stderr
+    result = greeter(
+        "call", proc.address, "--cacert", str(pair.cert), "--authority", "grpc.example.com"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_call_errors_are_clear():
+    result = greeter("call", f"127.0.0.1:{free_port()}", "-t", "2")
+    assert result.returncode == 1
+    assert "UNAVAILABLE" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = greeter("call", "127.0.0.1:1", "-m", "nocolon")
+    assert result.returncode == 2
+    assert "key:value" in result.stderr
+
+
+def test_health_exit_codes(spawn_server):
+    proc = spawn_server()
+    assert greeter("health", proc.address).returncode == 0
+    assert greeter("health", proc.address, "--service", "helloworld.Greeter").returncode == 0
+    assert greeter("health", proc.address, "--service", "nope").returncode == 3
+    assert greeter("health", proc.address, "--bogus-flag").returncode == 1
+    unreachable = greeter("health", f"127.0.0.1:{free_port()}", "--connect-timeout", "1")
+    assert unreachable.returncode == 2
+
+
+def test_health_not_serving_while_draining(spawn_server):
+    proc = spawn_server(env={"GREETER_DRAIN_DELAY": "10"})
+    proc.proc.terminate()
+    for _ in range(50):
+        result = greeter("health", proc.address, "-t", "2")
+        if result.returncode == 4:
+            break
+    assert result.returncode == 4
+    assert "NOT_SERVING" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "call", "health"])
+def test_help_works(command):
+    assert greeter(command, "--help").returncode == 0
