@@ -1,0 +1,14 @@
+"""``greeter rehearse``: the fleet behind a real nginx gateway, on one machine.
+
+- :mod:`.nginx`: the gateway's configuration and process;
+- :mod:`.fleet`: the backends (two clusters and a canary) and the whole rehearsal's lifecycle;
+- :mod:`.traffic`: steady-rate calls with a per-call timeline;
+- :mod:`.scenarios`: a rolling drain and a cluster outage under that traffic;
+- :mod:`.cli`: the ``greeter rehearse`` subcommand.
+"""
+
+from __future__ import annotations
+
+from greeter.rehearse.cli import register
+
+__all__ = ["register"]

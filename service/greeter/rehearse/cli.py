@@ -1,0 +1,156 @@
+"""``greeter rehearse``: a thin CLI over :mod:`greeter.rehearse.fleet` and ``.scenarios``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+from greeter.rehearse.fleet import DEFAULT_PORT, Rehearsal, RehearsalConfig
+from greeter.rehearse.nginx import NginxError
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_LOSS = 1  # a scenario lost more calls than it may
+EXIT_BAD_ARGS = 2
+EXIT_STARTUP = 3  # nginx missing or rejected, a backend would not start
+SCENARIOS = ("drain", "outage")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "rehearse",
+        help="run two clusters of Greeters behind a real nginx gateway on 127.0.0.1",
+        description="Start two clusters of Greeter backends, a canary and an nginx gateway "
+        "(TLS for grpc.example.com, HTTP/2, grpc_pass), print how to reach them and wait for "
+        "Ctrl-C; or, with --scenario, run a rolling drain or a cluster outage under traffic "
+        "and report every failed call. Needs nginx (apt-get install -y nginx-light).",
+    )
+    p.exit_code = EXIT_BAD_ARGS
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="gateway port (0: any free)")
+    p.add_argument("--pods", type=int, default=2, help="backends per cluster")
+    p.add_argument("--clusters", default="cluster-a,cluster-b", help="comma-separated names")
+    p.add_argument("--no-canary", action="store_true", help="no canary backend")
+    p.add_argument("--drain-delay", type=float, default=3.0, help="backends' drain delay, s")
+    p.add_argument("--grace-period", type=float, default=10.0, help="backends' stop grace, s")
+    p.add_argument("--auth-token", action="append", default=[], help="enable auth with this token")
+    p.add_argument("--fail-timeout", type=float, default=2.0, help="nginx fail_timeout, s")
+    p.add_argument(
+        "--connect-timeout", type=float, default=1.0, help="nginx grpc_connect_timeout, s"
+    )
+    p.add_argument("--scenario", choices=SCENARIOS, help="run this scenario, report, and exit")
+    p.add_argument("--rps", type=float, default=250.0, help="scenario traffic rate")
+    p.add_argument("--max-failed", type=int, default=None, help="failed calls allowed (drain: 0)")
+    p.add_argument("--json", action="store_true", help="scenario report as JSON")
+    p.add_argument("--keep", action="store_true", help="keep the work folder (logs, conf)")
+    p.set_defaults(func=cmd_rehearse)
+
+
+def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
+    return RehearsalConfig(
+        port=args.port,
+        clusters=tuple(c.strip() for c in args.clusters.split(",") if c.strip()),
+        pods_per_cluster=args.pods,
+        canary=not args.no_canary,
+        drain_delay=args.drain_delay,
+        grace_period=args.grace_period,
+        auth_tokens=tuple(args.auth_token),
+        fail_timeout=args.fail_timeout,
+        connect_timeout=args.connect_timeout,
+        keep_workdir=args.keep,
+    )
+
+
+def print_banner(r: Rehearsal) -> None:
+    print(f"gateway: https://{r.address} (TLS for grpc.example.com, self-signed: {r.cert})")
+    for b in r.backends + r.canary:
+        print(f"  {b.cluster:<12} {b.pod:<24} 127.0.0.1:{b.port}")
+    print(f"work folder: {r.workdir} (nginx.conf, logs)")
+    print("try:")
+    for command in r.commands():
+        print(f"  {command}")
+    print("Ctrl-C stops everything.", flush=True)
+
+
+def print_report(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    print(
+        f"{summary['scenario']}: {summary['count']} calls in {summary['duration_s']}s "
+        f"({summary['rps']}/s), failed {summary['failed']}, "
+        f"failure window {summary['failure_window_s']}s"
+    )
+    print(f"  status codes: {summary['status_codes']}")
+    print(f"  by cluster:   {summary['by_cluster']}")
+    print(f"  by pod:       {summary['by_pod']}")
+    for event in summary["events"]:
+        print(f"  {event}")
+    for sample in summary["failure_samples"]:
+        print(f"  failed: {sample}")
+
+
+async def _main(args: argparse.Namespace, config: RehearsalConfig) -> int:
+    from greeter.rehearse import scenarios
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    rehearsal = Rehearsal(config)
+    signals: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if signals:  # second Ctrl-C: no more waiting
+            rehearsal.kill_now()
+            raise SystemExit(128 + signum)
+        signals.append(signum)
+        print("\nstopping (Ctrl-C again to kill at once)...", file=sys.stderr, flush=True)
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    async with rehearsal:
+        print_banner(rehearsal)
+        if args.scenario is None:
+            await stop.wait()
+            return EXIT_OK
+        if args.scenario == "drain":
+            work = scenarios.rolling_drain(rehearsal, rps=args.rps)
+            allowed = 0 if args.max_failed is None else args.max_failed
+        else:
+            work = scenarios.cluster_outage(rehearsal, rps=args.rps)
+            allowed = scenarios.OUTAGE_MAX_FAILED if args.max_failed is None else args.max_failed
+        task = asyncio.ensure_future(work)
+        waiter = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return 130
+        summary = task.result().summary()
+        print_report(summary, args.json)
+        return EXIT_OK if summary["failed"] <= allowed else EXIT_LOSS
+
+
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"greeter rehearse: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return asyncio.run(_main(args, config))
+    except NginxError as exc:
+        print(f"greeter rehearse: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except RuntimeError as exc:  # a backend would not start
+        print(f"greeter rehearse: {exc}", file=sys.stderr)
+        return EXIT_STARTUP

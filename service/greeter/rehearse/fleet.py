@@ -1,0 +1,320 @@
+"""The rehearsal fleet: Greeter backends in two "clusters", a canary, and nginx in front.
+
+``async with Rehearsal(RehearsalConfig()) as r:`` starts everything on 127.0.0.1 and stops it
+all on the way out (backends drained with SIGTERM, bounded, then killed if they linger).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+from greeter import certs
+from greeter.client import Target
+from greeter.rehearse.nginx import CANARY_HEADER, CANARY_VALUE, HOST, Gateway, Nginx
+
+DEFAULT_PORT = 8443
+CANARY_POD = "greeter-canary-0"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class RehearsalConfig:
+    """What to start. Durations in seconds; port 0 picks a free port."""
+
+    port: int = DEFAULT_PORT
+    clusters: tuple[str, ...] = ("cluster-a", "cluster-b")
+    pods_per_cluster: int = 2
+    canary: bool = True
+    # The backends' drain: how long they keep serving after SIGTERM, then the stop grace.
+    drain_delay: float = 3.0
+    grace_period: float = 10.0
+    auth_tokens: tuple[str, ...] = ()
+    # Extra `greeter serve` flags for every backend.
+    server_args: tuple[str, ...] = ()
+    # Gateway knobs (see Gateway): passive health and connect timeout.
+    fail_timeout: float = 2.0
+    connect_timeout: float = 1.0
+    workdir: Path | None = None
+    keep_workdir: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is not a valid port")
+        if len(self.clusters) < 1 or len(set(self.clusters)) != len(self.clusters):
+            raise ValueError("clusters must be one or more distinct names")
+        if self.pods_per_cluster < 1:
+            raise ValueError("pods_per_cluster must be at least 1")
+        for name in ("drain_delay", "grace_period", "fail_timeout", "connect_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+
+@dataclass
+class Backend:
+    """One ``greeter serve`` process; it keeps its port across restarts."""
+
+    cluster: str
+    pod: str
+    port: int
+    command: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    restarts: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def spawn(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.command,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                # Own session: a terminal's Ctrl-C reaches the rehearsal, which drains these.
+                start_new_session=True,
+            )
+
+    async def wait_ready(self, timeout: float = 20.0) -> None:
+        """Until the backend's health check answers SERVING (bounded)."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + timeout
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.proc is None or self.proc.poll() is not None:
+                    code = None if self.proc is None else self.proc.returncode
+                    raise RuntimeError(f"{self.pod} exited with {code}; see {self.log}")
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"{self.pod} was not SERVING within {timeout}s; see {self.log}")
+
+    def signal(self, signum: int) -> None:
+        if self.alive and self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signum)
+
+    async def wait_exit(self, timeout: float) -> int | None:
+        """The exit code, or None if it is still running after ``timeout``."""
+        proc = self.proc
+        if proc is None:
+            return None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(proc.wait, timeout)
+        return proc.poll()
+
+    async def stop(self, timeout: float) -> int | None:
+        """SIGTERM (drain), then SIGKILL if it is still there after ``timeout``."""
+        if not self.alive:
+            return self.proc.returncode if self.proc else None
+        self.signal(signal.SIGTERM)
+        code = await self.wait_exit(timeout)
+        if code is None:
+            self.signal(signal.SIGKILL)
+            code = await self.wait_exit(5.0)
+        return code
+
+
+class Rehearsal:
+    """The whole rehearsal; use as an async context manager."""
+
+    def __init__(self, config: RehearsalConfig | None = None) -> None:
+        self.config = config or RehearsalConfig()
+        self.workdir = Path()
+        self.backends: list[Backend] = []
+        self.canary: list[Backend] = []
+        self.nginx: Nginx | None = None
+        self._made_workdir = False
+
+    # -- what users dial -----------------------------------------------------
+    @property
+    def address(self) -> str:
+        if self.nginx is None:
+            raise RuntimeError("the rehearsal is not running")
+        return self.nginx.address
+
+    @property
+    def cert(self) -> Path:
+        return self.workdir / "tls" / "tls.crt"
+
+    def target(self, *metadata: tuple[str, str], canary: bool = False) -> Target:
+        """A client target for the gateway, verified against the rehearsal's certificate."""
+        md = list(metadata)
+        if self.config.auth_tokens:
+            md.append(("authorization", f"Bearer {self.config.auth_tokens[0]}"))
+        if canary:
+            md.append((CANARY_HEADER, CANARY_VALUE))
+        return Target(
+            address=self.address, cacert=str(self.cert), authority=HOST, metadata=tuple(md)
+        )
+
+    def commands(self) -> list[str]:
+        """Ready-to-paste commands against the running gateway."""
+        a = self.address
+        auth = ""
+        if self.config.auth_tokens:
+            auth = f" -m 'authorization:Bearer {self.config.auth_tokens[0]}'"
+        grpcurl_auth = auth.replace(" -m ", " -H ")
+        return [
+            f"grpcurl -insecure -authority {HOST} {a} list",
+            f'grpcurl -insecure -authority {HOST}{grpcurl_auth} -d \'{{"name": "you"}}\' '
+            f"{a} helloworld.Greeter/SayHello",
+            f"greeter call {a} --insecure --authority {HOST}{auth}",
+            f"greeter call {a} --insecure --authority {HOST}{auth} "
+            f"-m {CANARY_HEADER}:{CANARY_VALUE}",
+            f"greeter call {a} --insecure --authority {HOST}{auth} --method SayHelloStreamReply",
+            f"greeter health {a} --insecure --authority {HOST}",
+            f"greeter load {a} --insecure --authority {HOST}{auth} -c 8 -z 10s --rps 200",
+        ]
+
+    # -- lifecycle -----------------------------------------------------------
+    async def __aenter__(self) -> Rehearsal:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _backend(self, cluster: str, pod: str) -> Backend:
+        c = self.config
+        port = free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "greeter",
+            "serve",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--metrics-port=0",
+            f"--cluster-name={cluster}",
+            f"--pod-name={pod}",
+            f"--drain-delay={c.drain_delay}",
+            f"--grace-period={c.grace_period}",
+            "--access-log=false",
+            "--log-format=json",
+            "--event-loop=asyncio",
+        ]
+        if c.auth_tokens:
+            command += ["--auth-enabled=true", f"--auth-tokens={','.join(c.auth_tokens)}"]
+        command += list(c.server_args)
+        # Nothing from the caller's GREETER_* environment leaks into the backends.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GREETER_")}
+        log = self.workdir / "logs" / f"{pod}.log"
+        return Backend(cluster, pod, port, command, env, log)
+
+    async def start(self) -> None:
+        from greeter.rehearse.nginx import find_nginx
+
+        binary = find_nginx()  # fail before anything starts
+        c = self.config
+        if c.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="greeter-rehearse-"))
+            self._made_workdir = True
+        else:
+            self.workdir = c.workdir
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        pair = certs.make_leaf(self.workdir / "tls", "tls", [HOST, "localhost", "127.0.0.1"])
+        for cluster in c.clusters:
+            for index in range(c.pods_per_cluster):
+                self.backends.append(self._backend(cluster, f"{cluster}-greeter-{index}"))
+        if c.canary:
+            self.canary.append(self._backend(c.clusters[0], CANARY_POD))
+        everyone = self.backends + self.canary
+        for backend in everyone:
+            backend.spawn()
+        await asyncio.gather(*(b.wait_ready() for b in everyone))
+        gateway = Gateway(
+            port=c.port or free_port(),
+            fleet=[b.port for b in self.backends],
+            canary=[b.port for b in self.canary] or [b.port for b in self.backends],
+            cert=pair.cert,
+            key=pair.key,
+            fail_timeout=c.fail_timeout,
+            connect_timeout=c.connect_timeout,
+        )
+        self.nginx = Nginx(gateway, self.workdir / "nginx", binary)
+        await asyncio.to_thread(self.nginx.start)
+
+    async def stop(self) -> None:
+        """Drain every backend (bounded), then stop nginx; kill whatever is left."""
+        bound = self.config.drain_delay + self.config.grace_period + 5.0
+        await asyncio.gather(*(b.stop(bound) for b in self.backends + self.canary))
+        if self.nginx is not None:
+            await asyncio.to_thread(self.nginx.stop)
+        if self._made_workdir and not self.config.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def kill_now(self) -> None:
+        """Second Ctrl-C: SIGKILL everything at once, without waiting."""
+        for backend in self.backends + self.canary:
+            backend.signal(signal.SIGKILL)
+        if self.nginx is not None and self.nginx.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.nginx.proc.pid, signal.SIGKILL)
+
+    # -- disruptions ---------------------------------------------------------
+    def cluster(self, name: str) -> list[Backend]:
+        return [b for b in self.backends if b.cluster == name]
+
+    async def restart(self, backend: Backend) -> int | None:
+        """SIGTERM one backend, wait for its drain to finish, start it again on its port."""
+        bound = self.config.drain_delay + self.config.grace_period + 5.0
+        code = await backend.stop(bound)
+        backend.spawn()
+        backend.restarts += 1
+        await backend.wait_ready()
+        return code
+
+    async def kill(self, backends: Sequence[Backend]) -> None:
+        """SIGKILL: no drain, connections reset, as when a whole cluster drops out."""
+        for backend in backends:
+            backend.signal(signal.SIGKILL)
+        for backend in backends:
+            await backend.wait_exit(5.0)
+
+    async def revive(self, backends: Sequence[Backend]) -> None:
+        for backend in backends:
+            if not backend.alive:
+                backend.spawn()
+                backend.restarts += 1
+        await asyncio.gather(*(b.wait_ready() for b in backends))

@@ -1,0 +1,160 @@
+"""Steady-rate SayHello traffic with a timeline, for the drain and outage scenarios.
+
+``greeter load`` reports totals; the scenarios also need *when* each call failed (how long an
+outage hurt), so this probe keeps one record per call. It uses the same client channel as
+``greeter call`` and ``greeter load`` (no client-side retries), so nothing hides a lost call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from greeter.client import Target, identity_of, open_channel
+
+
+@dataclass(frozen=True)
+class Outcome:
+    at: float  # seconds since the traffic started
+    code: str
+    cluster: str = ""
+    pod: str = ""
+    details: str = ""
+
+
+@dataclass
+class TrafficReport:
+    outcomes: list[Outcome] = field(default_factory=list)
+    duration: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return len(self.outcomes)
+
+    @property
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.code != "OK"]
+
+    @property
+    def status_codes(self) -> dict[str, int]:
+        return dict(Counter(o.code for o in self.outcomes))
+
+    @property
+    def by_cluster(self) -> dict[str, int]:
+        return dict(Counter(o.cluster for o in self.outcomes if o.code == "OK"))
+
+    @property
+    def by_pod(self) -> dict[str, int]:
+        return dict(Counter(o.pod for o in self.outcomes if o.code == "OK"))
+
+    def failure_window(self) -> float:
+        """Seconds from the first failed call to the last (0 with one or none)."""
+        failed = self.failures
+        return failed[-1].at - failed[0].at if failed else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        failed = self.failures
+        return {
+            "count": self.count,
+            "duration_s": round(self.duration, 2),
+            "rps": round(self.count / self.duration, 1) if self.duration else 0.0,
+            "failed": len(failed),
+            "status_codes": self.status_codes,
+            "by_cluster": self.by_cluster,
+            "by_pod": self.by_pod,
+            "first_failure_s": round(failed[0].at, 3) if failed else None,
+            "failure_window_s": round(self.failure_window(), 3),
+            "failure_samples": [
+                {"at_s": round(o.at, 3), "code": o.code, "details": o.details[:200]}
+                for o in failed[:10]
+            ],
+        }
+
+
+class Traffic:
+    """SayHello at ``rps`` over ``channels`` connections, at most ``concurrency`` in flight."""
+
+    def __init__(
+        self,
+        target: Target,
+        rps: float,
+        concurrency: int = 16,
+        channels: int = 2,
+        timeout: float = 10.0,
+    ) -> None:
+        if rps <= 0 or concurrency < 1 or channels < 1:
+            raise ValueError("rps, concurrency and channels must be positive")
+        self.target = target
+        self.rps = rps
+        self.concurrency = concurrency
+        self.channels = channels
+        self.timeout = timeout
+        self.report = TrafficReport()
+        self._stop = asyncio.Event()
+        self._started = 0.0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _one(self, stub: Any, request: Any, gate: asyncio.Semaphore) -> None:
+        md = self.target.metadata or None
+        try:
+            call = stub.SayHello(request, timeout=self.timeout, metadata=md)
+            await call
+            who = identity_of(await call.initial_metadata(), await call.trailing_metadata())
+            outcome = Outcome(
+                time.perf_counter() - self._started,
+                "OK",
+                who.get("x-greeter-cluster", ""),
+                who.get("x-greeter-pod", ""),
+            )
+        except grpc.aio.AioRpcError as exc:
+            outcome = Outcome(
+                time.perf_counter() - self._started, exc.code().name, details=exc.details() or ""
+            )
+        finally:
+            gate.release()
+        self.report.outcomes.append(outcome)
+
+    async def run(self, duration: float | None = None) -> TrafficReport:
+        """Until :meth:`stop` (or ``duration`` seconds); in-flight calls are awaited."""
+        from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
+
+        channels = [open_channel(self.target) for _ in range(self.channels)]
+        try:
+            stubs = [helloworld_pb2_grpc.GreeterStub(ch) for ch in channels]
+            await asyncio.gather(*(ch.channel_ready() for ch in channels))
+            request = helloworld_pb2.HelloRequest(name="rehearsal")
+            gate = asyncio.Semaphore(self.concurrency)
+            tasks: set[asyncio.Task[None]] = set()
+            self._started = time.perf_counter()
+            interval = 1.0 / self.rps
+            sent = 0
+            while not self._stop.is_set():
+                now = time.perf_counter() - self._started
+                if duration is not None and now >= duration:
+                    break
+                due = sent * interval
+                if due > now:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), due - now)
+                    continue
+                await gate.acquire()
+                task = asyncio.create_task(self._one(stubs[sent % len(stubs)], request, gate))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                sent += 1
+            if tasks:
+                await asyncio.wait(tasks, timeout=self.timeout + 5)
+            self.report.duration = time.perf_counter() - self._started
+        finally:
+            for ch in channels:
+                await ch.close()
+        self.report.outcomes.sort(key=lambda o: o.at)
+        return self.report
