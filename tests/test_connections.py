@@ -1,0 +1,96 @@
+"""Connection management: settings reach the HTTP/2 layer (item 7 of the service issue)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+import pytest
+
+from conftest import channel_to, running
+from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
+from greeter.server import server_options
+from greeter.settings import Settings
+
+HelloRequest = helloworld_pb2.HelloRequest
+
+
+async def peers_of_two_calls(caplog, **overrides) -> list[str]:
+    caplog.set_level(logging.INFO, logger="greeter.access")
+    async with running(access_log=True, **overrides) as server, channel_to(server) as channel:
+        stub = helloworld_pb2_grpc.GreeterStub(channel)
+        await stub.SayHello(HelloRequest())
+        await asyncio.sleep(1.5)
+        await stub.SayHello(HelloRequest(), wait_for_ready=True)
+    return [r.peer for r in caplog.records if r.name == "greeter.access"]
+
+
+async def test_max_connection_age_rotates_connections(caplog):
+    peers = await peers_of_two_calls(caplog, max_connection_age=0.5, max_connection_age_grace=0.2)
+    assert len(peers) == 2
+    assert peers[0] != peers[1]
+
+
+async def test_connections_live_on_without_max_age(caplog):
+    peers = await peers_of_two_calls(caplog)
+    assert len(peers) == 2
+    assert peers[0] == peers[1]
+
+
+async def test_max_concurrent_streams_queues_instead_of_failing():
+    async with (
+        running(max_concurrent_streams=2, stream_interval=0.05) as server,
+        channel_to(server) as channel,
+    ):
+        stub = helloworld_pb2_grpc.GreeterStub(channel)
+
+        async def stream() -> int:
+            call = stub.SayHelloStreamReply(
+                HelloRequest(), metadata=(("x-greeter-stream-count", "5"),), timeout=10
+            )
+            return len([r async for r in call])
+
+        counts = await asyncio.gather(*(stream() for _ in range(6)))
+        assert counts == [5] * 6
+
+
+def test_options_follow_settings():
+    options = dict(
+        server_options(
+            Settings(
+                keepalive_time=30,
+                keepalive_timeout=5,
+                max_connection_idle=60,
+                max_connection_age=120,
+                max_connection_age_grace=10,
+                max_concurrent_streams=50,
+                max_recv_message_size=2048,
+                max_send_message_size=4096,
+            )
+        )
+    )
+    assert options["grpc.keepalive_time_ms"] == 30_000
+    assert options["grpc.keepalive_timeout_ms"] == 5_000
+    assert options["grpc.max_connection_idle_ms"] == 60_000
+    assert options["grpc.max_connection_age_ms"] == 120_000
+    assert options["grpc.max_connection_age_grace_ms"] == 10_000
+    assert options["grpc.max_concurrent_streams"] == 50
+    assert options["grpc.max_receive_message_length"] == 2048
+    assert options["grpc.max_send_message_length"] == 4096
+    assert options["grpc.so_reuseport"] == 0  # a single server must not share its port
+
+
+@pytest.mark.parametrize("age", [0.0])
+def test_zero_age_means_unlimited(age):
+    options = dict(server_options(Settings(max_connection_age=age, max_connection_idle=0)))
+    assert "grpc.max_connection_age_ms" not in options
+    assert "grpc.max_connection_idle_ms" not in options
+
+
+async def test_max_send_message_size_limits_replies():
+    async with running(max_send_message_size=1024) as server, channel_to(server) as channel:
+        stub = helloworld_pb2_grpc.GreeterStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await stub.SayHello(HelloRequest(name="y" * 2000))
+        assert error.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
