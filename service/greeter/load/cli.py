@@ -1,0 +1,312 @@
+"""``greeter load ADDRESS [flags]``: the command line over :func:`greeter.load.run_load`.
+
+Flags follow ghz where they mean the same thing (-c -n -z --rps --connections
+--load-schedule -t --connect-timeout --insecure --cacert --authority -m -O -o).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from greeter.client import TargetError, target_from_args
+from greeter.load import render
+from greeter.load.config import (
+    CALLS,
+    DEFAULT_PERCENTILES,
+    SCHEDULES,
+    ConfigError,
+    LoadConfig,
+    call_name,
+    default_procs,
+    parse_duration,
+    parse_threshold,
+)
+from greeter.load.engine import ConnectError
+from greeter.load.report import EXIT_BAD_ARGS, EXIT_CONNECT, EXIT_FAILED, Report
+from greeter.load.runner import run_load
+
+FORMATS = ("summary", "json", "csv", "html")
+EPILOG = """exit codes: 0 ok; 1 a threshold missed, --max-error-rate exceeded or no call
+succeeded; 2 bad arguments; 3 could not connect; 130 interrupted (the partial report
+is printed first). See docs/load.md."""
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _rate(text: str) -> float:
+    """``0.01`` or ``1%`` → 0.01."""
+    raw = text.strip()
+    try:
+        return float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction or a percentage") from None
+
+
+def _percentiles(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(p.strip().lstrip("p")) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list like 50,90,99,99.9") from None
+
+
+def _call(text: str) -> str:
+    try:
+        return call_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"-d is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('-d must be a JSON object, e.g. \'{"name":"Bob"}\'')
+    return value
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "load",
+        help="load test the Greeter and show which cluster and pod served each call",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        epilog=EPILOG,
+    )
+    parser.exit_code = EXIT_BAD_ARGS
+    add_arguments(parser)
+    parser.set_defaults(func=main)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from greeter.client import add_target_arguments
+
+    add_target_arguments(parser)
+    calls = parser.add_argument_group("calls")
+    calls.add_argument(
+        "--call",
+        type=_call,
+        default="SayHello",
+        help=f"{', '.join(CALLS)} (or the full name, e.g. helloworld.Greeter.SayHello)",
+    )
+    calls.add_argument(
+        "-d",
+        "--data",
+        type=_json_object,
+        default=None,
+        help='the request as JSON, e.g. \'{"name":"Bob"}\'',
+    )
+    calls.add_argument("--name", default=None, help="shorthand for -d '{\"name\": NAME}'")
+    calls.add_argument(
+        "--stream-count",
+        type=int,
+        default=None,
+        help="replies asked of SayHelloStreamReply; messages sent per bidi call",
+    )
+    shape = parser.add_argument_group("load shape")
+    shape.add_argument("-c", "--concurrency", type=int, default=50, help="workers (default 50)")
+    shape.add_argument(
+        "-n", "--total", type=int, default=None, help="calls to make (default 200 without -z)"
+    )
+    shape.add_argument(
+        "-z",
+        "--duration",
+        type=_duration,
+        default=None,
+        help="run this long, e.g. 30s, 2m (with -n: whichever comes first)",
+    )
+    shape.add_argument(
+        "--rps",
+        type=float,
+        default=None,
+        help="open-loop rate, calls per second (latency from the intended send)",
+    )
+    shape.add_argument(
+        "--load-schedule",
+        choices=SCHEDULES,
+        default="const",
+        help="const (--rps), step or line (like ghz)",
+    )
+    shape.add_argument("--load-start", type=float, default=None, help="schedule's first rps")
+    shape.add_argument("--load-end", type=float, default=None, help="schedule's last rps")
+    shape.add_argument(
+        "--load-step",
+        type=float,
+        default=0.0,
+        help="rps added per step (step) or per second (line)",
+    )
+    shape.add_argument(
+        "--load-step-duration", type=_duration, default=0.0, help="how long each step lasts (step)"
+    )
+    shape.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        help="HTTP/2 connections to spread workers over (default 1)",
+    )
+    shape.add_argument(
+        "--procs", type=int, default=None, help="worker processes (default: one per core)"
+    )
+    shape.add_argument(
+        "--warmup",
+        type=_duration,
+        default=0.0,
+        help="run this long before measuring (not reported)",
+    )
+    shape.add_argument(
+        "-t", "--timeout", type=_duration, default=20.0, help="per-call deadline (default 20s)"
+    )
+    shape.add_argument(
+        "--connect-timeout", type=_duration, default=10.0, help="time to connect (default 10s)"
+    )
+    out = parser.add_argument_group("report")
+    out.add_argument("-O", "--format", choices=FORMATS, default="summary", help="output format")
+    out.add_argument("-o", "--output", default="", help="write the report to this file")
+    out.add_argument("--html", default="", help="also write an HTML report with a chart")
+    out.add_argument(
+        "--percentiles",
+        type=_percentiles,
+        default=DEFAULT_PERCENTILES,
+        help="e.g. 50,90,95,99,99.9",
+    )
+    out.add_argument(
+        "--max-error-rate",
+        type=_rate,
+        default=None,
+        help="fail (exit 1) above this error rate: 0.01 or 1%%",
+    )
+    out.add_argument(
+        "--max-latency",
+        action="append",
+        default=[],
+        metavar="STAT=LIMIT",
+        help="fail (exit 1) if a latency is above, e.g. p99=250ms (repeatable)",
+    )
+    out.add_argument("-q", "--quiet", action="store_true", help="no live progress")
+    out.add_argument("--uvloop", action="store_true", help="run the client on uvloop")
+
+
+def config_from_args(args: argparse.Namespace) -> LoadConfig:
+    target = target_from_args(args)
+    request: dict[str, Any] = dict(args.data or {})
+    if args.name is not None:
+        request["name"] = args.name
+    try:
+        thresholds = tuple(parse_threshold(t) for t in args.max_latency)
+    except ValueError as exc:
+        raise ConfigError(f"--max-latency: {exc}") from None
+    schedule_rate = args.load_schedule != "const"
+    return LoadConfig(
+        target=target,
+        call=args.call,
+        request=request,
+        concurrency=args.concurrency,
+        total=args.total,
+        duration=args.duration,
+        rps=args.rps,
+        schedule=args.load_schedule,
+        load_start=args.load_start if schedule_rate else None,
+        load_end=args.load_end if schedule_rate else None,
+        load_step=args.load_step,
+        load_step_duration=args.load_step_duration,
+        connections=args.connections,
+        procs=default_procs() if args.procs is None else args.procs,
+        warmup=args.warmup,
+        timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
+        stream_count=args.stream_count,
+        percentiles=args.percentiles,
+        max_error_rate=args.max_error_rate,
+        thresholds=thresholds,
+        progress=not args.quiet and sys.stderr.isatty(),
+        uvloop=args.uvloop,
+    )
+
+
+class ProgressLine:
+    """One self-rewriting status line on a terminal."""
+
+    def __init__(self, config: LoadConfig) -> None:
+        self._config = config
+        self._last = (0, 0.0)
+
+    def __call__(self, count: int, errors: int, elapsed: float) -> None:
+        last_count, last_time = self._last
+        rate = (count - last_count) / (elapsed - last_time) if elapsed > last_time else 0.0
+        self._last = (count, elapsed)
+        parts = [f"{count} calls", f"{errors} errors", f"{rate:,.0f}/s", f"{elapsed:.1f}s"]
+        if self._config.duration:
+            parts.append(f"{max(0.0, self._config.duration - elapsed):.1f}s left")
+        elif self._config.total:
+            parts.append(f"{count * 100 // self._config.total}%")
+        sys.stderr.write("\r\x1b[K" + "  ".join(parts))
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+
+
+def render_report(report: Report, fmt: str) -> str:
+    if fmt == "json":
+        return report.to_json() + "\n"
+    if fmt == "csv":
+        return render.to_csv(report)
+    if fmt == "html":
+        return render.to_html(report)
+    return render.summary(report)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+    except (TargetError, ConfigError) as exc:
+        print(f"greeter load: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    progress = ProgressLine(config) if config.progress else None
+    began = time.perf_counter()
+    try:
+        report = run_load(config, progress=progress, handle_sigint=True)
+    except ConnectError as exc:
+        _clear(progress)
+        print(f"greeter load: {exc}", file=sys.stderr)
+        return EXIT_CONNECT
+    except (TargetError, ConfigError) as exc:
+        _clear(progress)
+        print(f"greeter load: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    _clear(progress)
+    text = render_report(report, args.format)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    if args.html:
+        Path(args.html).write_text(render.to_html(report))
+    if report.data["interrupted"]:
+        print(
+            f"greeter load: interrupted after {time.perf_counter() - began:.1f}s; "
+            "the report covers the calls that finished",
+            file=sys.stderr,
+        )
+    for failure in report.failures:
+        print(f"greeter load: FAILED: {failure}", file=sys.stderr)
+    code = report.exit_code
+    assert code in (0, EXIT_FAILED, 130)
+    return code
+
+
+def _clear(progress: ProgressLine | None) -> None:
+    if progress is not None:
+        progress.done()

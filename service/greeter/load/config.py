@@ -1,0 +1,235 @@
+"""What one load test does: a frozen, validated description built once by the
+CLI (or by a caller of :func:`greeter.load.run_load`) and passed everywhere."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from greeter.client import Target
+
+# Each call kind: the full method path and the request message it sends.
+CALLS = {
+    "SayHello": "/helloworld.Greeter/SayHello",
+    "SayHelloStreamReply": "/helloworld.Greeter/SayHelloStreamReply",
+    "SayHelloBidiStream": "/helloworld.Greeter/SayHelloBidiStream",
+    "Check": "/grpc.health.v1.Health/Check",
+}
+SCHEDULES = ("const", "step", "line")
+DEFAULT_PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+LATENCY_STATS = ("min", "mean", "max")
+
+
+class ConfigError(ValueError):
+    """The load test cannot run as described (a bad argument)."""
+
+
+def parse_duration(text: str) -> float:
+    """``10s``, ``500ms``, ``1m30s``, ``2h`` or a plain number of seconds → seconds."""
+    raw = text.strip().lower()
+    try:
+        value = float(raw)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(value):
+            raise ValueError(f"{text!r} is not a duration")
+        return value
+    parts = re.fullmatch(r"((?:\d+(?:\.\d+)?(?:ms|us|µs|s|m|h))+)", raw)
+    if not parts:
+        raise ValueError(f"{text!r} is not a duration (try 10s, 500ms, 1m)")
+    scale = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(
+        float(n) * scale[unit] for n, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|us|µs|s|m|h)", raw)
+    )
+
+
+def call_name(text: str) -> str:
+    """``SayHello``, ``helloworld.Greeter.SayHello``, ``/helloworld.Greeter/SayHello``,
+    ``grpc.health.v1.Health/Check`` ... → the short call name."""
+    raw = text.strip().strip("/")
+    for name, path in CALLS.items():
+        full = path.strip("/")
+        if raw in (name, full, full.replace("/", ".")):
+            return name
+    raise ValueError(f"unknown call {text!r}; choose from {', '.join(CALLS)}")
+
+
+def percentile_name(percent: float) -> str:
+    """50 → ``p50``, 99.9 → ``p99.9``."""
+    return f"p{percent:g}"
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A latency bound: ``stat`` (``p99``, ``mean``, ``max``...) must be ≤ ``limit_ms``."""
+
+    stat: str
+    limit_ms: float
+
+
+def parse_threshold(text: str) -> Threshold:
+    """``p99=250ms``, ``p99<=250``, ``mean=20ms`` → a Threshold (plain numbers are ms)."""
+    stat, sep, limit = text.replace("<=", "=").partition("=")
+    stat = stat.strip().lower()
+    if not sep:
+        raise ValueError(f"{text!r} must look like p99=250ms")
+    if stat not in LATENCY_STATS:
+        if not re.fullmatch(r"p\d+(\.\d+)?", stat) or not 0 < float(stat[1:]) <= 100:
+            raise ValueError(f"{stat!r} is not p<percent>, min, mean or max")
+        stat = percentile_name(float(stat[1:]))
+    raw = limit.strip().lower()
+    seconds = parse_duration(raw) if raw and not raw[-1].isdigit() else float(raw or "nan") / 1e3
+    if not seconds > 0:
+        raise ValueError(f"{text!r} needs a positive latency")
+    return Threshold(stat, seconds * 1e3)
+
+
+def default_procs() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """Everything ``greeter load`` can be told. Durations are in seconds, rates per second.
+
+    Neither ``total`` nor ``duration``: 200 calls, as ghz does."""
+
+    target: Target
+    call: str = "SayHello"
+    request: dict[str, Any] = field(default_factory=dict)  # the request message, as JSON fields
+    concurrency: int = 50
+    total: int | None = None
+    duration: float | None = None
+    rps: float | None = None  # open loop when set (or when a schedule is set)
+    schedule: str = "const"
+    load_start: float | None = None
+    load_end: float | None = None
+    load_step: float = 0.0
+    load_step_duration: float = 0.0
+    connections: int = 1
+    procs: int = 1
+    warmup: float = 0.0
+    timeout: float = 20.0
+    connect_timeout: float = 10.0
+    stream_count: int | None = None  # replies asked of a server stream / messages sent in bidi
+    percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
+    max_error_rate: float | None = None  # a fraction 0..1
+    thresholds: tuple[Threshold, ...] = ()
+    progress: bool = False
+    uvloop: bool = False
+
+    def __post_init__(self) -> None:
+        for name, problem in self._problems():
+            raise ConfigError(f"{name}: {problem}")
+
+    def _problems(self) -> list[tuple[str, str]]:
+        bad: list[tuple[str, str]] = []
+        if self.call not in CALLS:
+            bad.append(("--call", f"{self.call!r} is not one of {', '.join(CALLS)}"))
+        if self.concurrency < 1:
+            bad.append(("-c/--concurrency", "must be at least 1"))
+        if self.total is not None and self.total < 1:
+            bad.append(("-n/--total", "must be at least 1"))
+        if self.duration is not None and not self.duration > 0:
+            bad.append(("-z/--duration", "must be positive"))
+        if self.rps is not None and not self.rps > 0:
+            bad.append(("--rps", "must be positive"))
+        if self.schedule not in SCHEDULES:
+            bad.append(("--load-schedule", f"{self.schedule!r} is not one of {SCHEDULES}"))
+        if self.schedule != "const":
+            if self.load_start is None or self.load_start <= 0:
+                bad.append(("--load-start", f"a {self.schedule} schedule needs a positive start"))
+            if self.load_end is not None and self.load_end <= 0:
+                bad.append(("--load-end", "must be positive"))
+            if self.schedule == "step" and (self.load_step == 0 or self.load_step_duration <= 0):
+                bad.append(
+                    (
+                        "--load-step",
+                        "a step schedule needs --load-step and a positive --load-step-duration",
+                    )
+                )
+            if self.schedule == "line" and self.load_step == 0:
+                bad.append(("--load-step", "a line schedule needs a slope (rps per second)"))
+            if self.total is None and self.duration is None and self.load_end is None:
+                bad.append(("--load-end", "a schedule needs -n, -z or --load-end to finish"))
+        if self.connections < 1:
+            bad.append(("--connections", "must be at least 1"))
+        if self.connections > self.concurrency:
+            bad.append(("--connections", "cannot exceed -c (each connection needs a worker)"))
+        if self.procs < 1:
+            bad.append(("--procs", "must be at least 1"))
+        if self.warmup < 0:
+            bad.append(("--warmup", "must not be negative"))
+        if not self.timeout > 0:
+            bad.append(("-t/--timeout", "must be positive"))
+        if not self.connect_timeout > 0:
+            bad.append(("--connect-timeout", "must be positive"))
+        if self.stream_count is not None and not 0 <= self.stream_count <= 100_000:
+            bad.append(("--stream-count", "must be between 0 and 100000"))
+        if self.call == "SayHelloBidiStream" and self.stream_count == 0:
+            bad.append(("--stream-count", "a bidi call sends at least one message"))
+        for p in self.percentiles:
+            if not 0 < p <= 100:
+                bad.append(("--percentiles", f"{p:g} is not between 0 and 100"))
+        if self.max_error_rate is not None and not 0 <= self.max_error_rate <= 1:
+            bad.append(("--max-error-rate", "must be a fraction between 0 and 1 (or a percent)"))
+        return bad
+
+    @property
+    def open_loop(self) -> bool:
+        return self.rps is not None or self.schedule != "const"
+
+    @property
+    def effective_total(self) -> int | None:
+        if self.total is None and self.duration is None and self.load_end is None:
+            return 200
+        return self.total
+
+    def rate_at(self, elapsed: float) -> float:
+        """The asked request rate ``elapsed`` seconds into the run (whole run, all procs)."""
+        if self.schedule == "const":
+            return self.rps or 0.0
+        start = self.load_start or 0.0
+        if self.schedule == "step":
+            rate = start + self.load_step * math.floor(elapsed / self.load_step_duration)
+        else:
+            rate = start + self.load_step * elapsed
+        if self.load_end is not None:
+            rate = min(rate, self.load_end) if self.load_step > 0 else max(rate, self.load_end)
+        return max(rate, 0.001)
+
+    def schedule_end(self) -> float | None:
+        """When a schedule reaches ``load_end``, the run ends (as ghz's does), unless -n/-z."""
+        if self.schedule == "const" or self.load_end is None or self.duration or self.total:
+            return None
+        start = self.load_start or 0.0
+        steps = (self.load_end - start) / self.load_step
+        if self.schedule == "step":
+            return (math.floor(steps) + 1) * self.load_step_duration
+        return steps
+
+    def share(self, index: int, procs: int) -> LoadConfig:
+        """Process ``index`` of ``procs``'s part: concurrency, connections, total and rate
+        split so that the parts add up exactly to the whole."""
+
+        def part(whole: int) -> int:
+            return whole // procs + (1 if index < whole % procs else 0)
+
+        scale = 1 / procs
+        return replace(
+            self,
+            concurrency=part(self.concurrency),
+            connections=max(1, min(part(self.connections), part(self.concurrency))),
+            total=None if self.total is None else part(self.total),
+            rps=None if self.rps is None else self.rps * scale,
+            load_start=None if self.load_start is None else self.load_start * scale,
+            load_end=None if self.load_end is None else self.load_end * scale,
+            load_step=self.load_step * scale,
+            procs=1,
+        )

@@ -1,0 +1,400 @@
+"""One process's share of the load: channels, worker coroutines, recording.
+
+The hot path is kept short, because a Python client spends most of its CPU in
+grpc itself: requests are serialized once and sent as bytes through the
+channel's multicallable (no per-call serializer), responses are not
+deserialized (only counted), metadata is built once, each worker is a plain
+loop (no task per call), the serving identity is read from the trailers, and
+latencies go straight into preallocated histogram counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from greeter.client import TargetError, channel_options, credentials
+from greeter.load.config import CALLS, LoadConfig
+from greeter.load.histogram import Histogram
+
+CLUSTER_KEY = "x-greeter-cluster"
+POD_KEY = "x-greeter-pod"
+STREAM_COUNT_HEADER = "x-greeter-stream-count"
+UNKNOWN = "(none)"  # no identity metadata came back (a gateway error, no connection...)
+MAX_ERROR_MESSAGES = 50  # distinct error messages kept; the rest are counted under "other"
+_OTHER = "(other messages)"
+
+
+class ConnectError(RuntimeError):
+    """The target could not be reached (refused, TLS mismatch, timed out)."""
+
+
+@dataclass
+class Backend:
+    """What one serving (cluster, pod) did."""
+
+    hist: Histogram = field(default_factory=Histogram)
+    errors: int = 0
+
+
+class Recorder:
+    """Counters and histograms for one process; merges exactly with others."""
+
+    def __init__(self) -> None:
+        self.hist = Histogram()
+        self.status: dict[str, int] = {}
+        self.messages: dict[str, int] = {}
+        self.backends: dict[tuple[str, str], Backend] = {}
+        self.replies = 0  # response messages received (streams count each one)
+        self.first_us = 0  # stream calls: time to the first reply
+
+    @property
+    def count(self) -> int:
+        return self.hist.count
+
+    @property
+    def errors(self) -> int:
+        return self.hist.count - self.status.get("OK", 0)
+
+    def backend(self, cluster: str, pod: str) -> Backend:
+        key = (cluster, pod)
+        found = self.backends.get(key)
+        if found is None:
+            found = self.backends[key] = Backend()
+        return found
+
+    def error(self, code: str, details: str) -> None:
+        message = f"{code}: {details}" if details else code
+        if message not in self.messages and len(self.messages) >= MAX_ERROR_MESSAGES:
+            message = _OTHER
+        self.messages[message] = self.messages.get(message, 0) + 1
+
+    def merge(self, other: Recorder) -> None:
+        self.hist.merge(other.hist)
+        for code, n in other.status.items():
+            self.status[code] = self.status.get(code, 0) + n
+        for message, n in other.messages.items():
+            self.messages[message] = self.messages.get(message, 0) + n
+        for (cluster, pod), b in other.backends.items():
+            mine = self.backend(cluster, pod)
+            mine.hist.merge(b.hist)
+            mine.errors += b.errors
+        self.replies += other.replies
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hist": self.hist.to_dict(),
+            "status": dict(self.status),
+            "messages": dict(self.messages),
+            "replies": self.replies,
+            "backends": [
+                [cluster, pod, b.hist.to_dict(), b.errors]
+                for (cluster, pod), b in self.backends.items()
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recorder:
+        rec = cls()
+        rec.hist = Histogram.from_dict(data["hist"])
+        rec.status = {str(k): int(v) for k, v in data["status"].items()}
+        rec.messages = {str(k): int(v) for k, v in data["messages"].items()}
+        rec.replies = int(data["replies"])
+        for cluster, pod, hist, errors in data["backends"]:
+            rec.backends[(cluster, pod)] = Backend(Histogram.from_dict(hist), int(errors))
+        return rec
+
+
+class Schedule:
+    """Hands out calls: how many are left, until when, and (open loop) when each is due."""
+
+    def __init__(self, config: LoadConfig, start: float, total: int | None, end: float | None):
+        self._left = total
+        self._end = end
+        self._start = start
+        self._open = config.open_loop
+        self._rate_at = config.rate_at
+        self._next_due = start
+        self.stopped = False
+
+    def next(self) -> float:
+        """The due time of the next call (0.0: now, closed loop), or -1.0 when done."""
+        if self.stopped:
+            return -1.0
+        if self._left is not None:
+            if self._left <= 0:
+                return -1.0
+            self._left -= 1
+        if not self._open:
+            if self._end is not None and time.perf_counter() >= self._end:
+                self.stopped = True
+                return -1.0
+            return 0.0
+        due = self._next_due
+        if self._end is not None and due >= self._end:
+            self.stopped = True
+            return -1.0
+        self._next_due = due + 1.0 / self._rate_at(due - self._start)
+        return due
+
+
+def _request_bytes(config: LoadConfig) -> bytes:
+    from grpc_health.v1 import health_pb2
+
+    from greeter._proto import helloworld_pb2
+
+    message_type: Any = (
+        health_pb2.HealthCheckRequest if config.call == "Check" else helloworld_pb2.HelloRequest
+    )
+    try:
+        message = json_format.ParseDict(config.request, message_type())
+    except json_format.ParseError as exc:
+        raise TargetError(f"-d/--data does not fit {message_type.DESCRIPTOR.name}: {exc}") from None
+    return bytes(message.SerializeToString())
+
+
+def _metadata(config: LoadConfig) -> grpc.aio.Metadata | None:
+    pairs = list(config.target.metadata)
+    if config.stream_count is not None and config.call == "SayHelloStreamReply":
+        pairs.append((STREAM_COUNT_HEADER, str(config.stream_count)))
+    return grpc.aio.Metadata(*pairs) if pairs else None
+
+
+def _identity(trailers: Any) -> tuple[str, str]:
+    cluster = pod = UNKNOWN
+    for key, value in trailers or ():
+        if key == CLUSTER_KEY:
+            cluster = value
+        elif key == POD_KEY:
+            pod = value
+    return cluster, pod
+
+
+def _code_name(code: grpc.StatusCode | None) -> str:
+    return code.name if code is not None else "UNKNOWN"
+
+
+Caller = Callable[[Recorder, float], Any]
+
+
+def _make_caller(channel: grpc.aio.Channel, config: LoadConfig) -> Caller:
+    """A coroutine function doing one call and recording it, for the configured call kind."""
+    path = CALLS[config.call]
+    payload = _request_bytes(config)
+    metadata = _metadata(config)
+    timeout = config.timeout
+    perf = time.perf_counter
+    rpc_error = grpc.aio.AioRpcError
+
+    def finish(rec: Recorder, began: float, code: str, trailers: Any, details: str) -> None:
+        us = int((perf() - began) * 1e6)
+        rec.hist.record(us)
+        rec.status[code] = rec.status.get(code, 0) + 1
+        backend = rec.backend(*_identity(trailers))
+        backend.hist.record(us)
+        if code != "OK":
+            backend.errors += 1
+            rec.error(code, details)
+
+    if config.call in ("SayHello", "Check"):
+        unary = channel.unary_unary(path, _registered_method=True)
+
+        async def unary_call(rec: Recorder, began: float) -> None:
+            call = unary(payload, timeout=timeout, metadata=metadata)
+            try:
+                await call
+            except rpc_error as exc:
+                finish(rec, began, _code_name(exc.code()), exc.trailing_metadata(), exc.details())
+                return
+            trailers = await call.trailing_metadata()
+            rec.replies += 1
+            finish(rec, began, "OK", trailers, "")
+
+        return unary_call
+
+    if config.call == "SayHelloStreamReply":
+        server_stream = channel.unary_stream(path, _registered_method=True)
+
+        async def stream_call(rec: Recorder, began: float) -> None:
+            call = server_stream(payload, timeout=timeout, metadata=metadata)
+            n = 0
+            try:
+                async for _ in call:
+                    n += 1
+            except rpc_error as exc:
+                rec.replies += n
+                finish(rec, began, _code_name(exc.code()), exc.trailing_metadata(), exc.details())
+                return
+            rec.replies += n
+            finish(rec, began, "OK", await call.trailing_metadata(), "")
+
+        return stream_call
+
+    bidi = channel.stream_stream(path, _registered_method=True)
+    sends = config.stream_count or 1
+
+    async def bidi_call(rec: Recorder, began: float) -> None:
+        call = bidi(timeout=timeout, metadata=metadata)
+        n = 0
+        try:
+            for _ in range(sends):
+                await call.write(payload)
+                if await call.read() is grpc.aio.EOF:
+                    break
+                n += 1
+            await call.done_writing()
+            code = await call.code()
+        except rpc_error as exc:
+            rec.replies += n
+            finish(rec, began, _code_name(exc.code()), exc.trailing_metadata(), exc.details())
+            return
+        rec.replies += n
+        if code is grpc.StatusCode.OK:
+            finish(rec, began, "OK", await call.trailing_metadata(), "")
+        else:
+            finish(
+                rec, began, _code_name(code), await call.trailing_metadata(), await call.details()
+            )
+
+    return bidi_call
+
+
+def channel_args(index: int) -> list[tuple[str, object]]:
+    # A private subchannel pool per channel: without it, channels with equal arguments share
+    # one HTTP/2 connection, and --connections would spread nothing.
+    return [("grpc.use_local_subchannel_pool", 1), ("greeter.load.connection", index)]
+
+
+@contextlib.asynccontextmanager
+async def connected(config: LoadConfig, first: int = 0) -> AsyncIterator[list[grpc.aio.Channel]]:
+    """``config.connections`` ready channels, or ConnectError with the reason."""
+    target = config.target
+    channels: list[grpc.aio.Channel] = []
+    try:
+        try:
+            # Blocking for --insecure (it fetches the server's certificate): off the loop.
+            creds, extra = await asyncio.to_thread(credentials, target, config.connect_timeout)
+        except (OSError, ValueError) as exc:
+            raise ConnectError(f"cannot connect to {target.address}: {exc}") from None
+        for i in range(config.connections):
+            options = channel_options(target, [*channel_args(first + i), *extra])
+            if creds is None:
+                channels.append(grpc.aio.insecure_channel(target.address, options=options))
+            else:
+                channels.append(grpc.aio.secure_channel(target.address, creds, options=options))
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(ch.channel_ready() for ch in channels)), config.connect_timeout
+            )
+        except TimeoutError:
+            raise ConnectError(await _why_not_ready(channels[0], config)) from None
+        yield channels
+    finally:
+        for ch in channels:
+            await ch.close()
+
+
+async def _why_not_ready(channel: grpc.aio.Channel, config: LoadConfig) -> str:
+    """Ask once without waiting for readiness: grpc then says what failed (refused, TLS...)."""
+    address = config.target.address
+    reason = f"not ready within --connect-timeout {config.connect_timeout:g}s"
+    probe = channel.unary_unary("/grpc.health.v1.Health/Check", _registered_method=True)
+    try:
+        await probe(b"", timeout=min(config.connect_timeout, 5.0), wait_for_ready=False)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            reason = f"{reason}; {exc.details()}"
+    return f"cannot connect to {address}: {reason}"
+
+
+class Run:
+    """The workers of one process over already connected channels."""
+
+    def __init__(self, config: LoadConfig, channels: list[grpc.aio.Channel]) -> None:
+        self.config = config
+        self.callers = [_make_caller(ch, config) for ch in channels]
+        self.recorder = Recorder()
+        self.schedule: Schedule | None = None
+        self._stop = asyncio.Event()
+        self.stopped_at = 0.0  # perf_counter() of stop(), 0 if not stopped
+
+    async def _worker(self, caller: Caller, schedule: Schedule, rec: Recorder) -> None:
+        perf = time.perf_counter
+        sleep = asyncio.sleep
+        while True:
+            due = schedule.next()
+            if due < 0:
+                return
+            if due:
+                wait = due - perf()
+                if wait > 0:
+                    await sleep(wait)
+                    if schedule.stopped:
+                        return
+                # Latency counts from when the call was due, not when a worker got to it:
+                # a stalled server shows up in the numbers (no coordinated omission).
+                await caller(rec, due)
+            else:
+                await caller(rec, perf())
+
+    async def phase(
+        self, start: float, total: int | None, end: float | None, rec: Recorder, drain: float
+    ) -> None:
+        """Run the workers from ``start`` until the schedule is done, ``end`` passes or
+        :meth:`stop` is called."""
+        self.schedule = schedule = Schedule(self.config, start, total, end)
+        wait = start - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        n = len(self.callers)
+        workers = [
+            asyncio.ensure_future(self._worker(self.callers[i % n], schedule, rec))
+            for i in range(self.config.concurrency)
+        ]
+        everyone = asyncio.gather(*workers, return_exceptions=True)
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            timeout = None if end is None else max(0.0, end - time.perf_counter())
+            waiters: set[asyncio.Future[Any]] = {everyone, stopped}
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            schedule.stopped = True
+            # Calls in flight at the end get a short while; the rest are cancelled and not
+            # counted, as they never finished.
+            await asyncio.wait(workers, timeout=drain)
+        finally:
+            schedule.stopped = True
+            stopped.cancel()
+            for w in workers:
+                w.cancel()
+            results = await everyone
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+
+    @property
+    def interrupted(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        """Stop issuing calls (Ctrl-C); the running phase ends after a short drain."""
+        if not self._stop.is_set():
+            self.stopped_at = time.perf_counter()
+        self._stop.set()
+        if self.schedule is not None:
+            self.schedule.stopped = True
+
+
+def start_loop(config: LoadConfig) -> None:
+    """Use uvloop when asked for and installed."""
+    if config.uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

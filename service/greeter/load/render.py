@@ -1,0 +1,214 @@
+"""The report for people (a summary with bars and the by-backend tables, an HTML page
+with an inline SVG chart) and for spreadsheets (CSV)."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from typing import Any
+
+from greeter.load.report import Report
+
+BAR_WIDTH = 40
+
+
+def _fmt_ms(value: float) -> str:
+    return f"{value:.2f} ms" if value < 1000 else f"{value / 1000:.2f} s"
+
+
+def _pct_keys(latency: dict[str, float]) -> list[str]:
+    return [k for k in latency if k.startswith("p")]
+
+
+def summary(report: Report) -> str:
+    d = report.data
+    out: list[str] = []
+    add = out.append
+    title = "Summary (interrupted: partial)" if d["interrupted"] else "Summary"
+    add(f"{title}:")
+    add(f"  Target:\t{d['target']}  ({d['call']})")
+    opts = d["options"]
+    add(
+        f"  Load:\t\t-c {opts['concurrency']}  --connections {opts['connections']}  "
+        f"--procs {opts['procs']}" + (f"  --rps {opts['rps']:g}" if opts["rps"] else "")
+    )
+    add(f"  Count:\t\t{d['count']}  ({d['ok']} OK, {d['errors']} errors, {d['error_rate']:.2%})")
+    add(f"  Total:\t\t{d['duration_s']:.2f} s")
+    add(f"  Requests/sec:\t{d['rps']:.2f}")
+    if d["call"] in ("SayHelloStreamReply", "SayHelloBidiStream"):
+        add(f"  Replies:\t{d['replies']}")
+    lat = d["latency_ms"]
+    if d["count"]:
+        add(
+            f"  Latency:\tmin {_fmt_ms(lat['min'])}  mean {_fmt_ms(lat['mean'])}  "
+            f"max {_fmt_ms(lat['max'])}"
+        )
+        add("")
+        add("Latency distribution:")
+        for key in _pct_keys(lat):
+            add(f"  {key:>7} in {_fmt_ms(lat[key])}")
+        add("")
+        add("Response time histogram:")
+        top = max(bar["count"] for bar in d["histogram"]) or 1
+        for bar in d["histogram"]:
+            n = bar["count"]
+            mark = "∎" * (round(n / top * BAR_WIDTH) if n else 0)
+            add(f"  {bar['to_ms']:10.3f} ms [{n:>{len(str(top))}}]\t|{mark}")
+    add("")
+    add("Status code distribution:")
+    for code, n in d["status_codes"].items():
+        add(f"  [{code}]\t{n} responses")
+    if d["error_messages"]:
+        add("")
+        add("Error distribution:")
+        for message, n in d["error_messages"].items():
+            add(f"  [{n}]\t{message}")
+    for title, key in (("cluster", "by_cluster"), ("pod", "by_pod")):
+        add("")
+        add(f"By {title}:")
+        add(_table(d[key], title, _pct_keys(lat)))
+    if d["thresholds"]:
+        add("")
+        add("Thresholds:")
+        for t in d["thresholds"]:
+            verdict = "ok" if t["passed"] else "FAILED"
+            add(f"  {t['name']:<16} {t['value']:g} (limit {t['limit']:g})  {verdict}")
+    for failure in report.failures:
+        add(f"FAILED: {failure}")
+    return "\n".join(out) + "\n"
+
+
+def _table(rows: dict[str, dict[str, Any]], title: str, pcts: list[str]) -> str:
+    shown = [p for p in ("p50", "p99") if p in pcts] or pcts[:2]
+    header = [title, "count", "share", *shown, "errors"]
+    lines = [header]
+    for name, row in rows.items():
+        lines.append(
+            [
+                name,
+                str(row["count"]),
+                f"{row['share']:.1%}",
+                *(f"{row['latency_ms'][p]:.2f} ms" for p in shown),
+                str(row["errors"]),
+            ]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = []
+    for line in lines:
+        cells = [line[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(line[1:], widths[1:], strict=True)
+        ]
+        text.append("  " + "  ".join(cells))
+    return "\n".join(text)
+
+
+CSV_FIELDS = ("kind", "name", "count", "share", "errors", "min_ms", "mean_ms", "max_ms")
+
+
+def to_csv(report: Report) -> str:
+    """One row for the whole run, then one per cluster and per pod, then status codes.
+    Columns: kind,name,count,share,errors,min_ms,mean_ms,max_ms,<percentiles>_ms."""
+    d = report.data
+    pcts = _pct_keys(d["latency_ms"])
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([*CSV_FIELDS, *(f"{p}_ms" for p in pcts)])
+
+    def row(kind: str, name: str, count: int, share: float, errors: int, lat: dict) -> None:
+        writer.writerow(
+            [
+                kind,
+                name,
+                count,
+                share,
+                errors,
+                lat.get("min", ""),
+                lat.get("mean", ""),
+                lat.get("max", ""),
+                *(lat.get(p, "") for p in pcts),
+            ]
+        )
+
+    row("total", d["target"], d["count"], 1.0 if d["count"] else 0.0, d["errors"], d["latency_ms"])
+    for kind, key in (("cluster", "by_cluster"), ("pod", "by_pod")):
+        for name, r in d[key].items():
+            row(kind, name, r["count"], r["share"], r["errors"], r["latency_ms"])
+    for code, n in d["status_codes"].items():
+        share = round(n / d["count"], 6) if d["count"] else 0.0
+        row("status", code, n, share, 0 if code == "OK" else n, {})
+    return buf.getvalue()
+
+
+def _svg_chart(report: Report, width: int = 720, height: int = 260) -> str:
+    bars = report.data["histogram"]
+    pad_left, pad_bottom, pad_top = 60, 40, 10
+    inner_w, inner_h = width - pad_left - 10, height - pad_bottom - pad_top
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="latency histogram">',
+        f'<line x1="{pad_left}" y1="{pad_top + inner_h}" x2="{width - 10}" '
+        f'y2="{pad_top + inner_h}" stroke="#333"/>',
+    ]
+    if bars:
+        top = max(b["count"] for b in bars) or 1
+        slot = inner_w / len(bars)
+        for i, b in enumerate(bars):
+            h = b["count"] / top * inner_h
+            x = pad_left + i * slot
+            parts.append(
+                f'<rect x="{x + 1:.1f}" y="{pad_top + inner_h - h:.1f}" width="{slot - 2:.1f}" '
+                f'height="{h:.1f}" fill="#3b7dd8"><title>{b["from_ms"]} to {b["to_ms"]} ms: '
+                f"{b['count']}</title></rect>"
+            )
+            if i % max(1, len(bars) // 5) == 0:
+                parts.append(
+                    f'<text x="{x:.1f}" y="{height - 20}" font-size="11">{b["from_ms"]:g}</text>'
+                )
+        parts.append(f'<text x="4" y="{pad_top + 10}" font-size="11">{top}</text>')
+        parts.append(
+            f'<text x="{width / 2:.0f}" y="{height - 4}" font-size="11">latency, ms</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def to_html(report: Report) -> str:
+    """A self-contained page: no scripts, no external styles or fonts."""
+    d = report.data
+    esc = html.escape
+    pcts = _pct_keys(d["latency_ms"])
+
+    def table(rows: dict[str, dict[str, Any]], title: str) -> str:
+        head = "".join(f"<th>{esc(h)}</th>" for h in (title, "count", "share", *pcts, "errors"))
+        body = "".join(
+            "<tr><td>{}</td><td>{}</td><td>{:.1%}</td>{}<td>{}</td></tr>".format(
+                esc(name),
+                r["count"],
+                r["share"],
+                "".join(f"<td>{r['latency_ms'][p]:.2f}</td>" for p in pcts),
+                r["errors"],
+            )
+            for name, r in rows.items()
+        )
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    stats = "".join(
+        f"<tr><th>{esc(k)}</th><td>{v:.3f} ms</td></tr>" for k, v in d["latency_ms"].items()
+    )
+    codes = "".join(f"<tr><td>{esc(c)}</td><td>{n}</td></tr>" for c, n in d["status_codes"].items())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>greeter load: {esc(d["target"])}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}</style></head><body>
+<h1>greeter load: {esc(d["target"])} ({esc(d["call"])})</h1>
+<p>{d["count"]} calls in {d["duration_s"]:.2f} s, {d["rps"]:.1f}/s; {d["errors"]} errors
+({d["error_rate"]:.2%}){" &mdash; interrupted" if d["interrupted"] else ""}.
+Started {esc(d["started_at"])}.</p>
+<h2>Latency</h2>{_svg_chart(report)}
+<table>{stats}</table>
+<h2>Status codes</h2><table>{codes}</table>
+<h2>By cluster</h2>{table(d["by_cluster"], "cluster")}
+<h2>By pod</h2>{table(d["by_pod"], "pod")}
+</body></html>
+"""

@@ -1,0 +1,212 @@
+"""The report: one JSON-ready dictionary (documented by ``report.schema.json``) built
+from the merged counters, plus the CI verdict (thresholds and exit code)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from greeter.load.config import LoadConfig, percentile_name
+from greeter.load.engine import Recorder
+from greeter.load.histogram import Histogram, bucket_bounds
+
+SCHEMA_ID = "greeter-load-report/v1"
+EXIT_OK = 0
+EXIT_FAILED = 1  # a threshold was missed, --max-error-rate exceeded, or no call succeeded
+EXIT_BAD_ARGS = 2
+EXIT_CONNECT = 3
+EXIT_INTERRUPTED = 130  # Ctrl-C: the partial report is printed first
+CHART_BARS = 20
+
+
+def schema() -> dict[str, Any]:
+    """The JSON schema of :attr:`Report.data`."""
+    text = resources.files("greeter.load").joinpath("report.schema.json").read_text()
+    return dict(json.loads(text))
+
+
+def _ms(us: float) -> float:
+    return round(us / 1000, 3)
+
+
+def latency_stats(hist: Histogram, percentiles: tuple[float, ...]) -> dict[str, float]:
+    stats = {"min": _ms(hist.min), "mean": _ms(hist.mean), "max": _ms(hist.max)}
+    for p in percentiles:
+        stats[percentile_name(p)] = _ms(hist.percentile(p))
+    return stats
+
+
+def histogram_bars(hist: Histogram, bars: int = CHART_BARS) -> list[dict[str, Any]]:
+    """Up to ``bars`` ranges between min and max, log-spaced (latency tails are long),
+    each with its count; every recorded value falls in exactly one range."""
+    if not hist.count:
+        return []
+    low, high = max(hist.min, 1), max(hist.max, 1)
+    if high <= low:
+        return [{"from_ms": _ms(hist.min), "to_ms": _ms(hist.max), "count": hist.count}]
+    ratio = (high / low) ** (1 / bars)
+    edges = [low * ratio**i for i in range(bars)] + [float(high)]
+    slices = [0] * bars
+    for index, n in hist.buckets():
+        # A bucket's values are within 0.2% of each other: place it by its midpoint.
+        lo, hi = bucket_bounds(index)
+        mid = min(max((lo + hi) / 2, low), high)
+        slot = min(bars - 1, int(math.log(mid / low) / math.log(ratio)))
+        slices[slot] += n
+    return [
+        {"from_ms": _ms(hist.min if i == 0 else edges[i]), "to_ms": _ms(edges[i + 1]), "count": n}
+        for i, n in enumerate(slices)
+    ]
+
+
+@dataclass
+class Report:
+    data: dict[str, Any]
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if self.data["interrupted"]:
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED if self.failures else EXIT_OK
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def to_json(self) -> str:
+        return json.dumps(self.data, indent=2, sort_keys=False)
+
+
+@dataclass
+class Group:
+    """The calls one cluster (or one pod) served."""
+
+    hist: Histogram
+    errors: int
+    cluster: str | None  # pods: the cluster they are in
+
+
+def _backend_table(
+    groups: dict[str, Group], total: int, percentiles: tuple[float, ...]
+) -> dict[str, dict[str, Any]]:
+    table = {}
+    for name, g in sorted(groups.items(), key=lambda kv: (-kv[1].hist.count, kv[0])):
+        row: dict[str, Any] = {
+            "count": g.hist.count,
+            "share": round(g.hist.count / total, 6) if total else 0.0,
+            "errors": g.errors,
+            "latency_ms": latency_stats(g.hist, percentiles),
+        }
+        if g.cluster is not None:
+            row["cluster"] = g.cluster
+        table[name] = row
+    return table
+
+
+def build_report(
+    config: LoadConfig,
+    rec: Recorder,
+    duration: float,
+    interrupted: bool,
+    started_at: datetime.datetime,
+) -> Report:
+    hist = rec.hist
+    count = hist.count
+    ok = rec.status.get("OK", 0)
+    errors = count - ok
+    percentiles = tuple(sorted(set(config.percentiles)))
+    clusters: dict[str, Group] = {}
+    pods: dict[str, Group] = {}
+    for (cluster, pod), backend in rec.backends.items():
+        for groups, name, of in ((clusters, cluster, None), (pods, pod, cluster)):
+            group = groups.setdefault(name, Group(Histogram(), 0, of))
+            group.hist.merge(backend.hist)
+            group.errors += backend.errors
+    target = config.target
+    data: dict[str, Any] = {
+        "schema": SCHEMA_ID,
+        "target": target.address,
+        "call": config.call,
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "options": {
+            "concurrency": config.concurrency,
+            "connections": config.connections,
+            "procs": config.procs,
+            "total": config.total,
+            "duration_s": config.duration,
+            "rps": config.rps,
+            "load_schedule": config.schedule,
+            "warmup_s": config.warmup,
+            "timeout_s": config.timeout,
+            "tls": target.secure,
+            "authority": target.authority or None,
+            "lb_policy": target.lb_policy or None,
+            "metadata_keys": sorted({k for k, _ in target.metadata}),
+        },
+        "interrupted": interrupted,
+        "count": count,
+        "ok": ok,
+        "errors": errors,
+        "error_rate": round(errors / count, 6) if count else 0.0,
+        "duration_s": round(duration, 6),
+        "rps": round(count / duration, 3) if duration > 0 else 0.0,
+        "replies": rec.replies,
+        "latency_ms": latency_stats(hist, percentiles),
+        "histogram": histogram_bars(hist),
+        "status_codes": dict(sorted(rec.status.items(), key=lambda kv: -kv[1])),
+        "error_messages": dict(sorted(rec.messages.items(), key=lambda kv: -kv[1])),
+        "by_cluster": _backend_table(clusters, count, percentiles),
+        "by_pod": _backend_table(pods, count, percentiles),
+        "hdr": hist.to_dict(),
+    }
+    report = Report(data)
+    data["thresholds"] = _check(config, report)
+    data["passed"] = not report.failures
+    return report
+
+
+def _check(config: LoadConfig, report: Report) -> list[dict[str, Any]]:
+    """Apply --max-error-rate and the latency bounds; failures go to ``report.failures``."""
+    data = report.data
+    checks: list[dict[str, Any]] = []
+    if data["count"] and not data["ok"]:
+        report.failures.append(
+            f"no call succeeded ({data['count']} failed; first: {_top_error(data)})"
+        )
+    if config.max_error_rate is not None:
+        passed = data["error_rate"] <= config.max_error_rate
+        checks.append(
+            {
+                "name": "error_rate",
+                "limit": config.max_error_rate,
+                "value": data["error_rate"],
+                "passed": passed,
+            }
+        )
+        if not passed:
+            report.failures.append(
+                f"error rate {data['error_rate']:.2%} exceeds --max-error-rate "
+                f"{config.max_error_rate:.2%}"
+            )
+    hist = Histogram.from_dict(data["hdr"])
+    for t in config.thresholds:
+        if t.stat in data["latency_ms"]:
+            value = data["latency_ms"][t.stat]
+        else:
+            value = _ms(hist.percentile(float(t.stat[1:])))
+        passed = bool(data["count"]) and value <= t.limit_ms
+        checks.append(
+            {"name": f"latency_{t.stat}", "limit": t.limit_ms, "value": value, "passed": passed}
+        )
+        if not passed:
+            report.failures.append(f"latency {t.stat} {value:g} ms exceeds {t.limit_ms:g} ms")
+    return checks
+
+
+def _top_error(data: dict[str, Any]) -> str:
+    messages = data["error_messages"]
+    return next(iter(messages)) if messages else "unknown"
