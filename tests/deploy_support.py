@@ -62,7 +62,8 @@ def tool(name: str) -> str:
 
 def _fetch_helm_module() -> Any:
     spec = importlib.util.spec_from_file_location("fetch_helm", ROOT / "tools" / "fetch_helm.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -245,7 +246,7 @@ def run(cmd: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     kwargs.setdefault("capture_output", True)
     kwargs.setdefault("text", True)
     kwargs.setdefault("check", False)
-    return subprocess.run(list(cmd), **kwargs)  # noqa: PLW1510
+    return subprocess.run(list(cmd), **kwargs)
 
 
 def python() -> str:

@@ -13,10 +13,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import deploy_support as ds
 import pytest
 import yaml
-
-import deploy_support as ds
 
 CI_VALUES = sorted((ds.CHART / "ci").glob("*-values.yaml"))
 SETTINGS_DEFAULTS = {"drain_delay": 5.0, "grace_period": 20.0}

@@ -10,14 +10,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+import deploy_support as ds
 import pytest
 import yaml
 
-import deploy_support as ds
-
-MANIFESTS = sorted(
-    p for p in ds.GITOPS.rglob("*.yaml") if p.name != "kustomization.yaml"
-)
+MANIFESTS = sorted(p for p in ds.GITOPS.rglob("*.yaml") if p.name != "kustomization.yaml")
 APPSET = ds.GITOPS / "argocd" / "applicationset.yaml"
 FLEET = ds.GITOPS / "fleet"
 _TEMPLATE = re.compile(r"\{\{\s*\.([A-Za-z_][\w.]*)\s*\}\}")
