@@ -51,6 +51,9 @@ async def test_max_concurrent_streams_queues_instead_of_failing():
             )
             return len([r async for r in call])
 
+        # one call first: the client must have the server's SETTINGS before it
+        # can respect the limit (streams opened before that get REFUSED_STREAM)
+        assert await stream() == 5
         counts = await asyncio.gather(*(stream() for _ in range(6)))
         assert counts == [5] * 6
 
