@@ -70,7 +70,7 @@ def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
 def print_banner(r: Rehearsal) -> None:
     print(f"gateway: https://{r.address} (TLS for grpc.example.com, self-signed: {r.cert})")
     for b in r.backends + r.canary:
-        print(f"  {b.cluster:<12} {b.pod:<24} 127.0.0.1:{b.port}")
+        print(f"  {b.cluster:<12} {b.pod:<24} {b.address}")
     print(f"work folder: {r.workdir} (nginx.conf, logs)")
     print("try:")
     for command in r.commands():
@@ -84,15 +84,19 @@ def print_report(summary: dict[str, Any], as_json: bool) -> None:
         return
     print(
         f"{summary['scenario']}: {summary['count']} calls in {summary['duration_s']}s "
-        f"({summary['rps']}/s), failed {summary['failed']}, "
-        f"failure window {summary['failure_window_s']}s"
+        f"({summary['rps']}/s), failed {summary['failed']}"
     )
     print(f"  status codes: {summary['status_codes']}")
     print(f"  by cluster:   {summary['by_cluster']}")
     print(f"  by pod:       {summary['by_pod']}")
     for event in summary["events"]:
         print(f"  {event}")
-    for sample in summary["failure_samples"]:
+    if "failure_window_s" in summary:
+        print(
+            f"  failures from {summary['first_failure_s']}s, window "
+            f"{summary['failure_window_s']}s (kill at {summary['kill_at_s']}s)"
+        )
+    for sample in summary.get("failure_samples", []):
         print(f"  failed: {sample}")
 
 

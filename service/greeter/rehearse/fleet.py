@@ -71,11 +71,11 @@ class RehearsalConfig:
 
 @dataclass
 class Backend:
-    """One ``greeter serve`` process; it keeps its port across restarts."""
+    """One ``greeter serve`` process on a unix socket it keeps across restarts."""
 
     cluster: str
     pod: str
-    port: int
+    socket: Path
     command: list[str]
     env: dict[str, str]
     log: Path
@@ -84,13 +84,30 @@ class Backend:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        """The gRPC target (``greeter serve`` appends ``:port`` to the host; port 0 here)."""
+        return f"unix:{self.socket}:0"
+
+    @property
+    def upstream(self) -> str:
+        """How nginx names this backend."""
+        return f"unix:{self.socket}:0"
+
+    @property
+    def socket_file(self) -> Path:
+        return Path(f"{self.socket}:0")
+
+    def remove_endpoint(self) -> None:
+        """Take the backend out of the gateway's endpoints: new connections fail (ENOENT),
+        connections already open keep being served. Kubernetes does this when a pod starts
+        terminating, at the same time as it runs the preStop hook and sends SIGTERM."""
+        self.socket_file.unlink(missing_ok=True)
 
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def spawn(self) -> None:
+        self.socket_file.unlink(missing_ok=True)  # a SIGKILLed process leaves its socket behind
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 self.command,
@@ -217,14 +234,14 @@ class Rehearsal:
 
     def _backend(self, cluster: str, pod: str) -> Backend:
         c = self.config
-        port = free_port()
+        sock = self.workdir / "sockets" / f"{pod}.sock"
         command = [
             sys.executable,
             "-m",
             "greeter",
             "serve",
-            "--host=127.0.0.1",
-            f"--port={port}",
+            f"--host=unix:{sock}",
+            "--port=0",
             "--metrics-port=0",
             f"--cluster-name={cluster}",
             f"--pod-name={pod}",
@@ -240,7 +257,7 @@ class Rehearsal:
         # Nothing from the caller's GREETER_* environment leaks into the backends.
         env = {k: v for k, v in os.environ.items() if not k.startswith("GREETER_")}
         log = self.workdir / "logs" / f"{pod}.log"
-        return Backend(cluster, pod, port, command, env, log)
+        return Backend(cluster, pod, sock, command, env, log)
 
     async def start(self) -> None:
         from greeter.rehearse.nginx import find_nginx
@@ -253,6 +270,7 @@ class Rehearsal:
         else:
             self.workdir = c.workdir
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        (self.workdir / "sockets").mkdir(parents=True, exist_ok=True)
         pair = certs.make_leaf(self.workdir / "tls", "tls", [HOST, "localhost", "127.0.0.1"])
         for cluster in c.clusters:
             for index in range(c.pods_per_cluster):
@@ -265,8 +283,8 @@ class Rehearsal:
         await asyncio.gather(*(b.wait_ready() for b in everyone))
         gateway = Gateway(
             port=c.port or free_port(),
-            fleet=[b.port for b in self.backends],
-            canary=[b.port for b in self.canary] or [b.port for b in self.backends],
+            fleet=[b.upstream for b in self.backends],
+            canary=[b.upstream for b in self.canary] or [b.upstream for b in self.backends],
             cert=pair.cert,
             key=pair.key,
             fail_timeout=c.fail_timeout,
@@ -297,8 +315,10 @@ class Rehearsal:
         return [b for b in self.backends if b.cluster == name]
 
     async def restart(self, backend: Backend) -> int | None:
-        """SIGTERM one backend, wait for its drain to finish, start it again on its port."""
+        """Terminate one backend as Kubernetes does (endpoint removed, SIGTERM), wait for its
+        drain to finish, and start it again on the same socket."""
         bound = self.config.drain_delay + self.config.grace_period + 5.0
+        backend.remove_endpoint()
         code = await backend.stop(bound)
         backend.spawn()
         backend.restarts += 1

@@ -1,4 +1,9 @@
-"""Disruptions under steady traffic through the gateway: a rolling drain and a cluster outage."""
+"""Disruptions under steady traffic through the gateway: a rolling drain and a cluster outage.
+
+Both return a :class:`ScenarioResult` whose ``summary()`` has ``count``, ``failed``,
+``status_codes``, ``by_cluster``, ``by_pod`` and a timeline of what was done when.
+docs/rehearsal.md explains why the drain loses nothing and what bounds the outage.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +14,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from greeter.rehearse.fleet import Rehearsal
-from greeter.rehearse.traffic import Traffic, TrafficReport
+from greeter.rehearse.traffic import LoadRun, Traffic, load_summary
 
 logger = logging.getLogger(__name__)
 
-# A cluster outage on 127.0.0.1 (connections reset, ports refused) may fail at most this many
-# calls: nginx retries them on the surviving cluster (docs/rehearsal.md).
-OUTAGE_MAX_FAILED = 0
+# A cluster outage (SIGKILL: connections reset, ports refused) may fail only the calls that were
+# already sent to a killed backend: nginx cannot replay a gRPC request it has started to send.
+# At the scenario's rate that is a handful; every other call is retried on the other cluster.
+OUTAGE_MAX_FAILED = 10
+# ...and all of them within this many seconds of the kill (later calls never go to a dead one).
+OUTAGE_MAX_WINDOW_S = 1.0
 
 
 @dataclass
 class ScenarioResult:
     name: str
-    traffic: TrafficReport
+    traffic: dict[str, Any]
     events: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def failed(self) -> int:
+        return int(self.traffic["failed"])
+
     def summary(self) -> dict[str, Any]:
-        return {"scenario": self.name, **self.traffic.summary(), "events": self.events}
+        return {"scenario": self.name, **self.traffic, "events": self.events}
 
 
 class _Timeline:
@@ -36,7 +48,14 @@ class _Timeline:
     def mark(self, what: str, **extra: Any) -> None:
         at = round(time.perf_counter() - self.began, 3)
         self.events.append({"at_s": at, "event": what, **extra})
-        logger.info("%.3fs %s %s", at, what, extra or "")
+        logger.info("%7.3fs %s %s", at, what, extra or "")
+
+
+def rolling_drain_duration(rehearsal: Rehearsal, settle: float) -> float:
+    """How long the traffic must last to cover every restart, with room to spare."""
+    c = rehearsal.config
+    per_backend = c.drain_delay + 2.5 + settle + c.fail_timeout
+    return settle + len(rehearsal.backends) * per_backend + settle
 
 
 async def rolling_drain(
@@ -45,26 +64,31 @@ async def rolling_drain(
     settle: float = 1.0,
     concurrency: int = 16,
 ) -> ScenarioResult:
-    """SIGTERM each fleet backend in turn under traffic; restart it and wait for SERVING.
+    """SIGTERM each fleet backend in turn while ``greeter load`` runs through the gateway.
 
-    Between two backends the scenario waits ``settle`` plus the gateway's fail_timeout, so a
-    backend nginx marked failed while it was down is back in rotation before the next goes.
+    Each backend drains (NOT_SERVING, drain delay, stop with grace) and is started again on
+    its port; the next one goes once it is SERVING and nginx's fail_timeout has passed, so a
+    backend nginx marked failed while it was down is back in rotation first.
     """
-    traffic = Traffic(rehearsal.target(), rps, concurrency=concurrency)
+    duration = rolling_drain_duration(rehearsal, settle)
+    load = LoadRun(rehearsal.target(), rps, duration, concurrency=concurrency)
     timeline = _Timeline()
-    runner = asyncio.create_task(traffic.run())
+    await load.start()
+    timeline.mark("greeter load started", rps=rps, duration_s=round(duration, 1))
     pause = settle + rehearsal.config.fail_timeout
-    try:
-        await asyncio.sleep(settle)
-        for backend in rehearsal.backends:
-            timeline.mark("sigterm", pod=backend.pod)
-            code = await rehearsal.restart(backend)
-            timeline.mark("serving again", pod=backend.pod, exit_code=code)
-            await asyncio.sleep(pause)
-    finally:
-        traffic.stop()
-        report = await runner
-    return ScenarioResult("rolling-drain", report, timeline.events)
+    await asyncio.sleep(settle)
+    for backend in rehearsal.backends:
+        timeline.mark("sigterm", pod=backend.pod)
+        code = await rehearsal.restart(backend)
+        timeline.mark("serving again", pod=backend.pod, exit_code=code)
+        await asyncio.sleep(pause)
+    timeline.mark("all restarted")
+    report = await load.result()
+    timeline.mark("greeter load done")
+    traffic = load_summary(report)
+    last_restart = timeline.events[-2]["at_s"]
+    traffic["covered_all_restarts"] = bool(duration >= last_restart)
+    return ScenarioResult("rolling-drain", traffic, timeline.events)
 
 
 async def cluster_outage(
@@ -75,7 +99,11 @@ async def cluster_outage(
     after: float = 5.0,
     concurrency: int = 16,
 ) -> ScenarioResult:
-    """SIGKILL every backend of one cluster under traffic, keep going, then bring them back."""
+    """SIGKILL every backend of one cluster under traffic, keep going, then bring them back.
+
+    The traffic is the rehearsal's own probe, which keeps one record per call, so the report
+    says when the failures happened, not only how many there were.
+    """
     name = cluster or rehearsal.config.clusters[-1]
     victims = rehearsal.cluster(name)
     if not victims:
@@ -85,6 +113,7 @@ async def cluster_outage(
     runner = asyncio.create_task(traffic.run())
     try:
         await asyncio.sleep(before)
+        kill_at = time.perf_counter()
         timeline.mark("sigkill", cluster=name, pods=[b.pod for b in victims])
         await rehearsal.kill(victims)
         await asyncio.sleep(after)
@@ -93,4 +122,10 @@ async def cluster_outage(
         report = await runner
     await rehearsal.revive(victims)
     timeline.mark("revived", cluster=name)
-    return ScenarioResult("cluster-outage", report, timeline.events)
+    summary = report.summary()
+    failed = report.failures
+    summary["kill_at_s"] = round(kill_at - traffic.started, 3)
+    summary["last_failure_after_kill_s"] = (
+        round(failed[-1].at - summary["kill_at_s"], 3) if failed else None
+    )
+    return ScenarioResult("cluster-outage", summary, timeline.events)

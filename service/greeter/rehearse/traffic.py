@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -97,7 +99,7 @@ class Traffic:
         self.timeout = timeout
         self.report = TrafficReport()
         self._stop = asyncio.Event()
-        self._started = 0.0
+        self.started = 0.0
 
     def stop(self) -> None:
         self._stop.set()
@@ -109,14 +111,14 @@ class Traffic:
             await call
             who = identity_of(await call.initial_metadata(), await call.trailing_metadata())
             outcome = Outcome(
-                time.perf_counter() - self._started,
+                time.perf_counter() - self.started,
                 "OK",
                 who.get("x-greeter-cluster", ""),
                 who.get("x-greeter-pod", ""),
             )
         except grpc.aio.AioRpcError as exc:
             outcome = Outcome(
-                time.perf_counter() - self._started, exc.code().name, details=exc.details() or ""
+                time.perf_counter() - self.started, exc.code().name, details=exc.details() or ""
             )
         finally:
             gate.release()
@@ -133,11 +135,11 @@ class Traffic:
             request = helloworld_pb2.HelloRequest(name="rehearsal")
             gate = asyncio.Semaphore(self.concurrency)
             tasks: set[asyncio.Task[None]] = set()
-            self._started = time.perf_counter()
+            self.started = time.perf_counter()
             interval = 1.0 / self.rps
             sent = 0
             while not self._stop.is_set():
-                now = time.perf_counter() - self._started
+                now = time.perf_counter() - self.started
                 if duration is not None and now >= duration:
                     break
                 due = sent * interval
@@ -152,9 +154,95 @@ class Traffic:
                 sent += 1
             if tasks:
                 await asyncio.wait(tasks, timeout=self.timeout + 5)
-            self.report.duration = time.perf_counter() - self._started
+            self.report.duration = time.perf_counter() - self.started
         finally:
             for ch in channels:
                 await ch.close()
         self.report.outcomes.sort(key=lambda o: o.at)
         return self.report
+
+
+class LoadRun:
+    """``greeter load`` as a child process for ``duration`` seconds; its JSON report after.
+
+    The command line is the one the rehearsal prints for people, so the scenario proves the
+    same tool they will point at the real gateway.
+    """
+
+    def __init__(
+        self, target: Target, rps: float, duration: float, concurrency: int = 16, procs: int = 1
+    ) -> None:
+        md = [arg for key, value in target.metadata for arg in ("-m", f"{key}:{value}")]
+        tls = ["--cacert", target.cacert] if target.cacert else ["--insecure"]
+        self.command = [
+            sys.executable,
+            "-m",
+            "greeter",
+            "load",
+            target.address,
+            *tls,
+            "--authority",
+            target.authority,
+            *md,
+            "-c",
+            str(concurrency),
+            "--connections",
+            "2",
+            "--procs",
+            str(procs),
+            "-z",
+            f"{duration:g}s",
+            "--rps",
+            f"{rps:g}",
+            "-O",
+            "json",
+            "-q",
+        ]
+        self.duration = duration
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self._proc = await asyncio.create_subprocess_exec(
+            *self.command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+
+    async def result(self, slack: float = 30.0) -> dict[str, Any]:
+        """Wait for the report (bounded: duration + slack); the child is killed past that."""
+        proc = self._proc
+        if proc is None:
+            raise RuntimeError("greeter load was not started")
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), self.duration + slack)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise RuntimeError("greeter load did not finish in time") from None
+        try:
+            report: dict[str, Any] = json.loads(out)
+        except json.JSONDecodeError:
+            raise RuntimeError(
+                f"greeter load exited {proc.returncode} without a JSON report: "
+                f"{err.decode()[-2000:]}"
+            ) from None
+        return report
+
+
+def load_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a ``greeter load`` report the scenarios judge, shaped like the probe's."""
+    codes = dict(report.get("status_codes", {}))
+    count = int(report.get("count", 0))
+
+    def counts(table: dict[str, Any]) -> dict[str, int]:
+        return {k: int(v["count"]) if isinstance(v, dict) else int(v) for k, v in table.items()}
+
+    return {
+        "count": count,
+        "duration_s": report.get("duration_s", report.get("duration")),
+        "rps": report.get("rps"),
+        "failed": count - int(codes.get("OK", 0)),
+        "status_codes": codes,
+        "by_cluster": counts(report.get("by_cluster", {})),
+        "by_pod": counts(report.get("by_pod", {})),
+        "latency_ms": report.get("latency_ms"),
+        "errors": report.get("errors") or report.get("error_distribution"),
+    }
