@@ -29,9 +29,21 @@ K8S_MODELS = ROOT / "tools" / "k8s-models"
 CACHE = ROOT / ".cache"
 CHECKOV_VENV = Path(os.environ.get("GREETER_CHECKOV_VENV", "/opt/checkov"))
 
-# Kubernetes minor versions the chart claims (Chart.yaml kubeVersion >=1.27) that the offline
-# validator has schemas for.
-KUBE_VERSIONS = [f"1.{minor}.0" for minor in range(27, 38)]
+# Kubernetes minor versions the chart claims (Chart.yaml kubeVersion >=1.27): every one the
+# offline validator has schemas for, and never fewer than 1.27 to 1.34.
+MIN_KUBE_MINOR = 27
+
+
+def _kube_versions() -> list[str]:
+    try:
+        from kubernetes_validate.utils import all_versions
+    except ImportError:
+        return [f"1.{minor}.0" for minor in range(MIN_KUBE_MINOR, 35)]
+    minors = sorted({int(v.split(".")[1]) for v in all_versions() if v.startswith("1.")})
+    return [f"1.{m}.0" for m in minors if m >= MIN_KUBE_MINOR]
+
+
+KUBE_VERSIONS = _kube_versions()
 
 # The two example fleet clusters the ApplicationSet is rendered for.
 EXAMPLE_CLUSTERS = [

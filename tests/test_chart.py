@@ -80,6 +80,13 @@ def test_values_schema_rejects_typos_and_bad_values(
     assert complaint in result.stdout + result.stderr
 
 
+def test_validated_versions_cover_the_claimed_range() -> None:
+    chart = yaml.safe_load((ds.CHART / "Chart.yaml").read_text())
+    assert chart["kubeVersion"] == f">=1.{ds.MIN_KUBE_MINOR}.0-0"
+    assert ds.KUBE_VERSIONS[0] == f"1.{ds.MIN_KUBE_MINOR}.0"
+    assert {f"1.{m}.0" for m in range(ds.MIN_KUBE_MINOR, 35)} <= set(ds.KUBE_VERSIONS)
+
+
 def test_every_value_is_documented() -> None:
     """Helm best practice: each value has a comment that starts with its name."""
     text = (ds.CHART / "values.yaml").read_text()

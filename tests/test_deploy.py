@@ -97,3 +97,20 @@ def test_missing_helm_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> No
         mp.delenv("GREETER_HELM", raising=False)
         assert args.func(args) == 2
     assert "helm" in capsys.readouterr().err
+
+
+def test_greeter_deploy_command_line(tmp_path: Path) -> None:
+    """Through the installed entry point, as a user types it."""
+    helm = ds.helm_paths()["helm"]
+    env = ds.helm_env(tmp_path)
+    env["GREETER_HELM"] = str(helm)
+    env["GREETER_CHART"] = str(ds.CHART)
+    result = ds.run(
+        [ds.python(), "-m", "greeter", "deploy", "render", "--cluster-name", "ack-3"],
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    objects = [o for o in yaml.safe_load_all(result.stdout) if o]
+    assert {o["kind"] for o in objects} == {"Deployment", "Service"}
+    assert "ack-3" in result.stdout
