@@ -49,6 +49,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-failed", type=int, default=None, help="failed calls allowed (drain: 0)")
     p.add_argument("--json", action="store_true", help="scenario report as JSON")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, conf)")
+    p.add_argument("--nginx", default="", help="nginx binary (default: found on PATH)")
     p.set_defaults(func=cmd_rehearse)
 
 
@@ -64,6 +65,7 @@ def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
         fail_timeout=args.fail_timeout,
         connect_timeout=args.connect_timeout,
         keep_workdir=args.keep,
+        nginx=args.nginx,
     )
 
 

@@ -56,6 +56,8 @@ class RehearsalConfig:
     connect_timeout: float = 1.0
     workdir: Path | None = None
     keep_workdir: bool = False
+    # The nginx binary ("" finds it on PATH or in /usr/sbin).
+    nginx: str = ""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -262,8 +264,8 @@ class Rehearsal:
     async def start(self) -> None:
         from greeter.rehearse.nginx import find_nginx
 
-        binary = find_nginx()  # fail before anything starts
         c = self.config
+        binary = find_nginx(c.nginx)  # fail before anything starts
         if c.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="greeter-rehearse-"))
             self._made_workdir = True

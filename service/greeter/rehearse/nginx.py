@@ -40,8 +40,13 @@ class NginxError(RuntimeError):
     """nginx is missing, its configuration is rejected, or it would not start."""
 
 
-def find_nginx() -> str:
-    """Path of the nginx binary (PATH, then /usr/sbin); NginxError naming the apt command."""
+def find_nginx(binary: str = "") -> str:
+    """Path of nginx (``binary``, else PATH, else /usr/sbin); NginxError naming the apt command."""
+    if binary:
+        path = shutil.which(binary)
+        if not path:
+            raise NginxError(f"nginx not found at {binary!r}: {INSTALL_HINT}")
+        return path
     path = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
     if not path:
         raise NginxError(f"nginx is not installed: {INSTALL_HINT}")
@@ -183,10 +188,10 @@ http {{
 class Nginx:
     """One nginx master process in the foreground, with its prefix folder."""
 
-    def __init__(self, gateway: Gateway, prefix: Path, binary: str | None = None) -> None:
+    def __init__(self, gateway: Gateway, prefix: Path, binary: str = "") -> None:
         self.gateway = gateway
         self.prefix = prefix
-        self.binary = binary or find_nginx()
+        self.binary = find_nginx(binary)
         self.conf = prefix / "nginx.conf"
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -54,7 +54,7 @@ class _Timeline:
 def rolling_drain_duration(rehearsal: Rehearsal, settle: float) -> float:
     """How long the traffic must last to cover every restart, with room to spare."""
     c = rehearsal.config
-    per_backend = c.drain_delay + 2.5 + settle + c.fail_timeout
+    per_backend = c.drain_delay + 5.0 + settle + c.fail_timeout  # restart: ~1-3 s
     return settle + len(rehearsal.backends) * per_backend + settle
 
 
