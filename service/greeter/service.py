@@ -16,6 +16,17 @@ STREAM_INTERVAL_HEADER = "x-greeter-stream-interval-ms"
 HelloReply = helloworld_pb2.HelloReply
 
 
+def _whole_number(text: str) -> int:
+    """``text`` as a non-negative whole number, or -1. ``str.isdigit`` alone lets through
+    digits ``int`` refuses ("²") and numbers too long to convert (over 4,300 digits)."""
+    if not (text.isascii() and text.isdigit()):
+        return -1
+    try:
+        return int(text)
+    except ValueError:
+        return -1
+
+
 def greeting(name: str) -> str:
     return f"Hello, {name or 'world'}!"
 
@@ -35,12 +46,12 @@ class Greeter(helloworld_pb2_grpc.GreeterServicer):
         count, interval = self._count, self._interval
         for key, value in context.invocation_metadata() or ():
             if key == STREAM_COUNT_HEADER:
-                if not str(value).isdigit() or not 0 <= int(value) <= self._max:
+                count = _whole_number(str(value))
+                if not 0 <= count <= self._max:
                     await context.abort(
                         grpc.StatusCode.INVALID_ARGUMENT,
                         f"{STREAM_COUNT_HEADER} must be a whole number from 0 to {self._max}",
                     )
-                count = int(value)
             elif key == STREAM_INTERVAL_HEADER:
                 try:
                     interval = float(value) / 1000
