@@ -121,7 +121,7 @@ class Backend:
                 start_new_session=True,
             )
 
-    async def wait_ready(self, timeout: float = 20.0) -> None:
+    async def wait_ready(self, timeout: float = 60.0) -> None:
         """Until the backend's health check answers SERVING (bounded)."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
