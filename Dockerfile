@@ -32,13 +32,15 @@ FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
+# Where this image's source lives; set by the build (e.g. --build-arg SOURCE=<repository URL>).
+ARG SOURCE=unknown
 LABEL org.opencontainers.image.title="greeter" \
       org.opencontainers.image.description="gRPC Greeter service (helloworld.Greeter, health, reflection) and load tester" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.source="https://github.com/grpc/grpc/tree/master/examples/protos"
+      org.opencontainers.image.source="${SOURCE}"
 COPY --from=build /opt/greeter /opt/greeter
 # No writes to the root filesystem at run time: bytecode was compiled at build time, HOME and
 # temporary files go to /tmp (an emptyDir or tmpfs when the root filesystem is read-only).
