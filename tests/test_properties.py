@@ -241,6 +241,34 @@ def test_stream_count_metadata(live: helloworld_pb2_grpc.GreeterStub, value: str
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
+    st.one_of(st.floats(-100, 70_000).map(repr), st.integers(-5, 70_000).map(str), metadata_text)
+)
+@example("nan")
+@example("inf")
+@example("60000.0001")
+def test_stream_interval_metadata(live: helloworld_pb2_grpc.GreeterStub, value: str) -> None:
+    """One reply, so no pause is ever taken: only the parsing is under test."""
+    try:
+        valid = 0 <= float(value) / 1000 <= 60
+    except ValueError:
+        valid = False
+    call = live.SayHelloStreamReply(
+        helloworld_pb2.HelloRequest(name="i"),
+        metadata=(("x-greeter-stream-count", "1"), ("x-greeter-stream-interval-ms", value)),
+        timeout=10,
+    )
+    if valid:
+        assert len(list(call)) == 1
+    else:
+        with pytest.raises(grpc.RpcError):
+            list(call)
+        assert call.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
     st.one_of(
         st.sampled_from([c.name for c in grpc.StatusCode]),
         st.integers(-2, 20).map(str),
