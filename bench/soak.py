@@ -219,6 +219,9 @@ async def channels(address: str, count: int) -> AsyncIterator[list[grpc.aio.Chan
 
 
 async def soak(address: str, pid: int, total: int, concurrency: int, conns: int) -> Report:
+    # The readiness probe's connection may still be open on the server side: let it go,
+    # so the baseline counts only the server's own descriptors.
+    await asyncio.sleep(1.0)
     report = Report(rss_start_kb=rss_kb(pid), fds_before=fd_count(pid))
     warm_up = max(2_000, total // 20)
     began = time.perf_counter()
