@@ -145,7 +145,7 @@ class Schedule:
         return due
 
 
-def _request_bytes(config: LoadConfig) -> bytes:
+def request_bytes(config: LoadConfig) -> bytes:
     from grpc_health.v1 import health_pb2
 
     from greeter._proto import helloworld_pb2
@@ -187,7 +187,7 @@ Caller = Callable[[Recorder, float], Any]
 def _make_caller(channel: grpc.aio.Channel, config: LoadConfig) -> Caller:
     """A coroutine function doing one call and recording it, for the configured call kind."""
     path = CALLS[config.call]
-    payload = _request_bytes(config)
+    payload = request_bytes(config)
     metadata = _metadata(config)
     timeout = config.timeout
     perf = time.perf_counter

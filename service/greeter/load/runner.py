@@ -26,7 +26,14 @@ from typing import Any
 
 from greeter.client import TargetError
 from greeter.load.config import ConfigError, LoadConfig
-from greeter.load.engine import ConnectError, Recorder, Run, connected, start_loop
+from greeter.load.engine import (
+    ConnectError,
+    Recorder,
+    Run,
+    connected,
+    request_bytes,
+    start_loop,
+)
 from greeter.load.report import Report, build_report
 
 logger = logging.getLogger(__name__)
@@ -54,6 +61,7 @@ def run_load(
     for arguments that cannot work. With ``handle_sigint`` (the CLI), Ctrl-C stops the
     run and the report covers what was done (``interrupted`` is set)."""
     config = replace(config, total=config.effective_total)
+    request_bytes(config)  # a request that does not fit its message is a bad argument
     procs = min(config.procs, config.concurrency, config.total or config.concurrency)
     started_at = datetime.datetime.now(datetime.UTC)
     if procs <= 1:
