@@ -67,6 +67,13 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     return options
 
 
+def bind_address(settings: Settings) -> str:
+    """``host:port``, or a ``unix:/path`` host as it is (the port is then unused)."""
+    if settings.host.startswith("unix:"):
+        return settings.host
+    return f"{settings.host}:{settings.port}"
+
+
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     if not settings.tls:
         return None
@@ -94,14 +101,22 @@ def auth_tokens(settings: Settings) -> list[tuple[str, tuple[str, ...]]]:
     return tokens
 
 
-def interceptors(settings: Settings, metrics: ServerMetrics | None) -> list[Interceptor]:
+WORKER_KEY = "x-greeter-worker"
+
+
+def interceptors(
+    settings: Settings, metrics: ServerMetrics | None, worker: int | None = None
+) -> list[Interceptor]:
     """Order matters: metrics and the access log see calls that later hooks reject."""
     chain: list[Interceptor] = []
     if metrics is not None:
         chain.append(Metrics(metrics))
     if settings.access_log:
         chain.append(AccessLog(settings.access_log_sample))
-    chain.append(Identity(settings.identity))
+    identity = settings.identity
+    if worker is not None:  # one of several processes on the port: say which
+        identity = {**identity, WORKER_KEY: str(worker)}
+    chain.append(Identity(identity))
     if settings.auth_enabled:
         exempt = set()
         if "health" in settings.auth_exempt:
@@ -123,14 +138,26 @@ def interceptors(settings: Settings, metrics: ServerMetrics | None) -> list[Inte
 
 
 class GreeterServer:
-    """One server process: the gRPC server, its health and its metrics endpoint."""
+    """One server process: the gRPC server, its health and its metrics endpoint.
 
-    def __init__(self, settings: Settings, metrics: ServerMetrics | None = None) -> None:
+    ``worker`` is set in the processes of ``greeter serve --workers N``: the
+    identity then carries the worker index, metrics go to the multiprocess
+    files that the parent serves, and this process serves no ``/metrics``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: ServerMetrics | None = None,
+        *,
+        worker: int | None = None,
+    ) -> None:
         self.settings = settings
+        self.worker = worker
         self.health = Health([GREETER_SERVICE])
-        self.metrics = (
-            metrics if metrics is not None else (ServerMetrics() if settings.metrics_port else None)
-        )
+        if metrics is None and settings.metrics_port:
+            metrics = ServerMetrics(multiprocess=worker is not None)
+        self.metrics = metrics
         self._endpoint: MetricsEndpoint | None = None
         self._server: grpc.aio.Server | None = None
         self._stopping = asyncio.Event()
@@ -153,8 +180,8 @@ class GreeterServer:
             reflection.add_reflection(registrar, [GREETER_SERVICE, health.SERVICE_NAME])
         guard_malformed(registrar)
         server = grpc.aio.server(options=server_options(s))
-        registrar.install(server, interceptors(s, self.metrics))
-        address = f"{s.host}:{s.port}"
+        registrar.install(server, interceptors(s, self.metrics, self.worker))
+        address = bind_address(s)
         credentials = server_credentials(s)
         try:
             if credentials is None:
@@ -165,7 +192,7 @@ class GreeterServer:
             raise StartupError(f"cannot listen on {address}: {exc}") from exc
         if not self.port:
             raise StartupError(f"cannot listen on {address}")
-        if self.metrics is not None:
+        if self.metrics is not None and self.worker is None:
             self._endpoint = MetricsEndpoint(self.metrics.registry, s.metrics_host, s.metrics_port)
             try:
                 self._endpoint.start()
@@ -180,13 +207,16 @@ class GreeterServer:
             "serving",
             extra={
                 "phase": "startup",
-                "address": f"{s.host}:{self.port}",
+                "address": bind_address(s)
+                if s.host.startswith("unix:")
+                else f"{s.host}:{self.port}",
                 "tls": s.tls,
                 "mtls": bool(s.tls_client_ca),
                 "metrics_port": self.metrics_port,
                 "reflection": s.reflection,
                 "identity": s.identity,
                 "pid": os.getpid(),
+                "worker": self.worker,
                 "took_s": round(time.perf_counter() - began, 3),
             },
         )
@@ -274,9 +304,9 @@ def _install_signal_handlers(server: GreeterServer) -> None:
         loop.add_signal_handler(signum, on_signal, signum)
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, *, worker: int | None = None) -> int:
     """Run until SIGTERM/SIGINT, then drain. Returns the process exit code."""
-    server = GreeterServer(settings)
+    server = GreeterServer(settings, worker=worker)
     # Before binding: a SIGTERM that arrives while starting still drains cleanly.
     _install_signal_handlers(server)
     try:
@@ -290,7 +320,7 @@ async def serve(settings: Settings) -> int:
     return 0
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, *, worker: int | None = None) -> int:
     """Serve with the configured event loop; the process exit code is returned."""
     if settings.event_loop in ("auto", "uvloop"):
         try:
@@ -300,5 +330,5 @@ def run(settings: Settings) -> int:
                 logger.error("event_loop=uvloop but uvloop is not installed (pip install uvloop)")
                 return STARTUP_FAILURE
         else:
-            return int(uvloop.run(serve(settings)))
-    return asyncio.run(serve(settings))
+            return int(uvloop.run(serve(settings, worker=worker)))
+    return asyncio.run(serve(settings, worker=worker))

@@ -108,7 +108,9 @@ class Settings:
     """Everything ``greeter serve`` can be told. Durations are in seconds."""
 
     # -- listening --
-    host: str = _setting("[::]", "address to bind the gRPC port on", parse_str)
+    host: str = _setting(
+        "[::]", "address to bind the gRPC port on, or unix:/path for a unix socket", parse_str
+    )
     port: int = _setting(50051, "gRPC port (0: any free port)", parse_int)
     metrics_host: str = _setting("[::]", "address to bind the metrics port on", parse_str)
     metrics_port: int = _setting(9090, "Prometheus /metrics port (0 turns metrics off)", parse_int)

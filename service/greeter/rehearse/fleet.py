@@ -86,17 +86,17 @@ class Backend:
 
     @property
     def address(self) -> str:
-        """The gRPC target (``greeter serve`` appends ``:port`` to the host; port 0 here)."""
-        return f"unix:{self.socket}:0"
+        """The gRPC target."""
+        return f"unix:{self.socket}"
 
     @property
     def upstream(self) -> str:
         """How nginx names this backend."""
-        return f"unix:{self.socket}:0"
+        return f"unix:{self.socket}"
 
     @property
     def socket_file(self) -> Path:
-        return Path(f"{self.socket}:0")
+        return self.socket
 
     def remove_endpoint(self) -> None:
         """Take the backend out of the gateway's endpoints: new connections fail (ENOENT),

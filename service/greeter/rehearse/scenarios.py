@@ -70,7 +70,10 @@ async def rolling_drain(
     its port; the next one goes once it is SERVING and nginx's fail_timeout has passed, so a
     backend nginx marked failed while it was down is back in rotation first.
     """
-    duration = rolling_drain_duration(rehearsal, settle)
+    # The load runs until every backend is back and has settled, then is interrupted (it
+    # prints its report); the estimate only sets a ceiling, so a slow machine cannot make
+    # the traffic end before the last restart.
+    duration = 4 * rolling_drain_duration(rehearsal, settle)
     load = LoadRun(rehearsal.target(), rps, duration, concurrency=concurrency)
     timeline = _Timeline()
     await load.start()
@@ -83,6 +86,7 @@ async def rolling_drain(
         timeline.mark("serving again", pod=backend.pod, exit_code=code)
         await asyncio.sleep(pause)
     timeline.mark("all restarted")
+    load.interrupt()
     report = await load.result()
     timeline.mark("greeter load done")
     traffic = load_summary(report)

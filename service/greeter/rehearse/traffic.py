@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import sys
 import time
 from collections import Counter
@@ -205,6 +206,11 @@ class LoadRun:
         self._proc = await asyncio.create_subprocess_exec(
             *self.command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
+
+    def interrupt(self) -> None:
+        """Ctrl-C for the child: it stops sending and prints its (partial) report."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGINT)
 
     async def result(self, slack: float = 30.0) -> dict[str, Any]:
         """Wait for the report (bounded: duration + slack); the child is killed past that."""
