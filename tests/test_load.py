@@ -329,3 +329,39 @@ def test_cli_uses_the_default_procs_and_prints_nothing_live_when_piped(spawn_ser
     assert report["options"]["procs"] == min(4, len(os.sched_getaffinity(0)))
     assert report["count"] == 40
     assert result.stderr == ""
+
+
+def client_connections(port: int) -> int:
+    """Established TCP connections to ``port`` on this machine (from /proc/net)."""
+    found = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port:
+                    found += 1
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc/net")
+def test_connections_spread_workers_over_that_many_connections(spawn_server: Spawn) -> None:
+    srv = spawn_server()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "greeter", "load", srv.address, "-z", "20s", "--rps", "50",
+         "-c", "6", "--connections", "3", "--procs", "1", "-O", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while served(srv.metrics_port) < 20 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert client_connections(srv.port) == 3
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert json.loads(out)["options"]["connections"] == 3
