@@ -13,7 +13,9 @@ import collections
 import socket
 import struct
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -26,6 +28,13 @@ GREETER = "/helloworld.Greeter"
 SAY_HELLO = f"{GREETER}/SayHello"
 STREAM_REPLY = f"{GREETER}/SayHelloStreamReply"
 BIDI = f"{GREETER}/SayHelloBidiStream"
+
+
+def _text(headers: Iterable[tuple[bytes | str, bytes | str]] | None) -> list[tuple[str, str]]:
+    def text(value: bytes | str) -> str:
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+    return [(text(key), text(value)) for key, value in headers or ()]
 
 
 def grpc_frame(payload: bytes, *, compressed: bool = False, length: int | None = None) -> bytes:
@@ -104,10 +113,10 @@ class StreamResult:
         return out
 
 
-class _PlainEncoder(hpack.Encoder):  # type: ignore[misc]
+class _PlainEncoder(hpack.Encoder):
     """HPACK without Huffman coding: pure-Python Huffman takes seconds on 100 KiB."""
 
-    def encode(self, headers: object, huffman: bool = False) -> bytes:
+    def encode(self, headers: Any, huffman: bool = False) -> bytes:
         return bytes(super().encode(headers, huffman=False))
 
 
@@ -121,7 +130,6 @@ class H2Client:
         host: str = "127.0.0.1",
         timeout: float = 10.0,
         auto_ack: bool = True,
-        local_settings: dict[int, int] | None = None,
         preface: bool = True,
     ) -> None:
         self.port = port
@@ -134,10 +142,6 @@ class H2Client:
         )
         self.conn = h2.connection.H2Connection(config=config)
         self.conn.encoder = _PlainEncoder()
-        if local_settings:
-            self.conn.local_settings = h2.settings.Settings(
-                client=True, initial_values=local_settings
-            )
         self.streams: dict[int, StreamResult] = {}
         self.closed = False
         self.goaway: h2.events.ConnectionTerminated | None = None
@@ -250,9 +254,9 @@ class H2Client:
         sid = getattr(event, "stream_id", None)
         result = self.streams.get(sid) if sid else None
         if isinstance(event, h2.events.ResponseReceived) and result is not None:
-            result.headers = list(event.headers)
+            result.headers = _text(event.headers)
         elif isinstance(event, h2.events.TrailersReceived) and result is not None:
-            result.trailers = list(event.headers)
+            result.trailers = _text(event.headers)
         elif isinstance(event, h2.events.DataReceived):
             if result is not None:
                 result.data += event.data

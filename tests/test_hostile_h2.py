@@ -154,7 +154,7 @@ async def test_huge_metadata_past_the_header_list_limit(server: GreeterServer) -
     (16 KiB). grpc-core 1.85 refuses only some of these (RESOURCE_EXHAUSTED, "exceeds
     soft limit") and serves the rest: see docs/robustness.md. What must hold: every
     call gets one of those two answers and the server keeps serving."""
-    advertised: dict[str, int] = {}
+    advertised: dict[str, int | None] = {}
 
     def go() -> list[StreamResult]:
         results = []
@@ -218,9 +218,9 @@ async def test_preface_then_silence_is_closed_by_idle_timeout(server: GreeterSer
         with H2Client(server.port, timeout=5.0) as client:
             closed = client.wait_closed(8.0)
             goaway = client.goaway
-            info = (
-                (int(goaway.error_code), bytes(goaway.additional_data or b"")) if goaway else None
-            )
+            info = None
+            if goaway is not None:
+                info = (int(goaway.error_code or 0), bytes(goaway.additional_data or b""))
             return closed, info, time.monotonic() - began
 
     silent = asyncio.create_task(asyncio.to_thread(go))
