@@ -281,7 +281,7 @@ def table(rows: list[dict[str, Any]], specs: dict[str, ServerSpec]) -> str:
         return "" if value is None else f"{value:.2f}"
 
     lines = [
-        "| server | unary rps | × bare | µs CPU/call | stream msg/s | × bare | µs CPU/msg | what |",
+        "| server | unary rps | x bare | µs CPU/call | stream msg/s | x bare | µs CPU/msg | what |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:

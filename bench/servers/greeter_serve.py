@@ -16,9 +16,9 @@ def main() -> int:
     config = settings.load({})
     logs.configure(config.log_level, config.log_format)
     if config.workers > 1:
-        from greeter import workers
+        from greeter.workers import run as run_workers
 
-        return int(workers.run(config))
+        return run_workers(config)
     return server.run(config)
 
 

@@ -28,7 +28,8 @@ class Greeter:
         request = await stream.recv_message()
         count = stream_count(stream.metadata.items())
         for index in range(1, count + 1):
-            await stream.send_message(HelloReply(message=f"Hello, {request.name}! ({index}/{count})"))
+            reply = HelloReply(message=f"Hello, {request.name}! ({index}/{count})")
+            await stream.send_message(reply)
 
     def __mapping__(self) -> dict[str, Any]:
         from grpclib.const import Cardinality, Handler

@@ -34,10 +34,21 @@ def go_code_name(code: grpc.StatusCode) -> str:
 GO_CODE_NAMES = {code: go_code_name(code) for code in grpc.StatusCode}
 
 
-class ServerMetrics:
-    """The server's metric families, in a registry of their own."""
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+
+class ServerMetrics:
+    """The server's metric families, in a registry of their own.
+
+    With ``multiprocess=True`` (a worker of ``greeter serve --workers N``) the
+    values go to prometheus_client's per-process files in the directory named
+    by ``PROMETHEUS_MULTIPROC_DIR``, which the parent aggregates and serves;
+    process metrics are left out, as they cannot be summed across processes.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, multiprocess: bool = False
+    ) -> None:
         # go-grpc-prometheus has no *_created series; leaving them out halves the scrape.
         prometheus_client.disable_created_metrics()
         self.registry = registry or CollectorRegistry(auto_describe=True)
@@ -79,12 +90,30 @@ class ServerMetrics:
             "Build information; the value is always 1.",
             ("version", "python_version", "grpc_version"),
             registry=r,
+            multiprocess_mode="max",  # one series for all workers, not one per pid
         )
         info.labels(__version__, platform.python_version(), grpc.__version__).set(1)
-        if registry is None:
+        if registry is None and not multiprocess:
             prometheus_client.ProcessCollector(registry=r)
             prometheus_client.PlatformCollector(registry=r)
             prometheus_client.GCCollector(registry=r)
+
+
+def multiprocess_registry() -> CollectorRegistry:
+    """A registry that reads every worker's values from ``PROMETHEUS_MULTIPROC_DIR``
+    (counters and histograms summed, build info maxed) for the parent to serve."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Forget a finished worker's live-gauge files (its counters stay counted)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)
 
 
 class MetricsEndpoint:

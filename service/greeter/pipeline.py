@@ -24,6 +24,7 @@ _UNKNOWN = grpc.StatusCode.UNKNOWN
 _CANCELLED = grpc.StatusCode.CANCELLED
 _DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
 _AbortError: type[BaseException] = grpc.aio.AbortError
+_now = time.perf_counter
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,7 @@ def _cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
 class _Chain:
     """The hooks of all interceptors for one method, in order."""
 
-    __slots__ = ("afters", "befores", "counts", "method")
+    __slots__ = ("afters", "befores", "counts", "method", "sync_befores")
 
     def __init__(self, method: Method, hooks: Iterable[Hooks]) -> None:
         self.method = method
@@ -106,6 +107,13 @@ class _Chain:
             if hook.after is not None:
                 self.afters.append(hook.after)
             self.counts = self.counts or hook.counts_messages
+        # When no before hook awaits anything, the wrapper calls them inline
+        # instead of creating and awaiting a coroutine per call.
+        self.sync_befores: tuple[Callable[[grpc.aio.ServicerContext], Any], ...] | None = (
+            None
+            if any(is_async for _, is_async in self.befores)
+            else tuple(b for b, _ in self.befores)
+        )
 
     async def run_befores(self, context: grpc.aio.ServicerContext) -> None:
         for before, is_async in self.befores:
@@ -121,7 +129,7 @@ class _Chain:
         received: int,
         sent: int,
     ) -> None:
-        record = CallRecord(self.method, code, time.perf_counter() - start, received, sent, context)
+        record = CallRecord(self.method, code, _now() - start, received, sent, context)
         for after in self.afters:
             after(record)
 
@@ -129,8 +137,11 @@ class _Chain:
 class _Counter:
     __slots__ = ("n",)
 
-    def __init__(self) -> None:
-        self.n = 0
+    def __init__(self, n: int = 0) -> None:
+        self.n = n
+
+
+_ONE = _Counter(1)  # the count of a unary request: shared, never changed
 
 
 async def _counted(iterator: AsyncIterator[Any], counter: _Counter) -> AsyncIterator[Any]:
@@ -144,19 +155,23 @@ def _wrap_unary_response(chain: _Chain, behavior: Callable[..., Any]) -> Callabl
     streaming handlers written as coroutines that call ``context.write``."""
     streaming_in = chain.method.request_streaming
     unary_out = not chain.method.response_streaming
+    sync_befores = chain.sync_befores
+    async_befores = chain.run_befores if sync_befores is None else None
 
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        start = time.perf_counter()
+        start = _now()
         code = _OK
-        received = _Counter()
+        received = _ONE
         if streaming_in:
+            received = _Counter()
             if chain.counts:
                 request = _counted(request, received)
-        else:
-            received.n = 1
         try:
-            if chain.befores:
-                await chain.run_befores(context)
+            if sync_befores is not None:
+                for before in sync_befores:
+                    before(context)
+            elif async_befores is not None:
+                await async_befores(context)
             response = await behavior(request, context)
             code = final_code(context)
             return response
@@ -182,20 +197,24 @@ def _wrap_unary_response(chain: _Chain, behavior: Callable[..., Any]) -> Callabl
 def _wrap_stream_response(chain: _Chain, behavior: Callable[..., Any]) -> Callable[..., Any]:
     """Handlers written as async generators (server and bidi streaming)."""
     streaming_in = chain.method.request_streaming
+    sync_befores = chain.sync_befores
+    async_befores = chain.run_befores if sync_befores is None else None
 
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        start = time.perf_counter()
+        start = _now()
         code = _OK
         sent = 0
-        received = _Counter()
+        received = _ONE
         if streaming_in:
+            received = _Counter()
             if chain.counts:
                 request = _counted(request, received)
-        else:
-            received.n = 1
         try:
-            if chain.befores:
-                await chain.run_befores(context)
+            if sync_befores is not None:
+                for before in sync_befores:
+                    before(context)
+            elif async_befores is not None:
+                await async_befores(context)
             async for response in behavior(request, context):
                 sent += 1
                 yield response

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 import grpc
 
@@ -17,26 +17,31 @@ class Metrics:
     def bind(self, method: Method) -> Hooks:
         m = self._metrics
         labels = (method.grpc_type, method.service, method.name)
-        started = m.started.labels(*labels)
-        received = m.msg_received.labels(*labels)
-        sent = m.msg_sent.labels(*labels)
-        handling = m.handling.labels(*labels)
-        handled: dict[grpc.StatusCode, Any] = {}
-        for code in (grpc.StatusCode.OK,):  # the common case, created up front
-            handled[code] = m.handled.labels(*labels, GO_CODE_NAMES[code])
+        # Label lookups happen here, once per method; a call only increments.
+        started = m.started.labels(*labels).inc
+        received = m.msg_received.labels(*labels).inc
+        sent = m.msg_sent.labels(*labels).inc
+        observe = m.handling.labels(*labels).observe
+        ok = grpc.StatusCode.OK
+        handled_ok = m.handled.labels(*labels, GO_CODE_NAMES[ok]).inc  # the common case
+        handled: dict[grpc.StatusCode, Callable[[], None]] = {}
 
         def before(context: grpc.aio.ServicerContext) -> None:
-            started.inc()
+            started()
 
         def after(call: CallRecord) -> None:
-            child = handled.get(call.code)
-            if child is None:
-                child = handled[call.code] = m.handled.labels(*labels, GO_CODE_NAMES[call.code])
-            child.inc()
-            handling.observe(call.duration)
+            code = call.code
+            if code is ok:
+                handled_ok()
+            else:
+                inc = handled.get(code)
+                if inc is None:
+                    inc = handled[code] = m.handled.labels(*labels, GO_CODE_NAMES[code]).inc
+                inc()
+            observe(call.duration)
             if call.received:
-                received.inc(call.received)
+                received(call.received)
             if call.sent:
-                sent.inc(call.sent)
+                sent(call.sent)
 
         return Hooks(before=before, after=after, counts_messages=True)

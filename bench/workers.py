@@ -1,0 +1,121 @@
+"""Scaling of ``greeter serve --workers N``: throughput and connection spread.
+
+``python -m bench.workers [--workers 1,2] [--rounds 3] [--duration 5]``
+
+For each N (interleaved over the rounds) it starts our server with N workers
+(unpinned: the workers get the cores) and
+
+- opens ``--probe-channels`` separate connections and asks each which worker
+  answered (``x-greeter-worker``): the kernel's spread of connections;
+- drives unary SayHello with h2load over ``--connections`` connections
+  (h2load unpinned too, so on a 2-core machine it competes with the workers:
+  the scaling it shows there is a floor, not the ceiling);
+- reads each worker's CPU time, to show the load really spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+
+from bench import h2load
+from bench.run import _greeter, cpu_seconds, started
+from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
+
+
+def worker_pids(parent: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"spawn_main" in cmdline:
+                pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def spread(port: int, channels: int) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    request = helloworld_pb2.HelloRequest(name="spread")
+    for _ in range(channels):
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+            _, call = helloworld_pb2_grpc.GreeterStub(channel).SayHello.with_call(
+                request, timeout=5
+            )
+            seen[dict(call.trailing_metadata() or ()).get("x-greeter-worker", "-")] += 1
+    return seen
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.workers", description=__doc__)
+    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--streams", type=int, default=32)
+    parser.add_argument("--probe-channels", type=int, default=40)
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration = 1, 2.0
+    counts = [int(n) for n in args.workers.split(",")]
+    rps: dict[int, list[float]] = {n: [] for n in counts}
+    spreads: dict[int, Counter[str]] = {n: Counter() for n in counts}
+    cpu_share: dict[int, list[list[float]]] = {n: [] for n in counts}
+    with tempfile.TemporaryDirectory(prefix="greeter-bench-") as tmp:
+        request = h2load.write_request_file(Path(tmp))
+        for rnd in range(args.rounds):
+            for n in counts if rnd % 2 == 0 else reversed(counts):
+                spec = _greeter(
+                    f"greeter-w{n}",
+                    f"{n} workers",
+                    GREETER_WORKERS=str(n),
+                    GREETER_ACCESS_LOG_SAMPLE="0.01",
+                )
+                with started(spec, None) as (port, proc):
+                    time.sleep(0.5)  # every worker listening
+                    spreads[n] += spread(port, args.probe_channels)
+                    pids = worker_pids(proc.pid) or [proc.pid]
+                    before = [cpu_seconds(p) for p in pids]
+                    result = h2load.run(
+                        port,
+                        "SayHello",
+                        request,
+                        duration=args.duration,
+                        warm_up=0.5,
+                        clients=args.connections,
+                        streams=args.streams,
+                    )
+                    used = [cpu_seconds(p) - b for p, b in zip(pids, before, strict=True)]
+                rps[n].append(result.rps)
+                cpu_share[n].append(used)
+                print(
+                    f"round {rnd + 1} workers={n}: {result.rps:,.0f} rps, cpu {used}",
+                    file=sys.stderr,
+                )
+    one = statistics.median(rps[counts[0]])
+    print(
+        "| workers | unary rps (median) | x 1 worker | connections per worker | CPU s per worker |"
+    )
+    print("|---:|---:|---:|---|---|")
+    for n in counts:
+        med = statistics.median(rps[n])
+        per = ", ".join(f"w{k}: {v}" for k, v in sorted(spreads[n].items()))
+        cpu = " / ".join(f"{c:.1f}" for c in cpu_share[n][-1])
+        print(f"| {n} | {med:,.0f} | {med / one:.2f} | {per} | {cpu} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
