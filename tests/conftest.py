@@ -94,16 +94,28 @@ async def channel(server: GreeterServer) -> AsyncIterator[grpc.aio.Channel]:
 class ServerProcess:
     """A ``greeter serve`` child process on a free port."""
 
-    def __init__(self, args: list[str], env: dict[str, str], port: int, metrics_port: int) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], port: int, metrics_port: int, logs: Path
+    ) -> None:
         self.port = port
         self.metrics_port = metrics_port
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "greeter", "serve", *args],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        # Output goes to files, not pipes: a busy server (access log on) would fill a pipe
+        # nobody reads and freeze.
+        logs.mkdir(parents=True, exist_ok=True)
+        self._out = logs / f"serve-{port}.out"
+        self._err = logs / f"serve-{port}.err"
+        with self._out.open("w") as out, self._err.open("w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "greeter", "serve", *args],
+                env=env,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def output(self) -> tuple[str, str]:
+        """What the server printed so far: (stdout, stderr)."""
+        return self._out.read_text(), self._err.read_text()
 
     @property
     def address(self) -> str:
@@ -113,7 +125,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                _, err = self.proc.communicate()
+                _, err = self.output()
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{err}")
             with (
                 contextlib.suppress(OSError),
@@ -126,26 +138,28 @@ class ServerProcess:
     def wait(self, timeout: float = 30.0) -> tuple[int, str, str]:
         """Wait for the process to exit by itself (no signal sent)."""
         try:
-            out, err = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
-            raise AssertionError(f"server did not exit within {timeout}s:\n{err}") from None
-        return self.proc.returncode, out, err
+            self.proc.wait()
+            raise AssertionError(
+                f"server did not exit within {timeout}s:\n{self.output()[1]}"
+            ) from None
+        return self.proc.returncode, *self.output()
 
     def stop(self, timeout: float = 30.0) -> tuple[int, str, str]:
         if self.proc.poll() is None:
             self.proc.terminate()
         try:
-            out, err = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
-        return self.proc.returncode, out, err
+            self.proc.wait()
+        return self.proc.returncode, *self.output()
 
 
 @pytest.fixture
-def spawn_server() -> Iterator[object]:
+def spawn_server(tmp_path: Path) -> Iterator[object]:
     """``spawn_server("--drain-delay", "1", env={...})`` → a ready ServerProcess."""
     started: list[ServerProcess] = []
 
@@ -164,7 +178,7 @@ def spawn_server() -> Iterator[object]:
             }
         )
         full_env.update(env or {})
-        proc = ServerProcess(list(args), full_env, port, metrics_port)
+        proc = ServerProcess(list(args), full_env, port, metrics_port, tmp_path / "servers")
         started.append(proc)
         if wait:
             proc.wait_ready()
@@ -174,7 +188,4 @@ def spawn_server() -> Iterator[object]:
     for proc in started:
         if proc.proc.poll() is None:
             proc.proc.kill()
-        for pipe in (proc.proc.stdout, proc.proc.stderr):
-            if pipe is not None and not pipe.closed:
-                pipe.close()
         proc.proc.wait()

@@ -126,14 +126,7 @@ def test_every_setting_has_a_flag_and_help():
 )
 def test_serve_fails_at_startup_naming_the_setting(args, env, needle, spawn_server):
     proc = spawn_server(*args, env=env, wait=False)
-    rc, _, err = (
-        proc.stop(timeout=20)
-        if proc.proc.wait(timeout=20) is None
-        else (
-            proc.proc.returncode,
-            *proc.proc.communicate(),
-        )
-    )
+    rc, _, err = proc.wait(timeout=20)
     assert rc == 2
     assert needle in err
     assert "Traceback" not in err
@@ -142,7 +135,6 @@ def test_serve_fails_at_startup_naming_the_setting(args, env, needle, spawn_serv
 def test_port_clash_fails_at_startup_instead_of_sharing(spawn_server):
     first = spawn_server()
     second = spawn_server(env={"GREETER_PORT": str(first.port)}, wait=False)
-    second.proc.wait(timeout=20)
-    _, err = second.proc.communicate()
-    assert second.proc.returncode == 3
+    rc, _, err = second.wait(timeout=20)
+    assert rc == 3
     assert "cannot listen" in err

@@ -145,8 +145,8 @@ def test_a_taken_port_fails_start_up(spawn_server) -> None:  # type: ignore[no-u
     first = spawn_server()
     env = {"GREETER_PORT": str(first.port)}
     second = spawn_server("--workers", "2", env=env, wait=False)
-    _, err = second.proc.communicate(timeout=30)
-    assert second.proc.returncode == 3, err
+    rc, _, err = second.wait(timeout=30)
+    assert rc == 3, err
     assert "start-up failed" in err
 
 
