@@ -181,6 +181,15 @@ class GreeterServer:
         guard_malformed(registrar)
         server = grpc.aio.server(options=server_options(s))
         registrar.install(server, interceptors(s, self.metrics, self.worker))
+        # Metrics first: once the gRPC port accepts connections, /metrics answers too.
+        if self.metrics is not None and self.worker is None:
+            self._endpoint = MetricsEndpoint(self.metrics.registry, s.metrics_host, s.metrics_port)
+            try:
+                self._endpoint.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen on metrics port {s.metrics_host}:{s.metrics_port}: {exc}"
+                ) from exc
         address = bind_address(s)
         credentials = server_credentials(s)
         try:
@@ -192,14 +201,6 @@ class GreeterServer:
             raise StartupError(f"cannot listen on {address}: {exc}") from exc
         if not self.port:
             raise StartupError(f"cannot listen on {address}")
-        if self.metrics is not None and self.worker is None:
-            self._endpoint = MetricsEndpoint(self.metrics.registry, s.metrics_host, s.metrics_port)
-            try:
-                self._endpoint.start()
-            except OSError as exc:
-                raise StartupError(
-                    f"cannot listen on metrics port {s.metrics_host}:{s.metrics_port}: {exc}"
-                ) from exc
         await server.start()
         self._server = server
         self.health.set_all(SERVING)
