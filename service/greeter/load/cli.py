@@ -18,6 +18,7 @@ from greeter.load import render
 from greeter.load.config import (
     CALLS,
     DEFAULT_PERCENTILES,
+    ENGINES,
     SCHEDULES,
     ConfigError,
     LoadConfig,
@@ -194,6 +195,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     out.add_argument("-q", "--quiet", action="store_true", help="no live progress")
     out.add_argument("--uvloop", action="store_true", help="run the client on uvloop")
+    out.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="client engine: h2 (lean HTTP/2, unary calls to one address), grpc, or auto "
+        "(h2 where it applies; default)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> LoadConfig:
@@ -230,6 +238,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         thresholds=thresholds,
         progress=not args.quiet and sys.stderr.isatty(),
         uvloop=args.uvloop,
+        engine=args.engine,
     )
 
 

@@ -19,6 +19,7 @@ CALLS = {
     "Check": "/grpc.health.v1.Health/Check",
 }
 SCHEDULES = ("const", "step", "line")
+ENGINES = ("auto", "grpc", "h2")  # auto: h2 where it applies (unary, one address), else grpc
 DEFAULT_PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
 LATENCY_STATS = ("min", "mean", "max")
 
@@ -123,6 +124,7 @@ class LoadConfig:
     thresholds: tuple[Threshold, ...] = ()
     progress: bool = False
     uvloop: bool = False
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         for name, problem in self._problems():
@@ -177,6 +179,14 @@ class LoadConfig:
         for p in self.percentiles:
             if not 0 < p <= 100:
                 bad.append(("--percentiles", f"{p:g} is not between 0 and 100"))
+        if self.engine not in ENGINES:
+            bad.append(("--engine", f"{self.engine!r} is not one of {', '.join(ENGINES)}"))
+        elif self.engine == "h2":
+            from greeter.load.h2engine import applies
+
+            why = applies(self.target, self.call, b"")
+            if why:
+                bad.append(("--engine", f"h2 cannot run this load: {why}"))
         if self.max_error_rate is not None and not 0 <= self.max_error_rate <= 1:
             bad.append(("--max-error-rate", "must be a fraction between 0 and 1 (or a percent)"))
         return bad

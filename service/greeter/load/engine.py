@@ -21,6 +21,7 @@ import grpc
 from google.protobuf import json_format
 
 from greeter.client import TargetError, channel_options, credentials
+from greeter.load import h2engine
 from greeter.load.config import CALLS, LoadConfig
 from greeter.load.histogram import Histogram
 
@@ -182,26 +183,57 @@ def _code_name(code: grpc.StatusCode | None) -> str:
 
 
 Caller = Callable[[Recorder, float], Any]
+AUTO_H2 = False  # --engine auto picks h2 where it applies
+_perf = time.perf_counter
 
 
-def _make_caller(channel: grpc.aio.Channel, config: LoadConfig) -> Caller:
+def record(rec: Recorder, began: float, code: str, cluster: str, pod: str, details: str) -> None:
+    """One finished call: latency since ``began``, status, serving identity, error."""
+    us = int((_perf() - began) * 1e6)
+    rec.hist.record(us)
+    rec.status[code] = rec.status.get(code, 0) + 1
+    backend = rec.backend(cluster, pod)
+    backend.hist.record(us)
+    if code != "OK":
+        backend.errors += 1
+        rec.error(code, details)
+
+
+def resolved_engine(config: LoadConfig) -> str:
+    """The engine that runs ``config``: ``h2`` (the lean HTTP/2 client) or ``grpc``."""
+    if config.engine == "grpc":
+        return "grpc"
+    if config.engine == "h2":
+        return "h2"
+    if not AUTO_H2:
+        return "grpc"
+    try:
+        payload = request_bytes(config)
+    except TargetError:
+        return "grpc"
+    return "grpc" if h2engine.applies(config.target, config.call, payload) else "h2"
+
+
+def _make_caller(channel: Any, config: LoadConfig) -> Caller:
     """A coroutine function doing one call and recording it, for the configured call kind."""
     path = CALLS[config.call]
     payload = request_bytes(config)
-    metadata = _metadata(config)
     timeout = config.timeout
-    perf = time.perf_counter
+    if isinstance(channel, h2engine.H2Channel):
+        return h2engine.make_caller(
+            channel,
+            path,
+            payload,
+            config.target.metadata,
+            timeout,
+            config.connect_timeout,
+            record,
+        )
+    metadata = _metadata(config)
     rpc_error = grpc.aio.AioRpcError
 
     def finish(rec: Recorder, began: float, code: str, trailers: Any, details: str) -> None:
-        us = int((perf() - began) * 1e6)
-        rec.hist.record(us)
-        rec.status[code] = rec.status.get(code, 0) + 1
-        backend = rec.backend(*_identity(trailers))
-        backend.hist.record(us)
-        if code != "OK":
-            backend.errors += 1
-            rec.error(code, details)
+        record(rec, began, code, *_identity(trailers), details)
 
     if config.call in ("SayHello", "Check"):
         unary = channel.unary_unary(path, _registered_method=True)
@@ -273,9 +305,22 @@ def channel_args(index: int) -> list[tuple[str, object]]:
 
 
 @contextlib.asynccontextmanager
-async def connected(config: LoadConfig, first: int = 0) -> AsyncIterator[list[grpc.aio.Channel]]:
-    """``config.connections`` ready channels, or ConnectError with the reason."""
+async def connected(config: LoadConfig, first: int = 0) -> AsyncIterator[list[Any]]:
+    """``config.connections`` ready channels (grpc channels or h2engine channels, as
+    :func:`resolved_engine` says), or ConnectError with the reason."""
     target = config.target
+    if resolved_engine(config) == "h2":
+        try:
+            h2channels = await h2engine.open_channels(
+                target, config.connections, config.connect_timeout
+            )
+        except OSError as exc:
+            raise ConnectError(f"cannot connect to {target.address}: {exc}") from None
+        try:
+            yield h2channels
+        finally:
+            await h2engine.close_channels(h2channels)
+        return
     channels: list[grpc.aio.Channel] = []
     try:
         try:
@@ -317,7 +362,7 @@ async def _why_not_ready(channel: grpc.aio.Channel, config: LoadConfig) -> str:
 class Run:
     """The workers of one process over already connected channels."""
 
-    def __init__(self, config: LoadConfig, channels: list[grpc.aio.Channel]) -> None:
+    def __init__(self, config: LoadConfig, channels: list[Any]) -> None:
         self.config = config
         self.callers = [_make_caller(ch, config) for ch in channels]
         self.recorder = Recorder()

@@ -11,7 +11,7 @@ from importlib import resources
 from typing import Any
 
 from greeter.load.config import LoadConfig, percentile_name
-from greeter.load.engine import Recorder
+from greeter.load.engine import Recorder, resolved_engine
 from greeter.load.histogram import Histogram, bucket_bounds
 
 SCHEMA_ID = "greeter-load-report/v1"
@@ -146,6 +146,7 @@ def build_report(
             "authority": target.authority or None,
             "lb_policy": target.lb_policy or None,
             "metadata_keys": sorted({k for k, _ in target.metadata}),
+            "engine": resolved_engine(config),
         },
         "interrupted": interrupted,
         "count": count,
