@@ -1,5 +1,6 @@
-"""Requests generated per client CPU-second: ``greeter load`` against h2load (and a plain
-grpc.aio stub loop, for scale), the same server, the same run.
+"""Requests generated per client CPU-second: ``greeter load`` (its h2 engine and its grpc
+engine) against h2load (and a plain grpc.aio stub loop, for scale), the same server, the
+same run.
 
     python -m bench.load_efficiency [--calls 20000] [--concurrency 64] [--rounds 3]
 
@@ -32,11 +33,12 @@ GREETER_CLIENT = """
 import json, sys, time
 from greeter.client import Target
 from greeter.load import LoadConfig, run_load
-calls, conc, address = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-cfg = LoadConfig(target=Target(address), total=calls, concurrency=conc, procs=1)
-run_load(LoadConfig(target=Target(address), total=500, concurrency=conc, procs=1))  # warm
+calls, conc, address, engine = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+cfg = LoadConfig(target=Target(address), total=calls, concurrency=conc, procs=1, engine=engine)
+run_load(LoadConfig(target=Target(address), total=500, concurrency=conc, procs=1, engine=engine))
 cpu, wall = time.process_time(), time.perf_counter()
 report = run_load(cfg)
+assert report["options"]["engine"] == engine, report["options"]
 print(json.dumps({"cpu": time.process_time() - cpu, "wall": time.perf_counter() - wall,
                   "ok": report["ok"]}))
 """
@@ -131,10 +133,11 @@ def _h2load(calls: int, conc: int, port: int, folder: Path) -> dict[str, float]:
     return {"cpu": usage.ru_utime + usage.ru_stime, "wall": wall, "ok": calls}
 
 
-def _python(script: str, calls: int, conc: int, port: int) -> dict[str, float]:
+def _python(script: str, calls: int, conc: int, port: int, *extra: str) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "service")}
+    address = f"127.0.0.1:{port}"
     out = subprocess.run(
-        [*_pin(1), sys.executable, "-c", script, str(calls), str(conc), f"127.0.0.1:{port}"],
+        [*_pin(1), sys.executable, "-c", script, str(calls), str(conc), address, *extra],
         capture_output=True,
         text=True,
         check=True,
@@ -148,14 +151,19 @@ def measure(calls: int, conc: int, rounds: int) -> dict[str, Any]:
         raise SystemExit("h2load is not installed (apt-get install nghttp2-client)")
     port = _free_port()
     server = _start_server(port)
-    per_cpu: dict[str, list[float]] = {"h2load": [], "greeter_load": [], "plain_aio": []}
+    names = ("h2load", "greeter_load_h2", "greeter_load_grpc", "plain_aio")
+    per_cpu: dict[str, list[float]] = {name: [] for name in names}
     rps: dict[str, list[float]] = {k: [] for k in per_cpu}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for _ in range(rounds):
                 for name, run in (
                     ("h2load", lambda: _h2load(calls, conc, port, Path(tmp))),
-                    ("greeter_load", lambda: _python(GREETER_CLIENT, calls, conc, port)),
+                    ("greeter_load_h2", lambda: _python(GREETER_CLIENT, calls, conc, port, "h2")),
+                    (
+                        "greeter_load_grpc",
+                        lambda: _python(GREETER_CLIENT, calls, conc, port, "grpc"),
+                    ),
                     ("plain_aio", lambda: _python(PLAIN_CLIENT, calls, conc, port)),
                 ):
                     result = run()
@@ -171,9 +179,12 @@ def measure(calls: int, conc: int, rounds: int) -> dict[str, Any]:
         "rounds": rounds,
         "calls_per_cpu_second": {k: round(v) for k, v in med.items()},
         "calls_per_second": {k: round(statistics.median(v)) for k, v in rps.items()},
-        "ratio_vs_h2load": {
-            "greeter_load": round(med["greeter_load"] / med["h2load"], 3),
-            "plain_aio": round(med["plain_aio"] / med["h2load"], 3),
+        "ratio_vs_h2load": {k: round(v / med["h2load"], 3) for k, v in med.items()},
+        # each round's ratio (same round, so the same machine noise), then their median
+        "ratio_per_round": {
+            k: [round(x / h, 3) for x, h in zip(v, per_cpu["h2load"], strict=True)]
+            for k, v in per_cpu.items()
+            if k != "h2load"
         },
     }
 
