@@ -122,12 +122,27 @@ def test_stream_flood_past_max_concurrent_streams(serve: Callable[..., Any]) -> 
         assert outcome == {(OK, None, 3): 10, (None, H2_REFUSED_STREAM, 0): 50}
         after = flood.call(SAY_HELLO, grpc_frame(hello()))  # the flooding connection still works
         assert after.grpc_status == OK
-    # A real client over a limited connection queues instead of failing.
-    threads = [threading.Thread(target=normal.stream, args=(5,)) for _ in range(40)]
+    # grpcio itself keeps to the limit, but races the server's count of closed streams:
+    # some of 40 concurrent calls over the 10-stream connection are refused
+    # (REFUSED_STREAM, surfaced as UNAVAILABLE, not retried). Nothing else may happen.
+    outcomes: Counter[str] = Counter()
+
+    def one() -> None:
+        try:
+            normal.stream(5)
+            outcomes["OK"] += 1
+        except grpc.RpcError as exc:
+            refused = "error code 7" in (exc.details() or "")
+            outcomes[f"{exc.code().name}{' refused' if refused else ''}"] += 1
+
+    threads = [threading.Thread(target=one) for _ in range(40)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
+    assert sum(outcomes.values()) == 40
+    assert set(outcomes) <= {"OK", "UNAVAILABLE refused"}, outcomes
+    assert outcomes["OK"] >= 10
     normal.hello()
     assert rss_kb(pid) < base + 32 * MIB
 

@@ -182,7 +182,7 @@ def test_parse_status_is_a_status_or_value_error(text: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def live() -> Iterator[helloworld_pb2_grpc.GreeterStub]:
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[helloworld_pb2_grpc.GreeterStub]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GREETER_")}
     port = free_port()
     env.update(
@@ -196,7 +196,7 @@ def live() -> Iterator[helloworld_pb2_grpc.GreeterStub]:
             "GREETER_FAULT_ENABLED": "true",
         }
     )
-    server = ServerProcess([], env, port, 0)
+    server = ServerProcess([], env, port, 0, tmp_path_factory.mktemp("servers"))
     server.wait_ready()
     try:
         with grpc.insecure_channel(server.address) as channel:
