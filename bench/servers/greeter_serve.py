@@ -7,12 +7,31 @@ does not depend on unrelated subcommands.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 
 from greeter import logs, server, settings
 
+EXTRA_OPTIONS_ENV = "BENCH_GRPC_OPTIONS"
+
+
+def add_experimental_options() -> None:
+    """``BENCH_GRPC_OPTIONS='{"grpc.optimization_target": "throughput"}'`` appends
+    channel arguments to the server's, to try options the settings do not expose."""
+    extra = json.loads(os.environ.get(EXTRA_OPTIONS_ENV) or "{}")
+    if not extra:
+        return
+    base = server.server_options
+
+    def with_extra(config: settings.Settings) -> list[tuple[str, int]]:
+        return [*base(config), *extra.items()]
+
+    server.server_options = with_extra  # type: ignore[assignment]
+
 
 def main() -> int:
+    add_experimental_options()
     config = settings.load({})
     logs.configure(config.log_level, config.log_format)
     if config.workers > 1:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import grpc
 
-from greeter.metrics import GO_CODE_NAMES, ServerMetrics
+from greeter.metrics import GO_CODE_NAMES, ServerMetrics, fast_inc, fast_observe
 from greeter.pipeline import CallRecord, Hooks, Method
 
 
@@ -18,26 +18,27 @@ class Metrics:
         m = self._metrics
         labels = (method.grpc_type, method.service, method.name)
         # Label lookups happen here, once per method; a call only increments.
-        started = m.started.labels(*labels).inc
-        received = m.msg_received.labels(*labels).inc
-        sent = m.msg_sent.labels(*labels).inc
-        observe = m.handling.labels(*labels).observe
+        started = fast_inc(m.started.labels(*labels))
+        received = fast_inc(m.msg_received.labels(*labels))
+        sent = fast_inc(m.msg_sent.labels(*labels))
+        observe = fast_observe(m.handling.labels(*labels))
         ok = grpc.StatusCode.OK
-        handled_ok = m.handled.labels(*labels, GO_CODE_NAMES[ok]).inc  # the common case
-        handled: dict[grpc.StatusCode, Callable[[], None]] = {}
+        handled_ok = fast_inc(m.handled.labels(*labels, GO_CODE_NAMES[ok]))  # the common case
+        handled: dict[grpc.StatusCode, Callable[..., None]] = {}
 
         def before(context: grpc.aio.ServicerContext) -> None:
-            started()
+            started(1)
 
         def after(call: CallRecord) -> None:
             code = call.code
             if code is ok:
-                handled_ok()
+                handled_ok(1)
             else:
                 inc = handled.get(code)
                 if inc is None:
-                    inc = handled[code] = m.handled.labels(*labels, GO_CODE_NAMES[code]).inc
-                inc()
+                    child = m.handled.labels(*labels, GO_CODE_NAMES[code])
+                    inc = handled[code] = fast_inc(child)
+                inc(1)
             observe(call.duration)
             if call.received:
                 received(call.received)
