@@ -134,12 +134,6 @@ def test_flag_wins_over_environment(name: str, flag: str, env: str) -> None:
     assert getattr(loaded, name) == from_flag
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OSError,
-    reason="settings._file_problems: Path.is_file raises ENAMETOOLONG instead of a "
-    "SettingsError (settings.py, reported in docs/robustness.md)",
-)
 @pytest.mark.parametrize("name", PATH_FIELDS)
 def test_settings_long_path_is_a_settings_error(name: str) -> None:
     env = {"GREETER_TLS_CERT": "x", "GREETER_TLS_KEY": "y", env_name(name): "a" * 5000}
@@ -397,11 +391,6 @@ def test_parse_duration_is_finite_or_value_error(text: str) -> None:
     assert math.isfinite(seconds)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="load/config.py parse_duration: a unit-suffixed number past float range gives "
-    "inf (reported in docs/robustness.md)",
-)
 def test_parse_duration_refuses_overflowing_units() -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration("1" * 400 + "s")

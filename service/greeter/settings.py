@@ -268,8 +268,8 @@ class Settings:
         bad: list[tuple[str, str]] = []
         for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file"):
             path = getattr(self, name)
-            if path and not Path(path).is_file():
-                bad.append((name, f"file {path!r} does not exist or is not readable"))
+            if path and not _is_file(path):
+                bad.append((name, f"file {path[:200]!r} does not exist or is not readable"))
         if bool(self.tls_cert) != bool(self.tls_key):
             bad.append(("tls_key" if self.tls_cert else "tls_cert", "TLS needs both cert and key"))
         if self.tls_client_ca and not self.tls_cert:
@@ -305,6 +305,13 @@ class Settings:
                 value = value.name
             out[f.name] = value
         return out
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte...
+        return False
 
 
 def _workers(text: str) -> int:

@@ -43,9 +43,12 @@ def parse_duration(text: str) -> float:
     if not parts:
         raise ValueError(f"{text!r} is not a duration (try 10s, 500ms, 1m)")
     scale = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-    return sum(
+    total = sum(
         float(n) * scale[unit] for n, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|us|µs|s|m|h)", raw)
     )
+    if not math.isfinite(total):
+        raise ValueError(f"{text[:40]!r} is not a duration (too large)")
+    return total
 
 
 def call_name(text: str) -> str:
