@@ -183,7 +183,7 @@ def _code_name(code: grpc.StatusCode | None) -> str:
 
 
 Caller = Callable[[Recorder, float], Any]
-AUTO_H2 = False  # --engine auto picks h2 where it applies
+AUTO_H2 = True  # --engine auto picks h2 where it applies
 _perf = time.perf_counter
 
 
