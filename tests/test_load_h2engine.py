@@ -351,3 +351,63 @@ def test_both_engines_give_the_same_report(spawn_server: Spawn) -> None:
         assert set(report["by_pod"]) == {"p1"}
         assert set(report["by_cluster"]) == {"c1"}
         assert report["by_pod"]["p1"]["errors"] == report["errors"]
+
+
+class _PlainH2Server(asyncio.Protocol):
+    """A real HTTP/2 server that is not gRPC (as a gateway's error page would be): it answers
+    every request with ``status`` and no grpc-status, or resets it with ``reset``."""
+
+    status = 503
+    reset: int | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        import h2.config
+        import h2.connection
+
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        self.conn.initiate_connection()
+        transport.write(self.conn.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        import h2.events
+
+        for event in self.conn.receive_data(data):
+            if isinstance(event, h2.events.StreamEnded):
+                if self.reset is not None:
+                    self.conn.reset_stream(event.stream_id, self.reset)
+                else:
+                    headers = [(":status", str(self.status)), ("content-type", "text/plain")]
+                    self.conn.send_headers(event.stream_id, headers, end_stream=True)
+            elif isinstance(event, h2.events.DataReceived):
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        self.transport.write(self.conn.data_to_send())
+
+
+@pytest.mark.parametrize(
+    ("status", "reset", "code"),
+    [
+        (503, None, "UNAVAILABLE"),
+        (404, None, "UNIMPLEMENTED"),
+        (401, None, "UNAUTHENTICATED"),
+        (418, None, "UNKNOWN"),
+        (200, None, "INTERNAL"),  # 200 without grpc-status
+        (200, 7, "UNAVAILABLE"),  # REFUSED_STREAM
+        (200, 8, "CANCELLED"),  # CANCEL
+    ],
+)
+async def test_http_status_and_resets_map_like_grpc(
+    status: int, reset: int | None, code: str
+) -> None:
+    server_class = type("Server", (_PlainH2Server,), {"status": status, "reset": reset})
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(server_class, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        report = await load(h2(f"127.0.0.1:{port}", total=20, concurrency=4))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert report["status_codes"] == {code: 20}
+    assert report["by_pod"]["(none)"]["errors"] == 20
