@@ -669,7 +669,7 @@ class H2Connection(asyncio.Protocol):
             if st.sid and self.streams.pop(st.sid, None) is not None:
                 self._write(_frame(RST_STREAM, 0, st.sid, _U32.pack(CANCEL)))
             self._resolve(
-                st, ("DEADLINE_EXCEEDED", "Deadline Exceeded", st.cluster or UNKNOWN, UNKNOWN)
+                st, ("DEADLINE_EXCEEDED", "Deadline Exceeded", UNKNOWN, UNKNOWN)
             )
         if deadlines:
             self.timer = self.loop.call_at(deadlines[0].deadline, self._expire)
