@@ -668,9 +668,7 @@ class H2Connection(asyncio.Protocol):
             deadlines.popleft()
             if st.sid and self.streams.pop(st.sid, None) is not None:
                 self._write(_frame(RST_STREAM, 0, st.sid, _U32.pack(CANCEL)))
-            self._resolve(
-                st, ("DEADLINE_EXCEEDED", "Deadline Exceeded", UNKNOWN, UNKNOWN)
-            )
+            self._resolve(st, ("DEADLINE_EXCEEDED", "Deadline Exceeded", UNKNOWN, UNKNOWN))
         if deadlines:
             self.timer = self.loop.call_at(deadlines[0].deadline, self._expire)
         self._after_end()
