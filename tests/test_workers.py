@@ -161,3 +161,21 @@ def test_auto_workers_means_one_per_core(text: str) -> None:
 
     loaded = settings.load({"workers": text}, environ={})
     assert loaded.workers == len(os.sched_getaffinity(0))
+
+
+def test_a_dying_worker_stops_the_others_and_fails_the_parent(spawn_server) -> None:  # type: ignore[no-untyped-def]
+    server = spawn_server("--workers", "2")
+    workers: set[int] = set()
+
+    def two_workers() -> bool:
+        nonlocal workers
+        workers = children(server.proc.pid)
+        return len(workers) == 2
+
+    wait_for(two_workers)
+    victim, survivor = sorted(workers)
+    os.kill(victim, 9)
+    code, _, err = server.wait(timeout=30)
+    assert code == 1, err
+    assert "stopping the others" in err
+    assert not Path(f"/proc/{survivor}").exists()
