@@ -179,3 +179,8 @@ def test_a_dying_worker_stops_the_others_and_fails_the_parent(spawn_server) -> N
     assert code == 1, err
     assert "stopping the others" in err
     assert not Path(f"/proc/{survivor}").exists()
+
+
+def test_workers_refuse_a_unix_socket() -> None:
+    with pytest.raises(OSError, match="unix socket"):
+        resolve_port(Settings(host="unix:/tmp/greeter.sock", port=0, metrics_port=0))

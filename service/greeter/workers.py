@@ -79,6 +79,8 @@ def worker_main(settings: Settings, index: int) -> None:
 
 def resolve_port(settings: Settings) -> int:
     """Check the gRPC port is free (and pick one for port 0) before workers share it."""
+    if settings.host.startswith("unix:"):
+        raise OSError("workers share a TCP port (SO_REUSEPORT); a unix socket cannot be shared")
     host = settings.host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
