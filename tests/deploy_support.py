@@ -325,16 +325,16 @@ def ensure_base_image(env: dict[str, str]) -> str:
         for item in (rootfs / cache).glob("*"):
             if item.is_file():
                 item.unlink()
-    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    imported = subprocess.run(
-        [podman, "import", "-", BASE_IMAGE],
-        stdin=tar.stdout,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    tar.wait()
+    with subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE) as tar:
+        imported = subprocess.run(
+            [podman, "import", "-", BASE_IMAGE],
+            stdin=tar.stdout,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    assert tar.returncode == 0, "tar of the base rootfs failed"
     assert imported.returncode == 0, imported.stderr
     shutil.rmtree(rootfs)
     return BASE_IMAGE
