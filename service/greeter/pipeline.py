@@ -19,6 +19,8 @@ from typing import Any, NamedTuple, Protocol
 
 import grpc
 
+from greeter.malformed import Malformed, reject, tolerant
+
 _OK = grpc.StatusCode.OK
 _UNKNOWN = grpc.StatusCode.UNKNOWN
 _CANCELLED = grpc.StatusCode.CANCELLED
@@ -144,8 +146,13 @@ class _Counter:
 _ONE = _Counter(1)  # the count of a unary request: shared, never changed
 
 
-async def _counted(iterator: AsyncIterator[Any], counter: _Counter) -> AsyncIterator[Any]:
+async def _received(
+    iterator: AsyncIterator[Any], counter: _Counter, context: grpc.aio.ServicerContext
+) -> AsyncIterator[Any]:
+    """A request stream, counted, with undecodable messages answered INVALID_ARGUMENT."""
     async for message in iterator:
+        if message.__class__ is Malformed:
+            await reject(context, message)
         counter.n += 1
         yield message
 
@@ -164,14 +171,15 @@ def _wrap_unary_response(chain: _Chain, behavior: Callable[..., Any]) -> Callabl
         received = _ONE
         if streaming_in:
             received = _Counter()
-            if chain.counts:
-                request = _counted(request, received)
+            request = _received(request, received, context)
         try:
             if sync_befores is not None:
                 for before in sync_befores:
                     before(context)
             elif async_befores is not None:
                 await async_befores(context)
+            if request.__class__ is Malformed:
+                await reject(context, request)
             response = await behavior(request, context)
             code = final_code(context)
             return response
@@ -207,14 +215,15 @@ def _wrap_stream_response(chain: _Chain, behavior: Callable[..., Any]) -> Callab
         received = _ONE
         if streaming_in:
             received = _Counter()
-            if chain.counts:
-                request = _counted(request, received)
+            request = _received(request, received, context)
         try:
             if sync_befores is not None:
                 for before in sync_befores:
                     before(context)
             elif async_befores is not None:
                 await async_befores(context)
+            if request.__class__ is Malformed:
+                await reject(context, request)
             async for response in behavior(request, context):
                 sent += 1
                 yield response
@@ -258,9 +267,7 @@ def wrap_handler(
     shape = (handler.request_streaming, handler.response_streaming)
     behavior = getattr(handler, _BEHAVIOR_FIELD[shape])
     hooks = [h for h in (i.bind(method) for i in interceptors) if h is not None]
-    if not hooks:
-        return handler
-    chain = _Chain(method, hooks)
+    chain = _Chain(method, hooks)  # wrapped even without hooks: malformed requests
     if handler.response_streaming and inspect.isasyncgenfunction(behavior):
         wrapped = _wrap_stream_response(chain, behavior)
     elif inspect.iscoroutinefunction(behavior):
@@ -269,7 +276,7 @@ def wrap_handler(
         return handler
     return _FACTORIES[shape](
         wrapped,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=tolerant(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
 

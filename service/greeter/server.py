@@ -28,7 +28,6 @@ from greeter import health, reflection
 from greeter._proto import helloworld_pb2_grpc
 from greeter.health import SERVING, Health
 from greeter.interceptors import AccessLog, Auth, Faults, Identity, Metrics
-from greeter.malformed import guard_malformed
 from greeter.metrics import MetricsEndpoint, ServerMetrics
 from greeter.pipeline import Interceptor, Registrar
 from greeter.service import SERVICE_NAME as GREETER_SERVICE
@@ -178,7 +177,6 @@ class GreeterServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         if s.reflection:
             reflection.add_reflection(registrar, [GREETER_SERVICE, health.SERVICE_NAME])
-        guard_malformed(registrar)
         server = grpc.aio.server(options=server_options(s))
         registrar.install(server, interceptors(s, self.metrics, self.worker))
         # Metrics first: once the gRPC port accepts connections, /metrics answers too.
