@@ -51,9 +51,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "no hooks": {"pod_name": "", "access_log": False, "metrics_port": 0},
     "identity": {"access_log": False, "metrics_port": 0},
     "identity+metrics": {"access_log": False},
-    "identity+metrics+log 1%": {"access_log_sample": 0.01},
+    "identity+metrics+log 1%": {"access_log_sample": 0.01, "access_log_budget": 0},
     "identity+metrics+log 1%+auth": {
         "access_log_sample": 0.01,
+        "access_log_budget": 0,
         "auth_enabled": True,
         "auth_tokens": ("t",),
     },

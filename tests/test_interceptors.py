@@ -169,7 +169,9 @@ async def test_access_log_is_one_json_line_per_rpc_without_tokens(caplog):
 async def test_access_log_sampling_keeps_errors(caplog):
     caplog.set_level(logging.INFO, logger="greeter.access")
     async with (
-        running(access_log=True, access_log_sample=0.0, fault_enabled=True) as server,
+        running(
+            access_log=True, access_log_sample=0.0, access_log_budget=0, fault_enabled=True
+        ) as server,
         channel_to(server) as channel,
     ):
         stub = helloworld_pb2_grpc.GreeterStub(channel)
@@ -179,3 +181,29 @@ async def test_access_log_sampling_keeps_errors(caplog):
             await stub.SayHello(HelloRequest(), metadata=(("x-greeter-fault-status", "INTERNAL"),))
     codes = [r.code for r in caplog.records if r.name == "greeter.access"]
     assert codes == ["INTERNAL"]
+
+
+async def test_access_log_budget_logs_every_call_of_a_quiet_server(caplog):
+    caplog.set_level(logging.INFO, logger="greeter.access")
+    async with (
+        running(access_log=True, access_log_sample=0.0, access_log_budget=5) as server,
+        channel_to(server) as channel,
+    ):
+        stub = helloworld_pb2_grpc.GreeterStub(channel)
+        for _ in range(30):
+            await stub.SayHello(HelloRequest())
+    logged = [r for r in caplog.records if r.name == "greeter.access"]
+    # 5 a second: 30 quick calls fit in one second, or straddle two
+    assert 5 <= len(logged) <= 10
+
+
+async def test_access_log_sample_one_logs_everything(caplog):
+    caplog.set_level(logging.INFO, logger="greeter.access")
+    async with (
+        running(access_log=True, access_log_sample=1.0, access_log_budget=0) as server,
+        channel_to(server) as channel,
+    ):
+        stub = helloworld_pb2_grpc.GreeterStub(channel)
+        for _ in range(30):
+            await stub.SayHello(HelloRequest())
+    assert len([r for r in caplog.records if r.name == "greeter.access"]) == 30

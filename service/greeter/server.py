@@ -111,7 +111,7 @@ def interceptors(
     if metrics is not None:
         chain.append(Metrics(metrics))
     if settings.access_log:
-        chain.append(AccessLog(settings.access_log_sample))
+        chain.append(AccessLog(settings.access_log_sample, settings.access_log_budget))
     identity = settings.identity
     if worker is not None:  # one of several processes on the port: say which
         identity = {**identity, WORKER_KEY: str(worker)}

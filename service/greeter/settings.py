@@ -203,8 +203,13 @@ class Settings:
     log_level: str = _setting("info", "debug, info, warning or error", parse_str)
     log_format: str = _setting("json", "json or text", parse_str)
     access_log: bool = _setting(True, "log one line per RPC", parse_bool)
+    access_log_budget: int = _setting(
+        10, "OK calls logged in full each second before sampling starts", parse_int
+    )
     access_log_sample: float = _setting(
-        1.0, "fraction of OK calls logged (errors are always logged)", parse_float
+        0.01,
+        "fraction of OK calls logged past the per-second budget (errors are always logged)",
+        parse_float,
     )
 
     def __post_init__(self) -> None:
@@ -248,6 +253,8 @@ class Settings:
         for name in ("fault_delay_percent", "fault_status_percent"):
             if not 0 <= getattr(self, name) <= 100:
                 bad.append((name, "must be a percentage between 0 and 100"))
+        if self.access_log_budget < 0:
+            bad.append(("access_log_budget", "must not be negative"))
         if not 0 <= self.access_log_sample <= 1:
             bad.append(("access_log_sample", "must be a fraction between 0 and 1"))
         if self.fault_status == grpc.StatusCode.OK:
