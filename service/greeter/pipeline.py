@@ -175,7 +175,9 @@ def _wrap_unary_response(chain: _Chain, behavior: Callable[..., Any]) -> Callabl
         try:
             if sync_befores is not None:
                 for before in sync_befores:
-                    before(context)
+                    refusal = before(context)
+                    if refusal is not None:  # a sync hook's rare awaitable: its abort
+                        await refusal
             elif async_befores is not None:
                 await async_befores(context)
             if request.__class__ is Malformed:
@@ -219,7 +221,9 @@ def _wrap_stream_response(chain: _Chain, behavior: Callable[..., Any]) -> Callab
         try:
             if sync_befores is not None:
                 for before in sync_befores:
-                    before(context)
+                    refusal = before(context)
+                    if refusal is not None:  # a sync hook's rare awaitable: its abort
+                        await refusal
             elif async_befores is not None:
                 await async_befores(context)
             if request.__class__ is Malformed:

@@ -27,7 +27,7 @@ import grpc
 from greeter import health, reflection
 from greeter._proto import helloworld_pb2_grpc
 from greeter.health import SERVING, Health
-from greeter.interceptors import AccessLog, Auth, Faults, Identity, Metrics
+from greeter.interceptors import AccessLog, Auth, Faults, Identity, MetadataLimit, Metrics
 from greeter.metrics import MetricsEndpoint, ServerMetrics
 from greeter.pipeline import Interceptor, Registrar
 from greeter.service import SERVICE_NAME as GREETER_SERVICE
@@ -116,6 +116,7 @@ def interceptors(
     if worker is not None:  # one of several processes on the port: say which
         identity = {**identity, WORKER_KEY: str(worker)}
     chain.append(Identity(identity))
+    chain.append(MetadataLimit(settings.max_metadata_size))
     if settings.auth_enabled:
         exempt = set()
         if "health" in settings.auth_exempt:

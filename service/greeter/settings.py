@@ -164,6 +164,11 @@ class Settings:
     max_recv_message_size: int = _setting(
         4 * 1024 * 1024, "largest request message, bytes", parse_int
     )
+    max_metadata_size: int = _setting(
+        16 * 1024,
+        "largest request metadata (header list), bytes; more gets RESOURCE_EXHAUSTED",
+        parse_int,
+    )
     max_send_message_size: int = _setting(
         4 * 1024 * 1024, "largest response message, bytes", parse_int
     )
@@ -247,6 +252,8 @@ class Settings:
         )
         bad += [(n, "must be positive") for n in positive if getattr(self, n) <= 0]
         bad += [(n, "must not be negative") for n in non_negative if getattr(self, n) < 0]
+        if not 1024 <= self.max_metadata_size <= 1024 * 1024:
+            bad.append(("max_metadata_size", "must be between 1024 and 1048576 bytes"))
         for name in ("max_recv_message_size", "max_send_message_size"):
             if not 1024 <= getattr(self, name) <= 2**31 - 1:
                 bad.append((name, "must be between 1024 and 2147483647 bytes"))

@@ -11,6 +11,7 @@ from greeter.interceptors.access_log import AccessLog
 from greeter.interceptors.auth import Auth
 from greeter.interceptors.faults import Faults
 from greeter.interceptors.identity import Identity
+from greeter.interceptors.metadata_limit import MetadataLimit
 from greeter.interceptors.metrics import Metrics
 
-__all__ = ["AccessLog", "Auth", "Faults", "Identity", "Metrics"]
+__all__ = ["AccessLog", "Auth", "Faults", "Identity", "MetadataLimit", "Metrics"]
