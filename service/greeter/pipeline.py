@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -61,7 +61,11 @@ class CallRecord(NamedTuple):
     context: grpc.aio.ServicerContext
 
 
-Before = Callable[[grpc.aio.ServicerContext], Awaitable[None] | None]
+Metadata = Sequence[tuple[str, Any]]
+# A before-hook gets the call's request metadata (read once per call, and only when some
+# hook of the method asked for it; otherwise empty). It returns None, or an awaitable the
+# wrapper awaits: an ``async def`` hook's coroutine, or a sync hook's rare ``context.abort``.
+Before = Callable[[grpc.aio.ServicerContext, Metadata], Awaitable[None] | None]
 After = Callable[[CallRecord], None]
 
 
@@ -69,6 +73,7 @@ class Hooks(NamedTuple):
     before: Before | None = None
     after: After | None = None
     counts_messages: bool = False
+    reads_metadata: bool = False
 
 
 class Interceptor(Protocol):
@@ -87,6 +92,11 @@ def final_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     return _OK
 
 
+def _aborted_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    code = final_code(context)
+    return _UNKNOWN if code is _OK else code
+
+
 def _cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     remaining = context.time_remaining()
     return _DEADLINE if remaining is not None and remaining <= 0 else _CANCELLED
@@ -95,33 +105,49 @@ def _cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
 class _Chain:
     """The hooks of all interceptors for one method, in order."""
 
-    __slots__ = ("afters", "befores", "counts", "method", "sync_befores")
+    __slots__ = ("afters", "all_sync", "befores", "counts", "method", "reads_metadata")
 
     def __init__(self, method: Method, hooks: Iterable[Hooks]) -> None:
         self.method = method
-        self.befores: list[tuple[Before, bool]] = []
+        befores: list[Before] = []
         self.afters: list[After] = []
         self.counts = False
+        self.reads_metadata = False
         for hook in hooks:
             if hook.before is not None:
-                is_async = inspect.iscoroutinefunction(hook.before)
-                self.befores.append((hook.before, is_async))
+                befores.append(hook.before)
             if hook.after is not None:
                 self.afters.append(hook.after)
             self.counts = self.counts or hook.counts_messages
-        # When no before hook awaits anything, the wrapper calls them inline
-        # instead of creating and awaiting a coroutine per call.
-        self.sync_befores: tuple[Callable[[grpc.aio.ServicerContext], Any], ...] | None = (
-            None
-            if any(is_async for _, is_async in self.befores)
-            else tuple(b for b, _ in self.befores)
-        )
+            self.reads_metadata = self.reads_metadata or hook.reads_metadata
+        self.befores = tuple(befores)
+        # When no before-hook is a coroutine function, ``enter`` calls them inline and a
+        # normal call creates no coroutine for them.
+        self.all_sync = not any(inspect.iscoroutinefunction(b) for b in befores)
 
-    async def run_befores(self, context: grpc.aio.ServicerContext) -> None:
-        for before, is_async in self.befores:
-            result = before(context)
-            if is_async:
-                await result  # type: ignore[misc]
+    def enter(self, context: grpc.aio.ServicerContext, request: Any) -> Awaitable[None] | None:
+        """Run the before-hooks, then refuse an undecodable request; returns an awaitable
+        only when there is something to wait for (an async hook, or a refusal)."""
+        metadata = context.invocation_metadata() or () if self.reads_metadata else ()
+        if not self.all_sync:
+            return self._enter_async(context, metadata, request)
+        for before in self.befores:
+            refusal = before(context, metadata)
+            if refusal is not None:  # an abort: it raises when awaited
+                return refusal
+        if request.__class__ is Malformed:
+            return reject(context, request)
+        return None
+
+    async def _enter_async(
+        self, context: grpc.aio.ServicerContext, metadata: Metadata, request: Any
+    ) -> None:
+        for before in self.befores:
+            pending = before(context, metadata)
+            if pending is not None:
+                await pending
+        if request.__class__ is Malformed:
+            await reject(context, request)
 
     def run_afters(
         self,
@@ -162,8 +188,7 @@ def _wrap_unary_response(chain: _Chain, behavior: Callable[..., Any]) -> Callabl
     streaming handlers written as coroutines that call ``context.write``."""
     streaming_in = chain.method.request_streaming
     unary_out = not chain.method.response_streaming
-    sync_befores = chain.sync_befores
-    async_befores = chain.run_befores if sync_befores is None else None
+    enter = chain.enter
 
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         start = _now()
@@ -173,22 +198,14 @@ def _wrap_unary_response(chain: _Chain, behavior: Callable[..., Any]) -> Callabl
             received = _Counter()
             request = _received(request, received, context)
         try:
-            if sync_befores is not None:
-                for before in sync_befores:
-                    refusal = before(context)
-                    if refusal is not None:  # a sync hook's rare awaitable: its abort
-                        await refusal
-            elif async_befores is not None:
-                await async_befores(context)
-            if request.__class__ is Malformed:
-                await reject(context, request)
+            pending = enter(context, request)
+            if pending is not None:
+                await pending
             response = await behavior(request, context)
             code = final_code(context)
             return response
         except _AbortError:
-            code = final_code(context)
-            if code is _OK:
-                code = _UNKNOWN
+            code = _aborted_code(context)
             raise
         except asyncio.CancelledError:
             code = _cancelled_code(context)
@@ -207,8 +224,7 @@ def _wrap_unary_response(chain: _Chain, behavior: Callable[..., Any]) -> Callabl
 def _wrap_stream_response(chain: _Chain, behavior: Callable[..., Any]) -> Callable[..., Any]:
     """Handlers written as async generators (server and bidi streaming)."""
     streaming_in = chain.method.request_streaming
-    sync_befores = chain.sync_befores
-    async_befores = chain.run_befores if sync_befores is None else None
+    enter = chain.enter
 
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         start = _now()
@@ -219,23 +235,15 @@ def _wrap_stream_response(chain: _Chain, behavior: Callable[..., Any]) -> Callab
             received = _Counter()
             request = _received(request, received, context)
         try:
-            if sync_befores is not None:
-                for before in sync_befores:
-                    refusal = before(context)
-                    if refusal is not None:  # a sync hook's rare awaitable: its abort
-                        await refusal
-            elif async_befores is not None:
-                await async_befores(context)
-            if request.__class__ is Malformed:
-                await reject(context, request)
+            pending = enter(context, request)
+            if pending is not None:
+                await pending
             async for response in behavior(request, context):
                 sent += 1
                 yield response
             code = final_code(context)
         except _AbortError:
-            code = final_code(context)
-            if code is _OK:
-                code = _UNKNOWN
+            code = _aborted_code(context)
             raise
         except (asyncio.CancelledError, GeneratorExit):
             code = _cancelled_code(context)

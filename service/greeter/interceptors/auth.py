@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import grpc
 
-from greeter.pipeline import Hooks, Method
+from greeter.pipeline import Hooks, Metadata, Method
 
 AUTHORIZATION = "authorization"
 BEARER = "bearer "
@@ -47,9 +47,9 @@ class Auth:
         allowed = [token.allows(method) for token in tokens]
         path = method.path
 
-        async def before(context: grpc.aio.ServicerContext) -> None:
+        async def before(context: grpc.aio.ServicerContext, metadata: Metadata) -> None:
             presented = None
-            for key, value in context.invocation_metadata() or ():
+            for key, value in metadata:
                 if key == AUTHORIZATION:
                     presented = value if isinstance(value, str) else value.decode("latin-1")
                     break
@@ -69,4 +69,4 @@ class Auth:
                     grpc.StatusCode.PERMISSION_DENIED, f"token is not allowed to call {path}"
                 )
 
-        return Hooks(before=before)
+        return Hooks(before=before, reads_metadata=True)

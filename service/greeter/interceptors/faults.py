@@ -8,7 +8,7 @@ import random
 
 import grpc
 
-from greeter.pipeline import Hooks, Method
+from greeter.pipeline import Hooks, Metadata, Method
 from greeter.settings import status_code
 
 DELAY_HEADER = "x-greeter-fault-delay-ms"
@@ -49,10 +49,10 @@ class Faults:
             return None
         draw = random.random
 
-        async def before(context: grpc.aio.ServicerContext) -> None:
+        async def before(context: grpc.aio.ServicerContext, metadata: Metadata) -> None:
             delay = self._delay if draw() < self._delay_fraction else 0.0
             status = self._status if draw() < self._status_fraction else None
-            for key, value in context.invocation_metadata() or ():
+            for key, value in metadata:
                 try:
                     if key == DELAY_HEADER:
                         delay = parse_delay_ms(str(value))
@@ -65,4 +65,4 @@ class Faults:
             if status is not None and status is not grpc.StatusCode.OK:
                 await context.abort(status, f"injected fault: {status.name}")
 
-        return Hooks(before=before)
+        return Hooks(before=before, reads_metadata=True)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import grpc
 
-from greeter.pipeline import Hooks, Method
+from greeter.pipeline import Hooks, Metadata, Method
 
 
 class Identity:
@@ -25,12 +25,14 @@ class Identity:
 
         if not method.response_streaming:
 
-            def before(context: grpc.aio.ServicerContext) -> None:
+            def before(context: grpc.aio.ServicerContext, request_metadata: Metadata) -> None:
                 context.set_trailing_metadata(metadata)
 
             return Hooks(before=before)
 
-        async def before_stream(context: grpc.aio.ServicerContext) -> None:
+        async def before_stream(
+            context: grpc.aio.ServicerContext, request_metadata: Metadata
+        ) -> None:
             context.set_trailing_metadata(metadata)
             await context.send_initial_metadata(metadata)
 

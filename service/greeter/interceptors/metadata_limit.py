@@ -12,15 +12,15 @@ from collections.abc import Awaitable
 
 import grpc
 
-from greeter.pipeline import Hooks, Method
+from greeter.pipeline import Hooks, Metadata, Method
 
 # HTTP/2 (RFC 9113 §6.5.2) counts each header field as name + value + 32 octets.
 FIELD_OVERHEAD = 32
 
 
-def metadata_size(metadata: object) -> int:
+def metadata_size(metadata: Metadata) -> int:
     size = 0
-    for key, value in metadata or ():  # type: ignore[attr-defined]
+    for key, value in metadata:
         size += len(key) + len(value) + FIELD_OVERHEAD
     return size
 
@@ -32,8 +32,8 @@ class MetadataLimit:
     def bind(self, method: Method) -> Hooks:
         limit = self._limit
 
-        def before(context: grpc.aio.ServicerContext) -> Awaitable[None] | None:
-            size = metadata_size(context.invocation_metadata())
+        def before(context: grpc.aio.ServicerContext, metadata: Metadata) -> Awaitable[None] | None:
+            size = metadata_size(metadata)
             if size <= limit:
                 return None
             return context.abort(
@@ -42,4 +42,4 @@ class MetadataLimit:
                 "(max_metadata_size)",
             )
 
-        return Hooks(before=before)
+        return Hooks(before=before, reads_metadata=True)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import grpc
 
 from greeter.metrics import GO_CODE_NAMES, ServerMetrics, fast_inc, fast_observe
-from greeter.pipeline import CallRecord, Hooks, Method
+from greeter.pipeline import CallRecord, Hooks, Metadata, Method
 
 
 class Metrics:
@@ -26,7 +26,7 @@ class Metrics:
         handled_ok = fast_inc(m.handled.labels(*labels, GO_CODE_NAMES[ok]))  # the common case
         handled: dict[grpc.StatusCode, Callable[..., None]] = {}
 
-        def before(context: grpc.aio.ServicerContext) -> None:
+        def before(context: grpc.aio.ServicerContext, metadata: Metadata) -> None:
             started(1)
 
         def after(call: CallRecord) -> None:
