@@ -145,13 +145,8 @@ def split_host_port(address: str) -> tuple[str, str]:
 def _fetch_server_certificate(target: Target, timeout: float) -> bytes:
     """The server's own certificate, unverified: what ``--insecure`` trusts."""
     host, port = split_host_port(target.address)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    context.set_alpn_protocols(["h2"])
-    if target.cert:
-        context.load_cert_chain(target.cert, target.key)
-    server_name = target.authority.split(":")[0] or (host if not _is_ip(host) else None)
+    context = tls_context(target, verify=False)
+    server_name = target.authority.split(":")[0] or (host if not is_ip(host) else None)
     with (
         socket.create_connection((host, int(port)), timeout=timeout) as raw,
         context.wrap_socket(raw, server_hostname=server_name) as tls,
@@ -162,7 +157,22 @@ def _fetch_server_certificate(target: Target, timeout: float) -> bytes:
     return ssl.DER_cert_to_PEM_cert(der).encode()
 
 
-def _is_ip(host: str) -> bool:
+def tls_context(target: Target, verify: bool) -> ssl.SSLContext:
+    """A client TLS context for ``target``: its CA (or no verification), its client
+    certificate, ALPN h2."""
+    if verify:
+        context = ssl.create_default_context(cafile=target.cacert or None)
+    else:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if target.cert:
+        context.load_cert_chain(target.cert, target.key)
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+def is_ip(host: str) -> bool:
     try:
         socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
     except OSError:

@@ -34,11 +34,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from hpack import Decoder, HPACKError
 
 from greeter import __version__
-from greeter.client import Target, split_host_port
+from greeter.client import Target, split_host_port, tls_context
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Frame types (RFC 9113 section 6).
@@ -137,26 +138,7 @@ def ssl_context(target: Target) -> ssl.SSLContext | None:
     (``--insecure``), a client certificate; ALPN h2."""
     if not target.secure:
         return None
-    if target.insecure:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    else:
-        context = ssl.create_default_context(cafile=target.cacert or None)
-    if target.cert:
-        context.load_cert_chain(target.cert, target.key)
-    context.set_alpn_protocols(["h2"])
-    return context
-
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+    return tls_context(target, verify=not target.insecure)
 
 
 # -- HPACK encoding (no dynamic table: nothing to keep in step with the server) ------------
@@ -284,23 +266,7 @@ def summarize(headers: Iterable[tuple[bytes, bytes]]) -> Summary:
 
 def _percent_decode(raw: bytes) -> str:
     """gRPC's grpc-message encoding: %XX for bytes outside printable ASCII (and %)."""
-    if b"%" not in raw:
-        return _text(raw)
-    out = bytearray()
-    i, n = 0, len(raw)
-    while i < n:
-        c = raw[i]
-        if c == 0x25 and i + 2 < n and _hex(raw[i + 1 : i + 3]):
-            out.append(int(raw[i + 1 : i + 3], 16))
-            i += 3
-        else:
-            out.append(c)
-            i += 1
-    return _text(bytes(out))
-
-
-def _hex(pair: bytes) -> bool:
-    return len(pair) == 2 and all(c in b"0123456789abcdefABCDEF" for c in pair)
+    return _text(unquote_to_bytes(raw) if b"%" in raw else raw)
 
 
 class _Stream:
