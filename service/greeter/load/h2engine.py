@@ -52,7 +52,7 @@ PRIORITY_FLAG = 0x20
 # Settings identifiers.
 S_ENABLE_PUSH, S_MAX_CONCURRENT_STREAMS, S_INITIAL_WINDOW_SIZE = 0x2, 0x3, 0x4
 # Error codes.
-NO_ERROR, PROTOCOL_ERROR, CANCEL = 0x0, 0x1, 0x8
+NO_ERROR, PROTOCOL_ERROR, REFUSED_STREAM, CANCEL = 0x0, 0x1, 0x7, 0x8
 
 MAX_STREAM_ID = 2**31 - 1
 MAX_FRAME = 16384  # what we send per frame: the size every peer must accept
@@ -61,7 +61,7 @@ STREAM_WINDOW = 1 << 24  # our SETTINGS_INITIAL_WINDOW_SIZE
 CONNECTION_WINDOW = 1 << 30  # added to the connection's receive window after the preface
 REPLENISH = CONNECTION_WINDOW // 2  # a WINDOW_UPDATE once this much has been received
 MAX_REQUEST = 16 * 1024  # larger request messages go through grpc (see ``applies``)
-ATTEMPTS = 3  # tries for a call whose stream a GOAWAY left unprocessed
+ATTEMPTS = 3  # tries for a call whose stream was never processed (GOAWAY, REFUSED_STREAM)
 RECONNECT_BACKOFF = 1.0  # seconds between failed connection attempts
 HEADER_CACHE = 512  # decoded header blocks kept (cleared when the dynamic table changes)
 
@@ -102,6 +102,15 @@ _U32 = struct.Struct(">L")
 # A call's outcome: gRPC code name, details, cluster, pod.
 Result = tuple[str, str, str, str]
 RETRY = ("", "", "", "")  # the stream was never processed: try again on another connection
+# REFUSED_STREAM: the server did not process the stream either (RFC 9113 8.7), typically a
+# slot at its stream limit not freed yet; the call waits for a slot on the same connection
+# and goes again (as grpc-core's transparent retry does), reported only if it keeps happening.
+REFUSED: Result = (
+    "UNAVAILABLE",
+    f"Received RST_STREAM with error code {REFUSED_STREAM}",
+    UNKNOWN,
+    UNKNOWN,
+)
 
 
 class ConnectFailed(OSError):
@@ -324,6 +333,9 @@ class H2Connection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.next_id = first_stream_id
         self.max_streams = MAX_STREAM_ID  # until the server's SETTINGS say otherwise
+        # Slots the server still holds for streams we saw end (it refused a stream at its
+        # limit); each is given back when one of ours ends, all of them when none is open.
+        self.held = 0
         self.send_window = 65535
         self.peer_stream_window = 65535
         self.received = 0  # DATA bytes since the last connection WINDOW_UPDATE
@@ -439,9 +451,13 @@ class H2Connection(asyncio.Protocol):
                 st = self.streams.pop(sid, None)
                 if st is not None:
                     error = _U32.unpack_from(data, start)[0] if length >= 4 else 0
+                    if error == REFUSED_STREAM:
+                        self.held += 1
                     self._resolve(
                         st,
-                        (
+                        REFUSED
+                        if error == REFUSED_STREAM
+                        else (
                             RST_CODES.get(error, "INTERNAL"),
                             f"Received RST_STREAM with error code {error}",
                             st.cluster or UNKNOWN,
@@ -564,7 +580,7 @@ class H2Connection(asyncio.Protocol):
             deadlines.append(st)
             if self.timer is None:
                 self.timer = self.loop.call_at(deadlines[0].deadline, self._expire)
-        if self.pending or len(self.streams) >= self.max_streams or self.send_window < request.size:
+        if self.pending or self._full() or self.send_window < request.size:
             self.pending.append(st)
         else:
             self._send(st)
@@ -594,7 +610,7 @@ class H2Connection(asyncio.Protocol):
                 continue
             if not self.open:
                 return
-            if len(self.streams) >= self.max_streams or self.send_window < st.request.size:
+            if self._full() or self.send_window < st.request.size:
                 return
             pending.popleft()
             self._send(st)
@@ -603,8 +619,16 @@ class H2Connection(asyncio.Protocol):
         while self.pending:
             self._resolve(self.pending.popleft(), RETRY)
 
+    def _full(self) -> bool:
+        streams = len(self.streams)
+        if not streams:
+            self.held = 0
+        return streams + self.held >= self.max_streams
+
     def _end(self, st: _Stream) -> None:
         del self.streams[st.sid]
+        if self.held:
+            self.held -= 1
         self._resolve(st, _outcome(st))
         self._after_end()
 
@@ -786,13 +810,15 @@ def make_caller(
 
     async def unary_call(rec: Any, began: float) -> None:
         conn = channel.conn
-        for _ in range(ATTEMPTS):
+        for attempt in range(ATTEMPTS):
             if conn is None or not conn.open:
                 conn = await channel.ready(connect_timeout)
                 if conn is None:
                     record(rec, began, "UNAVAILABLE", UNKNOWN, UNKNOWN, channel.last_error)
                     return
             result = await conn.call(request)
+            if result is REFUSED and attempt < ATTEMPTS - 1:
+                continue
             if result is not RETRY:
                 code, details, cluster, pod = result
                 if code == "OK":
