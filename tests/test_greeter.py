@@ -54,13 +54,16 @@ async def test_bidi_answers_each_request(channel):
 
 async def test_bidi_stream_is_capped():
     async with running(stream_max=3, stream_count=3) as server, channel_to(server) as channel:
-        call = helloworld_pb2_grpc.GreeterStub(channel).SayHelloBidiStream(
-            iter(HelloRequest(name=str(i)) for i in range(10))
-        )
+        # Write and read in step: a request iterator would keep writing after the server
+        # ended the call, and the client would then report its own failed write (INTERNAL).
+        call = helloworld_pb2_grpc.GreeterStub(channel).SayHelloBidiStream()
         got = []
+        for i in range(3):
+            await call.write(HelloRequest(name=str(i)))
+            got.append(await call.read())
+        await call.write(HelloRequest(name="one too many"))
         with pytest.raises(grpc.aio.AioRpcError) as error:
-            async for reply in call:
-                got.append(reply)
+            await call.read()
     assert len(got) == 3
     assert error.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
 
