@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import grpc
 import pytest
@@ -12,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from conftest import channel_to, running
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
 from greeter.client import identity_of
+from greeter.interceptors.faults import sleep_at_least
 
 HelloRequest = helloworld_pb2.HelloRequest
 
@@ -123,6 +125,23 @@ async def test_fault_delay_percent_delays_calls():
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await stub.SayHello(HelloRequest(), timeout=0.2)
         assert error.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_injected_delay_is_never_short_under_uvloop():
+    # uvloop's timers count from the loop's cached clock and may fire early by up to a
+    # millisecond; a fault delay must still last at least what was asked.
+    uvloop = pytest.importorskip("uvloop")
+
+    async def shortest_overshoot() -> float:
+        worst = 1.0
+        for _ in range(60):
+            sum(range(20_000))  # a busy loop turn makes the cached clock stale
+            began = time.perf_counter()
+            await sleep_at_least(0.005)
+            worst = min(worst, time.perf_counter() - began - 0.005)
+        return worst
+
+    assert uvloop.run(shortest_overshoot()) >= 0
 
 
 async def test_fault_metadata_is_ignored_unless_enabled(channel):
