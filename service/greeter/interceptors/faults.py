@@ -27,7 +27,7 @@ def parse_delay_ms(text: str) -> float:
 
 async def sleep_at_least(seconds: float) -> None:
     """Sleep for no less than ``seconds`` of wall time. uvloop's timers run from the
-    loop's cached clock and can fire up to a millisecond early; an injected delay is a
+    loop's cached clock and can fire early; an injected delay is a
     promise a test asserts on, so it is topped up until it has really passed."""
     clock = time.perf_counter
     end = clock() + seconds
