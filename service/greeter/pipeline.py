@@ -97,9 +97,15 @@ def _aborted_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     return _UNKNOWN if code is _OK else code
 
 
+# A client whose deadline passes cancels the call (RST_STREAM) at about the moment the
+# server's copy of that deadline passes; whichever the server sees first, a cancel this close
+# to the deadline is the deadline, and is counted as DeadlineExceeded.
+DEADLINE_SLACK = 0.05
+
+
 def _cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     remaining = context.time_remaining()
-    return _DEADLINE if remaining is not None and remaining <= 0 else _CANCELLED
+    return _DEADLINE if remaining is not None and remaining <= DEADLINE_SLACK else _CANCELLED
 
 
 class _Chain:
