@@ -19,13 +19,20 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
+import hypothesis
 import pytest
 
-from greeter.server import GreeterServer, running_server
+from greeter.server import GreeterServer, StartupError, running_server
 from greeter.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+# Property tests judge results, never speed: no per-example deadline, on any machine.
+hypothesis.settings.register_profile(
+    "greeter", deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow]
+)
+hypothesis.settings.load_profile("greeter")
 
 
 def require_tool(name: str, hint: str = "") -> str:
@@ -66,10 +73,21 @@ def test_settings(**overrides: object) -> Settings:
 test_settings.__test__ = False  # type: ignore[attr-defined]  # not a test, despite its name
 
 
+PORT_TRIES = 3  # a port free_port() found may be taken by someone else before we bind it
+
+
 @contextlib.asynccontextmanager
 async def running(**overrides: object) -> AsyncIterator[GreeterServer]:
     """``async with running(auth_enabled=True, ...) as server:`` then dial ``server.port``."""
-    async with running_server(test_settings(**overrides)) as server:
+    async with contextlib.AsyncExitStack() as stack:
+        for attempt in range(1, PORT_TRIES + 1):
+            try:
+                server = await stack.enter_async_context(running_server(test_settings(**overrides)))
+                break
+            except StartupError as exc:
+                lost_race = "metrics port" in str(exc) and "metrics_port" not in overrides
+                if not lost_race or attempt == PORT_TRIES:
+                    raise
         yield server
 
 
@@ -121,7 +139,7 @@ class ServerProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def wait_ready(self, timeout: float = 15.0) -> None:
+    def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -164,6 +182,21 @@ def spawn_server(tmp_path: Path) -> Iterator[object]:
     started: list[ServerProcess] = []
 
     def spawn(*args: str, env: dict[str, str] | None = None, wait: bool = True) -> ServerProcess:
+        for attempt in range(1, PORT_TRIES + 1):
+            proc = start(list(args), env or {})
+            if not wait:
+                return proc
+            try:
+                proc.wait_ready()
+                return proc
+            except AssertionError:
+                lost_race = proc.proc.returncode == 3 and "cannot listen" in proc.output()[1]
+                ours = not {"GREETER_PORT", "GREETER_METRICS_PORT"} & set(env or {})
+                if not (lost_race and ours) or attempt == PORT_TRIES:
+                    raise
+        raise AssertionError("unreachable")
+
+    def start(args: list[str], env: dict[str, str]) -> ServerProcess:
         port, metrics_port = free_port(), free_port()
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("GREETER_")}
         full_env.update(
@@ -177,11 +210,9 @@ def spawn_server(tmp_path: Path) -> Iterator[object]:
                 "GREETER_LOG_FORMAT": "json",
             }
         )
-        full_env.update(env or {})
-        proc = ServerProcess(list(args), full_env, port, metrics_port, tmp_path / "servers")
+        full_env.update(env)
+        proc = ServerProcess(args, full_env, port, metrics_port, tmp_path / "servers")
         started.append(proc)
-        if wait:
-            proc.wait_ready()
         return proc
 
     yield spawn

@@ -16,24 +16,30 @@ from greeter.settings import Settings
 HelloRequest = helloworld_pb2.HelloRequest
 
 
-async def peers_of_two_calls(caplog, **overrides) -> list[str]:
+async def peers_of_two_calls(caplog, rotates: bool, **overrides) -> list[str]:
     caplog.set_level(logging.INFO, logger="greeter.access")
     async with running(access_log=True, **overrides) as server, channel_to(server) as channel:
         stub = helloworld_pb2_grpc.GreeterStub(channel)
         await stub.SayHello(HelloRequest())
-        await asyncio.sleep(1.5)
+        if rotates:  # wait (bounded) for the server's GOAWAY to take the connection away
+            ready = grpc.ChannelConnectivity.READY
+            await asyncio.wait_for(channel.wait_for_state_change(ready), 10)
+        else:
+            await asyncio.sleep(1.5)
         await stub.SayHello(HelloRequest(), wait_for_ready=True)
     return [r.peer for r in caplog.records if r.name == "greeter.access"]
 
 
 async def test_max_connection_age_rotates_connections(caplog):
-    peers = await peers_of_two_calls(caplog, max_connection_age=0.5, max_connection_age_grace=0.2)
+    peers = await peers_of_two_calls(
+        caplog, rotates=True, max_connection_age=0.5, max_connection_age_grace=0.2
+    )
     assert len(peers) == 2
     assert peers[0] != peers[1]
 
 
 async def test_connections_live_on_without_max_age(caplog):
-    peers = await peers_of_two_calls(caplog)
+    peers = await peers_of_two_calls(caplog, rotates=False)
     assert len(peers) == 2
     assert peers[0] == peers[1]
 

@@ -96,21 +96,25 @@ async def test_message_over_the_size_limit_is_resource_exhausted():
 async def test_expired_deadline_stops_server_streaming_work():
     async with running(stream_interval=0.05, stream_max=1000) as server, channel_to(server) as ch:
         stub = helloworld_pb2_grpc.GreeterStub(ch)
+        await asyncio.wait_for(ch.channel_ready(), 10)  # the deadline is for the stream alone
         call = stub.SayHelloStreamReply(
-            HelloRequest(), timeout=0.3, metadata=(("x-greeter-stream-count", "1000"),)
+            HelloRequest(), timeout=1.0, metadata=(("x-greeter-stream-count", "1000"),)
         )
         got = 0
         with pytest.raises(grpc.aio.AioRpcError) as error:
             async for _ in call:
                 got += 1
         assert error.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-        assert 0 < got < 50
+        assert 0 < got < 100  # 1000 replies, 50 ms apart, would take 50 s
         # the server-side stream was stopped: its metrics say DeadlineExceeded
-        await asyncio.sleep(0.2)
-        handled = server.metrics.handled.labels(
-            "server_stream", "helloworld.Greeter", "SayHelloStreamReply", "DeadlineExceeded"
-        )
-        assert handled._value.get() == 1
+        labels = ("server_stream", "helloworld.Greeter", "SayHelloStreamReply")
+        handled = server.metrics.handled.labels(*labels, "DeadlineExceeded")
+        for _ in range(250):  # bounded: up to 5 s for the server to notice
+            if handled._value.get() == 1:
+                break
+            await asyncio.sleep(0.02)
+        canceled = server.metrics.handled.labels(*labels, "Canceled")._value.get()
+        assert handled._value.get() == 1, f"counted Canceled {canceled} times instead"
 
 
 async def test_client_cancel_mid_stream_frees_the_call():

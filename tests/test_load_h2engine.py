@@ -163,7 +163,8 @@ async def test_injected_faults_and_deadlines() -> None:
         slow = Target(address, metadata=(("x-greeter-fault-delay-ms", "1000"),))
         late = await load(h2(address, target=slow, total=8, timeout=0.2))
         assert late["status_codes"] == {"DEADLINE_EXCEEDED": 8}
-        assert 190 <= late["latency_ms"]["min"] <= late["latency_ms"]["max"] < 900
+        # cut at the 200 ms deadline, well before the server's 1 s delay would have ended
+        assert 190 <= late["latency_ms"]["min"] <= late["latency_ms"]["max"] < 1000
         assert set(late["error_messages"]) == {"DEADLINE_EXCEEDED: Deadline Exceeded"}
 
         # Open loop through a delay: latency counts from the due time, as with grpc.
@@ -183,12 +184,13 @@ async def test_respects_the_servers_stream_limit() -> None:
         report = await load(h2(address, total=200, concurrency=16))
         assert report["count"] == 200
         assert report["ok"] == await settled(server, report["ok"])
-        assert report["errors"] <= 20, report["error_messages"]
+        # (not waiting for a slot at all would refuse most of the 200)
+        assert report["errors"] <= 50, report["error_messages"]
         refused = "UNAVAILABLE: Received RST_STREAM with error code 7"
         assert set(report["error_messages"]) <= {refused}
         slow = Target(address, metadata=(("x-greeter-fault-delay-ms", "20"),))
         report = await load(h2(address, target=slow, total=40, concurrency=16))
-        assert report["errors"] <= 4, report["error_messages"]
+        assert report["errors"] <= 10, report["error_messages"]
         # 2 at a time, 20 ms each: the calls queued for a stream slot.
         assert report["duration_s"] >= 0.35
 
@@ -224,10 +226,13 @@ async def test_goaway_from_max_connection_age_keeps_calls_succeeding() -> None:
 
 async def test_calls_continue_after_the_server_restarts() -> None:
     port = free_port()
-    config = h2(f"127.0.0.1:{port}", duration=4.0, concurrency=4, timeout=2.0)
+    config = h2(f"127.0.0.1:{port}", duration=6.0, concurrency=4, timeout=2.0)
     async with running(port=port, pod_name="before") as first:
         task = asyncio.ensure_future(load(config))
-        await asyncio.sleep(1.0)
+        for _ in range(150):  # bounded: up to 3 s for the load to reach the first server
+            await asyncio.sleep(0.02)
+            if handled(first) >= 20:
+                break
         before = handled(first)
     async with running(port=port, pod_name="after") as second:
         report = await task
@@ -253,14 +258,16 @@ def test_tls_cacert_authority_insecure_and_mismatches(spawn_server: Spawn, tmp_p
         }
     )
     plain = spawn_server(env={"GREETER_ACCESS_LOG": "false"})
-    base = ["-n", "30", "-c", "3", "--procs", "1", "--connect-timeout", "2", "--engine", "h2"]
+    common = ["-n", "30", "-c", "3", "--procs", "1", "--engine", "h2"]
+    good = [*common, "--connect-timeout", "10"]  # these must connect, however busy the machine
+    base = [*common, "--connect-timeout", "2"]  # these must fail, and fail fast
     verified = load_cli(
         tls.address,
         "--cacert",
         str(ca.cert),
         "--authority",
         "grpc.example.com",
-        *base,
+        *good,
         "-O",
         "json",
     )
@@ -269,7 +276,7 @@ def test_tls_cacert_authority_insecure_and_mismatches(spawn_server: Spawn, tmp_p
     assert report["options"]["engine"] == "h2"
     assert report["options"]["tls"] is True
     assert report["by_pod"]["tls-pod"]["count"] == 30
-    insecure = load_cli(tls.address, "--insecure", "--authority", "other.example", *base)
+    insecure = load_cli(tls.address, "--insecure", "--authority", "other.example", *good)
     assert insecure.returncode == 0, insecure.stderr
     for args in (
         [tls.address, "--cacert", str(ca.cert), "--authority", "wrong.example.com"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import urllib.request
 
 import grpc
@@ -53,7 +54,13 @@ async def test_counts_equal_calls_made_per_code():
         for _ in range(2):
             _ = [r async for r in stub.SayHelloStreamReply(HelloRequest())]
         _ = [r async for r in stub.SayHelloBidiStream(iter([HelloRequest()] * 4))]
-        samples = scrape(server.metrics_port)
+        # the timed-out call is counted once the server has seen its end: wait, bounded
+        deadline_exceeded = {"grpc_code": "DeadlineExceeded", **labels("SayHello", "unary")}
+        for _ in range(50):
+            samples = scrape(server.metrics_port)
+            if value(samples, "grpc_server_handled_total", **deadline_exceeded):
+                break
+            await asyncio.sleep(0.1)
 
     unary = labels("SayHello", "unary")
     assert value(samples, "grpc_server_started_total", **unary) == 11

@@ -73,7 +73,8 @@ async def test_unknown_service_is_not_found(channel):
 
 
 async def test_watch_sees_not_serving_on_drain_and_ends():
-    async with running(drain_delay=0.5) as server:
+    # a drain delay long enough for the Check below to land inside it on a busy machine
+    async with running(drain_delay=3.0) as server:
         async with channel_to(server) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             watch = stub.Watch(health_pb2.HealthCheckRequest(service="helloworld.Greeter"))
