@@ -178,19 +178,27 @@ class H2Client:
         end_stream: bool = True,
         headers: list[tuple[str, str]] | None = None,
         extra: list[tuple[str, str]] | None = None,
+        flush: bool = True,
         **override: str | None,
     ) -> int:
-        """Open a stream with (by default) gRPC headers and optionally a body."""
+        """Open a stream with (by default) gRPC headers and optionally a body.
+
+        ``flush=False`` leaves the frames queued (for a body that fits the flow-control
+        window) so that several streams go out in one write with the next ``flush``.
+        """
         sid = self.conn.get_next_available_stream_id()
         hdrs = headers or grpc_headers(path, port=self.port, extra=extra, **override)
         self.conn.send_headers(sid, hdrs, end_stream=end_stream and body is None)
         self.streams[sid] = StreamResult()
         if body is not None:
-            self.send_data(sid, body, end_stream=end_stream)
-        self.flush()
+            self.send_data(sid, body, end_stream=end_stream, flush=flush)
+        if flush:
+            self.flush()
         return sid
 
-    def send_data(self, sid: int, body: bytes, *, end_stream: bool = False) -> None:
+    def send_data(
+        self, sid: int, body: bytes, *, end_stream: bool = False, flush: bool = True
+    ) -> None:
         """Send ``body`` on a stream, waiting for flow-control window as needed."""
         view = memoryview(body)
         while True:
@@ -210,7 +218,8 @@ class H2Client:
                 raise ConnectionError("connection closed while sending")
             if self.streams[sid].done:
                 return
-        self.flush()
+        if flush:
+            self.flush()
 
     def reset(self, sid: int, code: int = 8) -> None:  # 8 = CANCEL
         self.conn.reset_stream(sid, error_code=code)
@@ -287,11 +296,31 @@ class H2Client:
         self.flush()
 
     def lift_stream_limit(self, limit: int = 1_000_000) -> None:
-        """Forget the server's SETTINGS_MAX_CONCURRENT_STREAMS, to open more than it allows."""
-        self.pump(0.5)  # make sure its SETTINGS arrived first
+        """Forget the server's SETTINGS_MAX_CONCURRENT_STREAMS, to open more than it allows.
+
+        Waits for the server's SETTINGS (and ACKs them) first: a late SETTINGS frame would
+        put the limit back, and grpc-core refuses the streams past its limit with
+        REFUSED_STREAM only once the client has ACKed it (before that, with
+        ENHANCE_YOUR_CALM).
+        """
+        self.wait_settings()
         self.conn.remote_settings._settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = (
             collections.deque([limit])
         )
+
+    def wait_settings(self, timeout: float = 10.0) -> None:
+        """Pump until the server's SETTINGS have arrived and been ACKed (``pump`` sends
+        the ACK that ``h2`` queues); AssertionError if they do not come within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not self.remote_settings_seen and not self.closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.pump(left)
+        if self.closed:
+            raise AssertionError("the connection closed while waiting for the server's SETTINGS")
+        if not self.remote_settings_seen:
+            raise AssertionError(f"no SETTINGS from the server within {timeout} s")
 
     def wait(self, sid: int, timeout: float | None = None) -> StreamResult:
         """Pump until stream ``sid`` ends or is reset, the connection closes, or time runs out."""

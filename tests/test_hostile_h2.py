@@ -160,7 +160,7 @@ async def test_huge_metadata_past_the_header_list_limit(server: GreeterServer) -
         results = []
         for _ in range(4):
             with H2Client(server.port, timeout=10.0) as client:
-                client.pump(0.5)
+                client.wait_settings()
                 advertised["limit"] = client.conn.remote_settings.max_header_list_size
                 big = [("x-pad", "a" * (4 << 20))]
                 results.append(client.call(SAY_HELLO, grpc_frame(hello()), extra=big))

@@ -41,6 +41,16 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def reach(measure: Callable[[], int], target: int, timeout: float = 5.0) -> int:
+    """Poll ``measure`` until it is at least ``target`` (or time runs out); the last value."""
+    deadline = time.monotonic() + timeout
+    value = measure()
+    while value < target and time.monotonic() < deadline:
+        time.sleep(0.02)
+        value = measure()
+    return value
+
+
 def settle(measure: Callable[[], int], target: int, timeout: float = 10.0) -> int:
     """Poll ``measure`` until it is at most ``target`` (or time runs out); the last value."""
     deadline = time.monotonic() + timeout
@@ -100,14 +110,21 @@ def serve(spawn_server: Any) -> Iterator[Callable[..., tuple[Any, Normal]]]:
 
 def test_stream_flood_past_max_concurrent_streams(serve: Callable[..., Any]) -> None:
     """60 streams on a connection that allows 10: the 50 extra are refused with
-    RST_STREAM(REFUSED_STREAM), the 10 complete, other connections are served."""
+    RST_STREAM(REFUSED_STREAM), the 10 complete, other connections are served.
+
+    The 60 go out in one write and each of the 10 lasts 2 s, so none of the 10 can end
+    (and free a slot for one of the 50) before the server has read all 60."""
     server, normal = serve(GREETER_MAX_CONCURRENT_STREAMS="10")
     pid = server.proc.pid
     base = rss_kb(pid)
     with H2Client(server.port) as flood:
         flood.lift_stream_limit()
-        shape = [("x-greeter-stream-count", "3"), ("x-greeter-stream-interval-ms", "300")]
-        sids = [flood.start(STREAM_REPLY, body=grpc_frame(hello()), extra=shape) for _ in range(60)]
+        shape = [("x-greeter-stream-count", "3"), ("x-greeter-stream-interval-ms", "1000")]
+        sids = [
+            flood.start(STREAM_REPLY, body=grpc_frame(hello()), extra=shape, flush=False)
+            for _ in range(60)
+        ]
+        flood.flush()
         normal.hello("during")  # another connection is not held up by the flood
         for sid in sids:
             flood.wait(sid, timeout=10)
@@ -157,8 +174,8 @@ def test_idle_connections_are_closed(serve: Callable[..., Any]) -> None:
     base_fds, base_rss = fd_count(pid), rss_kb(pid)
     idle = [H2Client(server.port) for _ in range(200)]
     try:
-        time.sleep(0.3)
-        assert fd_count(pid) >= base_fds + 150
+        # The kernel completes the connects; the server accepts them when it gets to it.
+        assert reach(lambda: fd_count(pid), base_fds + 150) >= base_fds + 150
         normal.hello("during")
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not all(c.closed for c in idle):
@@ -177,16 +194,27 @@ def test_idle_connections_are_closed(serve: Callable[..., Any]) -> None:
 
 def test_ping_flood_gets_goaway_too_many_pings(serve: Callable[..., Any]) -> None:
     """Pings faster than keepalive_min_time: after max_ping_strikes (2) the server
-    says GOAWAY ENHANCE_YOUR_CALM "too_many_pings" and closes the connection."""
+    says GOAWAY ENHANCE_YOUR_CALM "too_many_pings" and closes the connection.
+
+    Each ping waits for its ACK (or the GOAWAY) before the next goes out, all well
+    within the 5 s: the number sent then depends on the server's strike count, not
+    on how fast it answers. Without enforcement all 100 go out and nothing closes."""
     server, normal = serve(GREETER_KEEPALIVE_MIN_TIME="5")
     with H2Client(server.port) as pinger:
-        pinger.pump(0.3)
+        pinger.wait_settings()
         sent = 0
-        for i in range(50):
+        deadline = time.monotonic() + 20
+        for i in range(100):
             if not pinger.ping(b"%08d" % i):
                 break
             sent += 1
-            pinger.pump(0.05)
+            while (
+                pinger.pings_acked < sent
+                and pinger.goaway is None
+                and not pinger.closed
+                and time.monotonic() < deadline
+            ):
+                pinger.pump(max(0.01, deadline - time.monotonic()))
         assert pinger.wait_closed(5)
         assert pinger.goaway is not None
         assert pinger.goaway.error_code == H2_ENHANCE_YOUR_CALM
@@ -240,7 +268,9 @@ def test_cancellation_burst(serve: Callable[..., Any]) -> None:
     server, normal = serve()
     pid = server.proc.pid
     base_rss, base_fds = rss_kb(pid), fd_count(pid)
-    slow = (("x-greeter-stream-count", "100"), ("x-greeter-stream-interval-ms", "50"))
+    # Each stream would last 99 s (longer than the test may take), so every one of them
+    # is still running when it is cancelled, however long starting all 300 takes.
+    slow = (("x-greeter-stream-count", "100"), ("x-greeter-stream-interval-ms", "1000"))
     with grpc.insecure_channel(server.address) as channel:
         stub = helloworld_pb2_grpc.GreeterStub(channel)
         calls = [
