@@ -193,28 +193,42 @@ def test_greeter_load_through_the_gateway_sees_both_clusters(rehearsal: Rehearsa
 # -- disruptions under load ------------------------------------------------------------------
 async def test_rolling_drain_under_load_loses_nothing(tmp_path: Path) -> None:
     require_tool("nginx", "apt-get install -y nginx-light")
+    rate = 200.0
     async with Rehearsal(_config(tmp_path)) as r:
-        result = await scenarios.rolling_drain(r, rps=200.0)
+        result = await scenarios.rolling_drain(r, rps=rate)
         summary = result.summary()
         assert all(b.restarts == 1 for b in r.backends)
+    # Sending before the first SIGTERM, still running (interrupted) after the last restart.
     assert summary["covered_all_restarts"], summary
     restarts = [e for e in summary["events"] if e["event"] == "serving again"]
     assert [e["exit_code"] for e in restarts] == [0, 0, 0, 0]  # each drained, not killed
-    assert summary["count"] >= 4000
+    # Over its own duration (~20 s: four restarts and pauses, at least the four pauses) the load
+    # kept its rate; a load that stalls, or stops sending while a backend is down, falls short.
+    assert summary["duration_s"] >= 4 * r.config.fail_timeout, summary
+    assert summary["count"] >= 0.8 * rate * summary["duration_s"], summary
     assert summary["status_codes"] == {"OK": summary["count"]}, summary
     assert set(summary["by_cluster"]) == set(r.config.clusters)
 
 
 async def test_cluster_outage_is_bounded(tmp_path: Path) -> None:
     require_tool("nginx", "apt-get install -y nginx-light")
+    rate, after = 200.0, 4.0
     async with Rehearsal(_config(tmp_path)) as r:
-        result = await scenarios.cluster_outage(r, "cluster-b", rps=200.0, after=4.0)
+        result = await scenarios.cluster_outage(r, "cluster-b", rps=rate, after=after)
         assert all(b.alive for b in r.backends)  # revived afterwards
     s = result.summary()
-    assert s["count"] >= 600  # ~1,200 asked; the probe slows down when the 2 cores are busy
+    assert s["survivors"] == [], s  # both cluster-b backends were dead during the outage
+    # ~6 s of traffic (2 before the kill, 4 after); the in-process probe slows down when the
+    # 2 cores are busy, a stalled one falls well short.
+    assert s["count"] >= 0.5 * rate * s["duration_s"], s
+    assert s["by_cluster"].get("cluster-b", 0) > 0, s  # the victims had traffic before the kill
+    assert s["ok_sent_after_dead"] >= 0.4 * rate * after, s  # and the traffic went on after it
     assert s["failed"] <= scenarios.OUTAGE_MAX_FAILED, s
+    # The calls that fail are those already sent to a killed backend: none sent once the
+    # victims were gone, none sent later than the window after the SIGKILL. (Judged by when each
+    # call was sent; when its error was read depends on the client's pace.)
+    assert s["failures_sent_after_dead"] == 0, s
     if s["failed"]:
-        assert s["failure_window_s"] <= scenarios.OUTAGE_MAX_WINDOW_S, s
-        assert s["last_failure_after_kill_s"] <= scenarios.OUTAGE_MAX_WINDOW_S, s
+        assert s["last_failure_sent_after_kill_s"] <= scenarios.OUTAGE_MAX_WINDOW_S, s
     # The surviving cluster carried the traffic after the kill.
     assert s["by_cluster"]["cluster-a"] > s["by_cluster"].get("cluster-b", 0)

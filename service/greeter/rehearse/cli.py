@@ -96,7 +96,8 @@ def print_report(summary: dict[str, Any], as_json: bool) -> None:
     if "failure_window_s" in summary:
         print(
             f"  failures from {summary['first_failure_s']}s, window "
-            f"{summary['failure_window_s']}s (kill at {summary['kill_at_s']}s)"
+            f"{summary['failure_window_s']}s (kill at {summary['kill_at_s']}s); last failed "
+            f"call sent {summary.get('last_failure_sent_after_kill_s')}s after the kill"
         )
     for sample in summary.get("failure_samples", []):
         print(f"  failed: {sample}")

@@ -199,6 +199,11 @@ class Nginx:
     def address(self) -> str:
         return f"127.0.0.1:{self.gateway.port}"
 
+    @property
+    def access_log(self) -> Path:
+        """One line per call (``log_format grpc``), written as each call ends."""
+        return self.prefix / "access.log"
+
     def _command(self, *extra: str) -> list[str]:
         return [self.binary, "-p", str(self.prefix), "-c", str(self.conf), *extra]
 

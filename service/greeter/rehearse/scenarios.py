@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from greeter.rehearse.fleet import Rehearsal
@@ -22,8 +23,11 @@ logger = logging.getLogger(__name__)
 # already sent to a killed backend: nginx cannot replay a gRPC request it has started to send.
 # At the scenario's rate that is a handful; every other call is retried on the other cluster.
 OUTAGE_MAX_FAILED = 10
-# ...and all of them within this many seconds of the kill (later calls never go to a dead one).
+# ...and every one of them was sent before the killed backends were gone, and at most this many
+# seconds after the SIGKILL (a call sent later never goes to a dead backend, or is retried).
 OUTAGE_MAX_WINDOW_S = 1.0
+# How long the traffic may take to start (a `greeter load` process: start-up and connect).
+TRAFFIC_START_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -45,10 +49,36 @@ class _Timeline:
         self.began = time.perf_counter()
         self.events: list[dict[str, Any]] = []
 
-    def mark(self, what: str, **extra: Any) -> None:
-        at = round(time.perf_counter() - self.began, 3)
+    def mark(self, what: str, **extra: Any) -> float:
+        """Record an event; returns its time (seconds since the timeline began, unrounded)."""
+        now = time.perf_counter() - self.began
+        at = round(now, 3)
         self.events.append({"at_s": at, "event": what, **extra})
         logger.info("%7.3fs %s %s", at, what, extra or "")
+        return now
+
+
+def _log_size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+async def _wait_for_load_calls(load: LoadRun, log: Path, since: int, timeout: float) -> None:
+    """Until the gateway's access log has a SayHello after byte ``since``: ``greeter load`` has
+    started its measured run (it has no warm-up here). Its start-up and connect take 1-3 s, more
+    on a busy machine; the disruptions must not begin before the traffic does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _log_size(log) > since:
+            with log.open("rb") as f:
+                f.seek(since)
+                if b"/helloworld.Greeter/SayHello" in f.read():
+                    return
+        if not load.running:
+            await load.result()  # raises with its stderr when there is no report
+            raise RuntimeError("greeter load exited before sending a call")
+        await asyncio.sleep(0.05)
+    load.interrupt()
+    raise RuntimeError(f"greeter load sent no call through the gateway within {timeout:g}s")
 
 
 def rolling_drain_duration(rehearsal: Rehearsal, settle: float) -> float:
@@ -75,25 +105,42 @@ async def rolling_drain(
     # the traffic end before the last restart.
     duration = 4 * rolling_drain_duration(rehearsal, settle)
     load = LoadRun(rehearsal.target(), rps, duration, concurrency=concurrency)
+    if rehearsal.nginx is None:
+        raise RuntimeError("the rehearsal is not running")
+    log = rehearsal.nginx.access_log
+    since = _log_size(log)
     timeline = _Timeline()
     await load.start()
     timeline.mark("greeter load started", rps=rps, duration_s=round(duration, 1))
-    pause = settle + rehearsal.config.fail_timeout
-    await asyncio.sleep(settle)
-    for backend in rehearsal.backends:
-        timeline.mark("sigterm", pod=backend.pod)
-        code = await rehearsal.restart(backend)
-        timeline.mark("serving again", pod=backend.pod, exit_code=code)
-        await asyncio.sleep(pause)
-    timeline.mark("all restarted")
-    load.interrupt()
+    first_sigterm: float | None = None
+    try:
+        await _wait_for_load_calls(load, log, since, TRAFFIC_START_TIMEOUT_S)
+        # The load's own clock (its duration_s) started before this mark: at its first call.
+        sending = timeline.mark("greeter load sending")
+        pause = settle + rehearsal.config.fail_timeout
+        await asyncio.sleep(settle)
+        for backend in rehearsal.backends:
+            at = timeline.mark("sigterm", pod=backend.pod)
+            first_sigterm = at if first_sigterm is None else first_sigterm
+            code = await rehearsal.restart(backend)
+            timeline.mark("serving again", pod=backend.pod, exit_code=code)
+            await asyncio.sleep(pause)
+        timeline.mark("all restarted")
+    finally:
+        load.interrupt()
     report = await load.result()
     timeline.mark("greeter load done")
     traffic = load_summary(report)
-    back = [e["at_s"] for e in timeline.events if e["event"] == "serving again"]
-    # The load ran from about t=0 for its duration: did it outlast the last restart?
+    # Covered: the load was sending before the first SIGTERM (its calls were in the gateway's
+    # log), and it was still running when it was interrupted after the last restart: stopped by
+    # that interrupt, not by its own -z limit (which would make its duration the limit).
     ran = float(traffic["duration_s"] or 0.0)
-    traffic["covered_all_restarts"] = bool(back) and ran >= back[-1]
+    limit = traffic["limit_s"]
+    still_running = traffic["interrupted"] and limit is not None and ran < float(limit)
+    traffic["load_sending_at_s"] = round(sending, 3)
+    traffic["covered_all_restarts"] = (
+        first_sigterm is not None and sending <= first_sigterm and still_running
+    )
     return ScenarioResult("rolling-drain", traffic, timeline.events)
 
 
@@ -107,8 +154,9 @@ async def cluster_outage(
 ) -> ScenarioResult:
     """SIGKILL every backend of one cluster under traffic, keep going, then bring them back.
 
-    The traffic is the rehearsal's own probe, which keeps one record per call, so the report
-    says when the failures happened, not only how many there were.
+    The traffic is the rehearsal's own probe, which keeps one record per call (when it was
+    sent, when it ended), so the report says which calls the outage hurt, not only how many.
+    Times in the summary count from the probe's start.
     """
     name = cluster or rehearsal.config.clusters[-1]
     victims = rehearsal.cluster(name)
@@ -118,20 +166,49 @@ async def cluster_outage(
     timeline = _Timeline()
     runner = asyncio.create_task(traffic.run())
     try:
+        # ``before`` counts from the first call, not from the (slower on a busy machine) connect.
+        running = asyncio.create_task(traffic.running.wait())
+        await asyncio.wait(
+            {runner, running}, timeout=TRAFFIC_START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        running.cancel()
+        if runner.done():
+            runner.result()  # raises what stopped it
+        if not traffic.running.is_set():
+            raise RuntimeError(f"the traffic did not start within {TRAFFIC_START_TIMEOUT_S:g}s")
+        timeline.mark("traffic running", rps=rps)
         await asyncio.sleep(before)
         kill_at = time.perf_counter()
         timeline.mark("sigkill", cluster=name, pods=[b.pod for b in victims])
         await rehearsal.kill(victims)
+        dead_at = time.perf_counter()
+        survivors = [b.pod for b in victims if b.alive]
+        timeline.mark("killed", cluster=name, survivors=survivors)
         await asyncio.sleep(after)
-    finally:
+    except BaseException:
         traffic.stop()
-        report = await runner
+        if not traffic.running.is_set():
+            runner.cancel()  # still connecting, where stop() does not reach it
+        await asyncio.gather(runner, return_exceptions=True)
+        raise
+    traffic.stop()
+    report = await runner
     await rehearsal.revive(victims)
     timeline.mark("revived", cluster=name)
     summary = report.summary()
     failed = report.failures
-    summary["kill_at_s"] = round(kill_at - traffic.started, 3)
-    summary["last_failure_after_kill_s"] = (
-        round(failed[-1].at - summary["kill_at_s"], 3) if failed else None
+    kill_s = kill_at - traffic.started
+    dead_s = dead_at - traffic.started
+    summary["kill_at_s"] = round(kill_s, 3)
+    summary["dead_at_s"] = round(dead_s, 3)  # the victims had exited (reaped) by then...
+    summary["survivors"] = survivors  # ...except these, if SIGKILL did not end them
+    # Which calls failed is decided by when they were sent: the ones already sent to a killed
+    # backend. When a failed call's answer arrived (``at``) is only the client's pace.
+    summary["last_failure_sent_after_kill_s"] = (
+        round(max(o.sent for o in failed) - kill_s, 3) if failed else None
+    )
+    summary["failures_sent_after_dead"] = len(report.failures_sent_after(dead_s))
+    summary["ok_sent_after_dead"] = sum(
+        1 for o in report.outcomes if o.code == "OK" and o.sent > dead_s
     )
     return ScenarioResult("cluster-outage", summary, timeline.events)

@@ -1,8 +1,9 @@
 """Steady-rate SayHello traffic with a timeline, for the drain and outage scenarios.
 
-``greeter load`` reports totals; the scenarios also need *when* each call failed (how long an
-outage hurt), so this probe keeps one record per call. It uses the same client channel as
-``greeter call`` and ``greeter load`` (no client-side retries), so nothing hides a lost call.
+``greeter load`` reports totals; the scenarios also need *when* each call was sent and when it
+ended (which calls an outage hurt), so this probe keeps one record per call. It uses the same
+client channel as ``greeter call`` and ``greeter load`` (no client-side retries), so nothing
+hides a lost call.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from greeter.client import Target, identity_of, open_channel
 
 @dataclass(frozen=True)
 class Outcome:
-    at: float  # seconds since the traffic started
+    at: float  # seconds since the traffic started, when the call ended (answer or error)
     code: str
+    # When the call was handed to gRPC (same clock). What a call met depends on when it left,
+    # not on when its answer was read: a busy event loop or a slow error path only delays ``at``.
+    sent: float = 0.0
     cluster: str = ""
     pod: str = ""
     details: str = ""
@@ -56,6 +60,10 @@ class TrafficReport:
     def by_pod(self) -> dict[str, int]:
         return dict(Counter(o.pod for o in self.outcomes if o.code == "OK"))
 
+    def failures_sent_after(self, t: float) -> list[Outcome]:
+        """Failed calls handed to gRPC after ``t`` (seconds since the traffic started)."""
+        return [o for o in self.failures if o.sent > t]
+
     def failure_window(self) -> float:
         """Seconds from the first failed call to the last (0 with one or none)."""
         failed = self.failures
@@ -73,8 +81,14 @@ class TrafficReport:
             "by_pod": self.by_pod,
             "first_failure_s": round(failed[0].at, 3) if failed else None,
             "failure_window_s": round(self.failure_window(), 3),
+            "last_failure_sent_s": round(max(o.sent for o in failed), 3) if failed else None,
             "failure_samples": [
-                {"at_s": round(o.at, 3), "code": o.code, "details": o.details[:200]}
+                {
+                    "sent_s": round(o.sent, 3),
+                    "at_s": round(o.at, 3),
+                    "code": o.code,
+                    "details": o.details[:200],
+                }
                 for o in failed[:10]
             ],
         }
@@ -100,6 +114,9 @@ class Traffic:
         self.timeout = timeout
         self.report = TrafficReport()
         self._stop = asyncio.Event()
+        # Set once the channels are connected and the first call is due; ``started`` is then
+        # the perf_counter() every ``Outcome`` time counts from.
+        self.running = asyncio.Event()
         self.started = 0.0
 
     def stop(self) -> None:
@@ -107,6 +124,7 @@ class Traffic:
 
     async def _one(self, stub: Any, request: Any, gate: asyncio.Semaphore) -> None:
         md = self.target.metadata or None
+        sent = time.perf_counter() - self.started
         try:
             call = stub.SayHello(request, timeout=self.timeout, metadata=md)
             await call
@@ -114,12 +132,16 @@ class Traffic:
             outcome = Outcome(
                 time.perf_counter() - self.started,
                 "OK",
-                who.get("x-greeter-cluster", ""),
-                who.get("x-greeter-pod", ""),
+                sent=sent,
+                cluster=who.get("x-greeter-cluster", ""),
+                pod=who.get("x-greeter-pod", ""),
             )
         except grpc.aio.AioRpcError as exc:
             outcome = Outcome(
-                time.perf_counter() - self.started, exc.code().name, details=exc.details() or ""
+                time.perf_counter() - self.started,
+                exc.code().name,
+                sent=sent,
+                details=exc.details() or "",
             )
         finally:
             gate.release()
@@ -137,6 +159,7 @@ class Traffic:
             gate = asyncio.Semaphore(self.concurrency)
             tasks: set[asyncio.Task[None]] = set()
             self.started = time.perf_counter()
+            self.running.set()
             interval = 1.0 / self.rps
             sent = 0
             while not self._stop.is_set():
@@ -207,6 +230,11 @@ class LoadRun:
             *self.command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
 
+    @property
+    def running(self) -> bool:
+        """Started and not exited yet."""
+        return self._proc is not None and self._proc.returncode is None
+
     def interrupt(self) -> None:
         """Ctrl-C for the child: it stops sending and prints its (partial) report."""
         if self._proc is not None and self._proc.returncode is None:
@@ -250,5 +278,8 @@ def load_summary(report: dict[str, Any]) -> dict[str, Any]:
         "by_cluster": counts(report.get("by_cluster", {})),
         "by_pod": counts(report.get("by_pod", {})),
         "latency_ms": report.get("latency_ms"),
+        # Stopped by Ctrl-C (the scenario's interrupt), and the -z limit it was given.
+        "interrupted": bool(report.get("interrupted")),
+        "limit_s": (report.get("options") or {}).get("duration_s"),
         "errors": report.get("errors") or report.get("error_distribution"),
     }
