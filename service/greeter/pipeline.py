@@ -108,6 +108,16 @@ def _cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     return _DEADLINE if remaining is not None and remaining <= DEADLINE_SLACK else _CANCELLED
 
 
+def _failure_code(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """The status of a call whose handler left with ``exc``: an abort's own code, a cancel
+    (deadline or client), or UNKNOWN for any other exception."""
+    if isinstance(exc, _AbortError):
+        return _aborted_code(context)
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return _cancelled_code(context)
+    return _UNKNOWN
+
+
 class _Chain:
     """The hooks of all interceptors for one method, in order."""
 
@@ -210,14 +220,8 @@ def _wrap_unary_response(chain: _Chain, behavior: Callable[..., Any]) -> Callabl
             response = await behavior(request, context)
             code = final_code(context)
             return response
-        except _AbortError:
-            code = _aborted_code(context)
-            raise
-        except asyncio.CancelledError:
-            code = _cancelled_code(context)
-            raise
-        except Exception:
-            code = _UNKNOWN
+        except (asyncio.CancelledError, Exception) as exc:
+            code = _failure_code(exc, context)
             raise
         finally:
             if chain.afters:
@@ -248,14 +252,8 @@ def _wrap_stream_response(chain: _Chain, behavior: Callable[..., Any]) -> Callab
                 sent += 1
                 yield response
             code = final_code(context)
-        except _AbortError:
-            code = _aborted_code(context)
-            raise
-        except (asyncio.CancelledError, GeneratorExit):
-            code = _cancelled_code(context)
-            raise
-        except Exception:
-            code = _UNKNOWN
+        except (asyncio.CancelledError, GeneratorExit, Exception) as exc:
+            code = _failure_code(exc, context)
             raise
         finally:
             if chain.afters:
