@@ -8,6 +8,7 @@ but fails it in CI (``CI=true``), where .ci/run must have installed it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -15,8 +16,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import hypothesis
@@ -45,6 +47,23 @@ def require_tool(name: str, hint: str = "") -> str:
         pytest.fail(f"{message} (CI must install it in .ci/run)")
     pytest.skip(message)
     raise AssertionError("unreachable")
+
+
+T = TypeVar("T")
+
+
+async def until(
+    read: Callable[[], T], done: Callable[[T], bool], timeout: float = 5.0, every: float = 0.02
+) -> T:
+    """``read()`` again every ``every`` seconds until ``done(value)`` or ``timeout`` has
+    passed, and the last value: the bounded wait for what a server records just after its
+    client saw the result."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        await asyncio.sleep(every)
+        value = read()
+    return value
 
 
 def free_port() -> int:

@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from conftest import channel_to, running
+from conftest import channel_to, running, until
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
 
 HelloRequest = helloworld_pb2.HelloRequest
@@ -109,12 +109,9 @@ async def test_expired_deadline_stops_server_streaming_work():
         # the server-side stream was stopped: its metrics say DeadlineExceeded
         labels = ("server_stream", "helloworld.Greeter", "SayHelloStreamReply")
         handled = server.metrics.handled.labels(*labels, "DeadlineExceeded")
-        for _ in range(250):  # bounded: up to 5 s for the server to notice
-            if handled._value.get() == 1:
-                break
-            await asyncio.sleep(0.02)
+        counted = await until(handled._value.get, lambda n: n == 1)
         canceled = server.metrics.handled.labels(*labels, "Canceled")._value.get()
-        assert handled._value.get() == 1, f"counted Canceled {canceled} times instead"
+        assert counted == 1, f"counted Canceled {canceled} times instead"
 
 
 async def test_client_cancel_mid_stream_frees_the_call():
@@ -127,10 +124,7 @@ async def test_client_cancel_mid_stream_frees_the_call():
             break
         call.cancel()
         labels = ("server_stream", "helloworld.Greeter", "SayHelloStreamReply", "Canceled")
-        for _ in range(100):  # bounded: up to 2 s for the server to notice
-            if server.metrics.handled.labels(*labels)._value.get() == 1:
-                break
-            await asyncio.sleep(0.02)
-        assert server.metrics.handled.labels(*labels)._value.get() == 1
+        canceled = server.metrics.handled.labels(*labels)._value.get
+        assert await until(canceled, lambda n: n == 1, timeout=2.0) == 1
         reply = await stub.SayHello(HelloRequest(name="still"))
         assert reply.message == "Hello, still!"

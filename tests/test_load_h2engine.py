@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 from hpack import Decoder
+from load_support import assert_cannot_connect, load_cli
 
-from conftest import free_port, running
+from conftest import free_port, running, until
 from greeter.certs import make_ca, make_leaf
 from greeter.client import Target
 from greeter.load import ConfigError, ConnectError, LoadConfig, h2engine, run_load, schema
@@ -38,12 +37,7 @@ async def settled(
 ) -> int:
     """``handled``, once it reaches ``expect`` or 2 s have passed: the server counts a call
     just after its reply went out, so the client can be a moment ahead."""
-    for _ in range(100):
-        value = handled(server, code, labels)
-        if value >= expect:
-            return value
-        await asyncio.sleep(0.02)
-    return handled(server, code, labels)
+    return await until(lambda: handled(server, code, labels), lambda n: n >= expect, timeout=2.0)
 
 
 def h2(address: str, **overrides: Any) -> LoadConfig:
@@ -61,15 +55,6 @@ def h2(address: str, **overrides: Any) -> LoadConfig:
 async def load(config: LoadConfig) -> Any:
     """run_load in a thread, so an in-process server keeps serving on this loop."""
     return await asyncio.to_thread(run_load, config)
-
-
-def load_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "greeter", "load", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 # -- the wire format, checked with the hpack decoder ------------------------------------------
@@ -229,11 +214,7 @@ async def test_calls_continue_after_the_server_restarts() -> None:
     config = h2(f"127.0.0.1:{port}", duration=6.0, concurrency=4, timeout=2.0)
     async with running(port=port, pod_name="before") as first:
         task = asyncio.ensure_future(load(config))
-        for _ in range(150):  # bounded: up to 3 s for the load to reach the first server
-            await asyncio.sleep(0.02)
-            if handled(first) >= 20:
-                break
-        before = handled(first)
+        before = await until(lambda: handled(first), lambda n: n >= 20, timeout=3.0)
     async with running(port=port, pod_name="after") as second:
         report = await task
         after = await settled(second, report["by_pod"].get("after", {}).get("count", 1))
@@ -284,10 +265,7 @@ def test_tls_cacert_authority_insecure_and_mismatches(spawn_server: Spawn, tmp_p
         [tls.address],  # plaintext to a TLS port
         [plain.address, "--tls"],  # TLS to a plaintext port
     ):
-        bad = load_cli(*args, *base)
-        assert bad.returncode == EXIT_CONNECT, (args, bad.stderr)
-        assert "cannot connect" in bad.stderr
-        assert "Traceback" not in bad.stderr
+        assert_cannot_connect(*args, *base)
 
 
 def test_unreachable_port_exits_3() -> None:

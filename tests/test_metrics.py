@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import urllib.request
 
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import channel_to, running
+from conftest import channel_to, running, until
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
 from greeter.metrics import go_code_name
 
@@ -56,11 +55,11 @@ async def test_counts_equal_calls_made_per_code():
         _ = [r async for r in stub.SayHelloBidiStream(iter([HelloRequest()] * 4))]
         # the timed-out call is counted once the server has seen its end: wait, bounded
         deadline_exceeded = {"grpc_code": "DeadlineExceeded", **labels("SayHello", "unary")}
-        for _ in range(50):
-            samples = scrape(server.metrics_port)
-            if value(samples, "grpc_server_handled_total", **deadline_exceeded):
-                break
-            await asyncio.sleep(0.1)
+        samples = await until(
+            lambda: scrape(server.metrics_port),
+            lambda got: value(got, "grpc_server_handled_total", **deadline_exceeded) > 0,
+            every=0.1,
+        )
 
     unary = labels("SayHello", "unary")
     assert value(samples, "grpc_server_started_total", **unary) == 11
