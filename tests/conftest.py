@@ -132,7 +132,13 @@ class ServerProcess:
     """A ``greeter serve`` child process on a free port."""
 
     def __init__(
-        self, args: list[str], env: dict[str, str], port: int, metrics_port: int, logs: Path
+        self,
+        args: list[str],
+        env: dict[str, str],
+        port: int,
+        metrics_port: int,
+        logs: Path,
+        preexec: Callable[[], object] | None = None,
     ) -> None:
         self.port = port
         self.metrics_port = metrics_port
@@ -148,6 +154,7 @@ class ServerProcess:
                 stdout=out,
                 stderr=err,
                 stdin=subprocess.DEVNULL,
+                preexec_fn=preexec,
             )
 
     def output(self) -> tuple[str, str]:
@@ -200,9 +207,14 @@ def spawn_server(tmp_path: Path) -> Iterator[object]:
     """``spawn_server("--drain-delay", "1", env={...})`` → a ready ServerProcess."""
     started: list[ServerProcess] = []
 
-    def spawn(*args: str, env: dict[str, str] | None = None, wait: bool = True) -> ServerProcess:
+    def spawn(
+        *args: str,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        preexec: Callable[[], object] | None = None,
+    ) -> ServerProcess:
         for attempt in range(1, PORT_TRIES + 1):
-            proc = start(list(args), env or {})
+            proc = start(list(args), env or {}, preexec)
             if not wait:
                 return proc
             try:
@@ -215,7 +227,9 @@ def spawn_server(tmp_path: Path) -> Iterator[object]:
                     raise
         raise AssertionError("unreachable")
 
-    def start(args: list[str], env: dict[str, str]) -> ServerProcess:
+    def start(
+        args: list[str], env: dict[str, str], preexec: Callable[[], object] | None
+    ) -> ServerProcess:
         port, metrics_port = free_port(), free_port()
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("GREETER_")}
         full_env.update(
@@ -230,7 +244,7 @@ def spawn_server(tmp_path: Path) -> Iterator[object]:
             }
         )
         full_env.update(env)
-        proc = ServerProcess(args, full_env, port, metrics_port, tmp_path / "servers")
+        proc = ServerProcess(args, full_env, port, metrics_port, tmp_path / "servers", preexec)
         started.append(proc)
         return proc
 

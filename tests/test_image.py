@@ -170,6 +170,8 @@ def test_image_serves_and_drains(image: tuple[str, dict[str, str]]) -> None:
         assert health is not None
         assert health.returncode == 0, (health, logs)
         assert "SERVING" in health.stdout + health.stderr
+        # The container runtime's seccomp profile lets grpc's threads be made SCHED_BATCH.
+        assert '"thread_policy":"batch"' in logs, logs
 
         with grpc.insecure_channel(address) as channel:
             stub = helloworld_pb2_grpc.GreeterStub(channel)

@@ -76,6 +76,7 @@ BAD_VALUES = [
     ("tls_client_ca", "/does/not/exist.pem"),
     ("auth_tokens_file", "/does/not/exist"),
     ("event_loop", "trio"),
+    ("thread_policy", "realtime"),
     ("workers", "999"),
     ("host", ""),
 ]

@@ -33,6 +33,7 @@ from greeter.pipeline import Interceptor, Registrar
 from greeter.service import SERVICE_NAME as GREETER_SERVICE
 from greeter.service import Greeter
 from greeter.settings import Settings, parse_token_lines
+from greeter.threads import helper_threads
 
 logger = logging.getLogger(__name__)
 
@@ -178,29 +179,13 @@ class GreeterServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         if s.reflection:
             reflection.add_reflection(registrar, [GREETER_SERVICE, health.SERVICE_NAME])
-        server = grpc.aio.server(options=server_options(s))
-        registrar.install(server, interceptors(s, self.metrics, self.worker))
-        # Metrics first: once the gRPC port accepts connections, /metrics answers too.
-        if self.metrics is not None and self.worker is None:
-            self._endpoint = MetricsEndpoint(self.metrics.registry, s.metrics_host, s.metrics_port)
-            try:
-                self._endpoint.start()
-            except OSError as exc:
-                raise StartupError(
-                    f"cannot listen on metrics port {s.metrics_host}:{s.metrics_port}: {exc}"
-                ) from exc
-        address = bind_address(s)
-        credentials = server_credentials(s)
-        try:
-            if credentials is None:
-                self.port = server.add_insecure_port(address)
-            else:
-                self.port = server.add_secure_port(address, credentials)
-        except RuntimeError as exc:
-            raise StartupError(f"cannot listen on {address}: {exc}") from exc
-        if not self.port:
-            raise StartupError(f"cannot listen on {address}")
-        await server.start()
+        # grpc's poller and I/O threads, and the metrics thread, are started in here.
+        with helper_threads(s.thread_policy) as thread_policy:
+            server = grpc.aio.server(options=server_options(s))
+            registrar.install(server, interceptors(s, self.metrics, self.worker))
+            self._start_metrics_endpoint()
+            self.port = self._bind(server)
+            await server.start()
         self._server = server
         self.health.set_all(SERVING)
         logger.info(
@@ -215,11 +200,39 @@ class GreeterServer:
                 "metrics_port": self.metrics_port,
                 "reflection": s.reflection,
                 "identity": s.identity,
+                "thread_policy": thread_policy,
                 "pid": os.getpid(),
                 "worker": self.worker,
                 "took_s": round(time.perf_counter() - began, 3),
             },
         )
+
+    def _start_metrics_endpoint(self) -> None:
+        # Before the gRPC port: once it accepts connections, /metrics answers too.
+        s = self.settings
+        if self.metrics is None or self.worker is not None:
+            return
+        self._endpoint = MetricsEndpoint(self.metrics.registry, s.metrics_host, s.metrics_port)
+        try:
+            self._endpoint.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on metrics port {s.metrics_host}:{s.metrics_port}: {exc}"
+            ) from exc
+
+    def _bind(self, server: grpc.aio.Server) -> int:
+        address = bind_address(self.settings)
+        credentials = server_credentials(self.settings)
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {address}: {exc}") from exc
+        if not port:
+            raise StartupError(f"cannot listen on {address}")
+        return port
 
     # -- shutdown ------------------------------------------------------------
     def request_stop(self) -> None:

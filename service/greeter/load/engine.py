@@ -24,6 +24,7 @@ from greeter.client import TargetError, channel_options, credentials
 from greeter.load import h2engine
 from greeter.load.config import CALLS, LoadConfig
 from greeter.load.histogram import Histogram
+from greeter.threads import helper_threads
 
 CLUSTER_KEY = "x-greeter-cluster"
 POD_KEY = "x-greeter-pod"
@@ -328,18 +329,22 @@ async def connected(config: LoadConfig, first: int = 0) -> AsyncIterator[list[An
             creds, extra = await asyncio.to_thread(credentials, target, config.connect_timeout)
         except (OSError, ValueError) as exc:
             raise ConnectError(f"cannot connect to {target.address}: {exc}") from None
-        for i in range(config.connections):
-            options = channel_options(target, [*channel_args(first + i), *extra])
-            if creds is None:
-                channels.append(grpc.aio.insecure_channel(target.address, options=options))
-            else:
-                channels.append(grpc.aio.secure_channel(target.address, creds, options=options))
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(ch.channel_ready() for ch in channels)), config.connect_timeout
-            )
-        except TimeoutError:
-            raise ConnectError(await _why_not_ready(channels[0], config)) from None
+        # grpc's poller and I/O threads start with the first channel: born SCHED_BATCH,
+        # they stop preempting the loop that generates the load (greeter.threads).
+        with helper_threads("batch"):
+            for i in range(config.connections):
+                options = channel_options(target, [*channel_args(first + i), *extra])
+                if creds is None:
+                    channels.append(grpc.aio.insecure_channel(target.address, options=options))
+                else:
+                    channels.append(grpc.aio.secure_channel(target.address, creds, options=options))
+            try:
+                await asyncio.wait_for(
+                    asyncio.gather(*(ch.channel_ready() for ch in channels)),
+                    config.connect_timeout,
+                )
+            except TimeoutError:
+                raise ConnectError(await _why_not_ready(channels[0], config)) from None
         yield channels
     finally:
         for ch in channels:

@@ -1,0 +1,139 @@
+"""``thread_policy``: grpc's helper threads run SCHED_BATCH, the event loop does not."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from test_workers import children
+
+from conftest import until
+from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
+from greeter.threads import helper_threads
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "SCHED_BATCH"), reason="scheduling policies are Linux-only"
+)
+
+NAMES = {getattr(os, n): n for n in ("SCHED_OTHER", "SCHED_BATCH", "SCHED_IDLE") if hasattr(os, n)}
+
+
+def policies(pid: int) -> dict[int, str]:
+    """Every thread of ``pid`` and its scheduling policy, by name."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[int(task.name)] = NAMES.get(os.sched_getscheduler(int(task.name)), "other")
+        except OSError:  # the thread ended while we looked
+            continue
+    return out
+
+
+def say_hello(address: str) -> None:
+    with grpc.insecure_channel(address) as channel:
+        reply = helloworld_pb2_grpc.GreeterStub(channel).SayHello(
+            helloworld_pb2.HelloRequest(name="sched"), timeout=10
+        )
+    assert reply.message == "Hello, sched!"
+
+
+def startup_line(log: str) -> dict[str, object]:
+    for line in log.splitlines():
+        record = json.loads(line)
+        if record.get("msg") == "serving":
+            return record
+    raise AssertionError(f"no 'serving' line in:\n{log}")
+
+
+def assert_helpers_batch_loop_normal(pid: int) -> None:
+    found = policies(pid)
+    assert found.pop(pid) == "SCHED_OTHER", "the event loop thread must keep the normal policy"
+    # grpc's poller, timer, event-engine and lifeguard threads, and the metrics thread.
+    assert len(found) >= 3, found
+    assert set(found.values()) == {"SCHED_BATCH"}, found
+
+
+def test_serve_runs_grpc_threads_batch_and_the_loop_normal(spawn_server: Callable) -> None:
+    server = spawn_server()
+    say_hello(server.address)  # threads grpc starts on the first call are covered too
+    assert_helpers_batch_loop_normal(server.proc.pid)
+    code, _, err = server.stop()
+    assert code == 0
+    assert startup_line(err)["thread_policy"] == "batch"
+
+
+def test_thread_policy_normal_leaves_every_thread_alone(spawn_server: Callable) -> None:
+    server = spawn_server(env={"GREETER_THREAD_POLICY": "normal"})
+    say_hello(server.address)
+    found = policies(server.proc.pid)
+    assert len(found) >= 4, found
+    assert set(found.values()) == {"SCHED_OTHER"}, found
+    code, _, err = server.stop()
+    assert code == 0
+    assert startup_line(err)["thread_policy"] == "normal"
+
+
+async def test_each_worker_runs_its_grpc_threads_batch(spawn_server: Callable) -> None:
+    server = spawn_server("--workers", "2")
+    # The port answers once the first worker listens; wait for both to say they serve.
+    log = await until(lambda: server.output()[1], lambda err: err.count('"serving"') >= 2, 60)
+    assert log.count('"serving"') == 2, log
+    say_hello(server.address)
+    workers = children(server.proc.pid)
+    assert len(workers) == 2
+    for pid in workers:
+        assert_helpers_batch_loop_normal(pid)
+    assert server.stop()[0] == 0
+
+
+def test_a_policy_chosen_by_the_operator_is_kept(spawn_server: Callable) -> None:
+    """Started as under ``chrt --idle``: greeter must not move any thread out of it."""
+    server = spawn_server(
+        preexec=lambda: os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    )
+    say_hello(server.address)
+    found = policies(server.proc.pid)
+    assert set(found.values()) == {"SCHED_IDLE"}, found
+    code, _, err = server.stop()
+    assert code == 0
+    assert str(startup_line(err)["thread_policy"]).startswith("unchanged")
+
+
+def test_only_threads_started_inside_are_batch_and_the_caller_returns() -> None:
+    release = threading.Event()
+    before = threading.Thread(target=release.wait)
+    before.start()
+    with helper_threads("batch") as applied:
+        assert applied == "batch"
+        assert os.sched_getscheduler(0) == os.SCHED_BATCH
+        inside = threading.Thread(target=release.wait)
+        inside.start()
+    try:
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER
+        assert inside.native_id is not None
+        assert before.native_id is not None
+        assert os.sched_getscheduler(inside.native_id) == os.SCHED_BATCH
+        assert os.sched_getscheduler(before.native_id) == os.SCHED_OTHER
+        # Threads started after the block are normal again.
+        after = threading.Thread(target=release.wait)
+        after.start()
+        assert after.native_id is not None
+        assert os.sched_getscheduler(after.native_id) == os.SCHED_OTHER
+    finally:
+        release.set()
+
+
+def test_the_caller_returns_to_normal_when_start_up_fails() -> None:
+    with pytest.raises(RuntimeError, match="bind failed"), helper_threads("batch"):
+        raise RuntimeError("bind failed")
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+def test_unknown_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="realtime"), helper_threads("realtime"):
+        pass
