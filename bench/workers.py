@@ -10,7 +10,10 @@ For each N (interleaved over the rounds) it starts our server with N workers
 - drives unary SayHello with h2load over ``--connections`` connections
   (h2load unpinned too, so on a 2-core machine it competes with the workers:
   the scaling it shows there is a floor, not the ceiling);
-- reads each worker's CPU time, to show the load really spread.
+- reads each worker's CPU time, to show the load really spread, and divides
+  the calls by the CPU time all workers used: calls per server CPU-second,
+  which stays flat as N grows when the workers do not get in each other's way
+  (what ``--workers`` can promise when there are cores to spare).
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     rps: dict[int, list[float]] = {n: [] for n in counts}
     spreads: dict[int, Counter[str]] = {n: Counter() for n in counts}
     cpu_share: dict[int, list[list[float]]] = {n: [] for n in counts}
+    efficiency: dict[int, list[float]] = {n: [] for n in counts}
     with tempfile.TemporaryDirectory(prefix="greeter-bench-") as tmp:
         request = h2load.write_request_file(Path(tmp))
         for rnd in range(args.rounds):
@@ -100,20 +104,28 @@ def main(argv: list[str] | None = None) -> int:
                     used = [cpu_seconds(p) - b for p, b in zip(pids, before, strict=True)]
                 rps[n].append(result.rps)
                 cpu_share[n].append(used)
+                # CPU time includes the warm-up: divide by every call made.
+                efficiency[n].append(result.rps * (args.duration + 0.5) / max(sum(used), 1e-9))
                 print(
-                    f"round {rnd + 1} workers={n}: {result.rps:,.0f} rps, cpu {used}",
+                    f"round {rnd + 1} workers={n}: {result.rps:,.0f} rps, CPU s "
+                    + " / ".join(f"{c:.2f}" for c in used),
                     file=sys.stderr,
                 )
     one = statistics.median(rps[counts[0]])
+    one_eff = statistics.median(efficiency[counts[0]])
     print(
-        "| workers | unary rps (median) | x 1 worker | connections per worker | CPU s per worker |"
+        "| workers | unary rps (median) | x 1 worker | calls per server CPU-second | x 1 worker "
+        "| connections per worker | CPU s per worker (last round) |"
     )
-    print("|---:|---:|---:|---|---|")
+    print("|---:|---:|---:|---:|---:|---|---|")
     for n in counts:
-        med = statistics.median(rps[n])
+        med, eff = statistics.median(rps[n]), statistics.median(efficiency[n])
         per = ", ".join(f"w{k}: {v}" for k, v in sorted(spreads[n].items()))
         cpu = " / ".join(f"{c:.1f}" for c in cpu_share[n][-1])
-        print(f"| {n} | {med:,.0f} | {med / one:.2f} | {per} | {cpu} |")
+        print(
+            f"| {n} | {med:,.0f} | {med / one:.2f} | {eff:,.0f} | {eff / one_eff:.2f} "
+            f"| {per} | {cpu} |"
+        )
     return 0
 
 
