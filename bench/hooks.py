@@ -74,7 +74,7 @@ def handler(settings: Settings) -> Any:
             self.handlers = handlers
 
     capture = Capture()
-    registrar.install(capture, interceptors(settings, metrics))
+    registrar.install([capture], interceptors(settings, metrics))
     return capture.handlers["SayHello"].unary_unary
 
 

@@ -77,6 +77,8 @@ BAD_VALUES = [
     ("auth_tokens_file", "/does/not/exist"),
     ("event_loop", "trio"),
     ("thread_policy", "realtime"),
+    ("listeners", "0"),
+    ("listeners", "65"),
     ("workers", "999"),
     ("host", ""),
 ]

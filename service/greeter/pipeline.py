@@ -312,7 +312,8 @@ class Registrar:
     ) -> None:
         self.services[service] = dict(handlers)
 
-    def install(self, server: grpc.aio.Server, interceptors: list[Interceptor]) -> None:
+    def install(self, servers: Sequence[grpc.aio.Server], interceptors: list[Interceptor]) -> None:
+        """Wrap every handler once and register the wrapped handlers on each server."""
         for service, handlers in self.services.items():
             wrapped = {
                 name: wrap_handler(
@@ -322,7 +323,8 @@ class Registrar:
                 )
                 for name, h in handlers.items()
             }
-            server.add_generic_rpc_handlers(
-                (grpc.method_handlers_generic_handler(service, wrapped),)
-            )
-            server.add_registered_method_handlers(service, wrapped)
+            for server in servers:
+                server.add_generic_rpc_handlers(
+                    (grpc.method_handlers_generic_handler(service, wrapped),)
+                )
+                server.add_registered_method_handlers(service, wrapped)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import grpc
 
-from greeter import health, reflection
+from greeter import health, ports, reflection
 from greeter._proto import helloworld_pb2_grpc
 from greeter.health import SERVING, Health
 from greeter.interceptors import AccessLog, Auth, Faults, Identity, MetadataLimit, Metrics
@@ -45,11 +45,17 @@ class StartupError(RuntimeError):
     """The server could not start (port in use, unreadable certificate...)."""
 
 
+def listener_count(settings: Settings) -> int:
+    """How many gRPC servers this process runs on the port (a unix socket takes one)."""
+    return 1 if settings.host.startswith("unix:") else settings.listeners
+
+
 def server_options(settings: Settings) -> list[tuple[str, int]]:
     s = settings
     options = [
-        # A single server must fail when its port is taken, not silently share it.
-        ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
+        # Listeners (and workers) share the port on purpose, after a check that nobody else
+        # holds it; a lone server must fail when its port is taken, not silently share it.
+        ("grpc.so_reuseport", 1 if s.workers > 1 or listener_count(s) > 1 else 0),
         ("grpc.keepalive_time_ms", int(s.keepalive_time * _MS)),
         ("grpc.keepalive_timeout_ms", int(s.keepalive_timeout * _MS)),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -67,11 +73,11 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     return options
 
 
-def bind_address(settings: Settings) -> str:
+def bind_address(settings: Settings, port: int | None = None) -> str:
     """``host:port``, or a ``unix:/path`` host as it is (the port is then unused)."""
     if settings.host.startswith("unix:"):
         return settings.host
-    return f"{settings.host}:{settings.port}"
+    return f"{settings.host}:{settings.port if port is None else port}"
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -160,7 +166,7 @@ class GreeterServer:
             metrics = ServerMetrics(multiprocess=worker is not None)
         self.metrics = metrics
         self._endpoint: MetricsEndpoint | None = None
-        self._server: grpc.aio.Server | None = None
+        self._servers: list[grpc.aio.Server] = []
         self._stopping = asyncio.Event()
         self.port = 0
 
@@ -181,12 +187,14 @@ class GreeterServer:
             reflection.add_reflection(registrar, [GREETER_SERVICE, health.SERVICE_NAME])
         # grpc's poller and I/O threads, and the metrics thread, are started in here.
         with helper_threads(s.thread_policy) as thread_policy:
-            server = grpc.aio.server(options=server_options(s))
-            registrar.install(server, interceptors(s, self.metrics, self.worker))
+            # grpc.aio accepts one call per method and server each time the event loop
+            # hears from grpc; several servers on one port accept several at once.
+            servers = [grpc.aio.server(options=server_options(s)) for _ in range(listener_count(s))]
+            registrar.install(servers, interceptors(s, self.metrics, self.worker))
             self._start_metrics_endpoint()
-            self.port = self._bind(server)
-            await server.start()
-        self._server = server
+            self.port = self._bind(servers)
+            await asyncio.gather(*(server.start() for server in servers))
+        self._servers = servers
         self.health.set_all(SERVING)
         logger.info(
             "serving",
@@ -200,6 +208,7 @@ class GreeterServer:
                 "metrics_port": self.metrics_port,
                 "reflection": s.reflection,
                 "identity": s.identity,
+                "listeners": len(servers),
                 "thread_policy": thread_policy,
                 "pid": os.getpid(),
                 "worker": self.worker,
@@ -220,18 +229,30 @@ class GreeterServer:
                 f"cannot listen on metrics port {s.metrics_host}:{s.metrics_port}: {exc}"
             ) from exc
 
-    def _bind(self, server: grpc.aio.Server) -> int:
-        address = bind_address(self.settings)
-        credentials = server_credentials(self.settings)
-        try:
-            if credentials is None:
-                port = server.add_insecure_port(address)
-            else:
-                port = server.add_secure_port(address, credentials)
-        except RuntimeError as exc:
-            raise StartupError(f"cannot listen on {address}: {exc}") from exc
-        if not port:
-            raise StartupError(f"cannot listen on {address}")
+    def _bind(self, servers: list[grpc.aio.Server]) -> int:
+        """Bind every server to the port; the port they got (the first picks one for 0)."""
+        s = self.settings
+        port = s.port
+        if len(servers) > 1 and self.worker is None:
+            # They share it with SO_REUSEPORT, which would also share it with a stranger:
+            # check nobody holds it (for port 0, have the kernel pick one nobody holds).
+            try:
+                port = ports.resolve_port(s.host, port)
+            except OSError as exc:
+                raise StartupError(f"cannot listen on {bind_address(s)}: {exc}") from exc
+        credentials = server_credentials(s)
+        for server in servers:
+            address = bind_address(s, port)
+            try:
+                if credentials is None:
+                    bound = server.add_insecure_port(address)
+                else:
+                    bound = server.add_secure_port(address, credentials)
+            except RuntimeError as exc:
+                raise StartupError(f"cannot listen on {address}: {exc}") from exc
+            if not bound:
+                raise StartupError(f"cannot listen on {address}")
+            port = bound
         return port
 
     # -- shutdown ------------------------------------------------------------
@@ -263,9 +284,8 @@ class GreeterServer:
         mark = done("drain_delay", mark, drain_delay=s.drain_delay)
         # 3. Refuse new calls, let in-flight ones finish within the grace period.
         self.health.close_watchers()
-        if self._server is not None:
-            await self._server.stop(s.grace_period)
-            self._server = None
+        await asyncio.gather(*(server.stop(s.grace_period) for server in self._servers))
+        self._servers = []
         mark = done("stop", mark, grace_period=s.grace_period)
         # 4. The metrics endpoint goes last, so the final counts can be scraped.
         if self._endpoint is not None:
@@ -276,9 +296,8 @@ class GreeterServer:
 
     async def abort(self) -> None:
         """Stop now, without draining (start-up failed half way)."""
-        if self._server is not None:
-            await self._server.stop(0)
-            self._server = None
+        await asyncio.gather(*(server.stop(0) for server in self._servers))
+        self._servers = []
         if self._endpoint is not None:
             self._endpoint.stop()
             self._endpoint = None

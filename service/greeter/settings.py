@@ -102,6 +102,7 @@ EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 THREAD_POLICIES = ("batch", "normal")
 AUTH_EXEMPT_CHOICES = ("health", "reflection")
 MAX_STREAM_MESSAGES = 100_000
+MAX_LISTENERS = 64
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,12 @@ class Settings:
     metrics_port: int = _setting(9090, "Prometheus /metrics port (0 turns metrics off)", parse_int)
     workers: int = _setting(
         1, "server processes sharing the port (0 or 'auto': one per core)", lambda t: _workers(t)
+    )
+    listeners: int = _setting(
+        8,
+        "gRPC servers in each process sharing the port (SO_REUSEPORT), each accepting its own"
+        " connections; grpc.aio accepts one call per method and server per event-loop turn",
+        parse_int,
     )
     event_loop: str = _setting("auto", "event loop: auto, asyncio or uvloop", parse_str)
     thread_policy: str = _setting(
@@ -241,6 +248,8 @@ class Settings:
             bad.append(("host", "must not be empty"))
         if self.workers < 1 or self.workers > 256:
             bad.append(("workers", f"{self.workers} is not between 1 and 256"))
+        if not 1 <= self.listeners <= MAX_LISTENERS:
+            bad.append(("listeners", f"{self.listeners} is not between 1 and {MAX_LISTENERS}"))
         if self.event_loop not in EVENT_LOOPS:
             bad.append(("event_loop", f"{self.event_loop!r} is not one of {EVENT_LOOPS}"))
         if self.thread_policy not in THREAD_POLICIES:

@@ -30,13 +30,13 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
+from greeter import ports
 from greeter.metrics import MULTIPROC_DIR_ENV
 from greeter.settings import Settings
 
@@ -81,12 +81,7 @@ def resolve_port(settings: Settings) -> int:
     """Check the gRPC port is free (and pick one for port 0) before workers share it."""
     if settings.host.startswith("unix:"):
         raise OSError("workers share a TCP port (SO_REUSEPORT); a unix socket cannot be shared")
-    host = settings.host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((host, settings.port))
-        return int(probe.getsockname()[1])
+    return ports.resolve_port(settings.host, settings.port)
 
 
 class Supervisor:
