@@ -67,7 +67,13 @@ def test_options_follow_settings():
     assert options["grpc.max_concurrent_streams"] == 50
     assert options["grpc.max_receive_message_length"] == 2048
     assert options["grpc.max_send_message_length"] == 4096
-    assert options["grpc.so_reuseport"] == 0  # a single server must not share its port
+    # Listeners share the port on purpose (after a probe, tests/test_listeners.py); a lone
+    # server must not share it.
+    assert options["grpc.so_reuseport"] == 1
+    lone = dict(server_options(Settings(listeners=1)))
+    assert lone["grpc.so_reuseport"] == 0
+    unix = dict(server_options(Settings(host="unix:/tmp/g.sock")))
+    assert unix["grpc.so_reuseport"] == 0
 
 
 @pytest.mark.parametrize("age", [0.0])
