@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
+from greeter.ports import resolve_port
 
 # Separate TCP connections: grpc shares one per target unless told otherwise.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
@@ -151,3 +152,17 @@ def test_sigterm_drains_calls_on_every_listener(spawn_server: Callable) -> None:
     code, _, err = server.wait(timeout=30)
     assert code == 0, err
     assert sorted(results) == [(grpc.StatusCode.OK, 20)] * 12
+
+
+def test_the_probe_covers_every_address_the_host_stands_for() -> None:
+    """A holder of 0.0.0.0:P (with SO_REUSEPORT) is seen from "[::]" (bound dual-stack,
+    as grpc binds it) and from 127.0.0.1; port 0 picks one free everywhere."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        for host in ("[::]", "0.0.0.0", "127.0.0.1"):
+            with pytest.raises(OSError, match="in use"):
+                resolve_port(host, port)
+    assert 0 < resolve_port("[::]", 0) < 65536

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -129,7 +131,9 @@ def test_only_threads_started_inside_are_batch_and_the_caller_returns() -> None:
 
 
 def test_the_caller_returns_to_normal_when_start_up_fails() -> None:
-    with pytest.raises(RuntimeError, match="bind failed"), helper_threads("batch"):
+    with pytest.raises(RuntimeError, match="bind failed"), helper_threads("batch") as applied:
+        assert applied == "batch"
+        assert os.sched_getscheduler(0) == os.SCHED_BATCH
         raise RuntimeError("bind failed")
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
 
@@ -137,3 +141,50 @@ def test_the_caller_returns_to_normal_when_start_up_fails() -> None:
 def test_unknown_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="realtime"), helper_threads("realtime"):
         pass
+
+
+LOAD_PROBE = """
+import json, os, sys, threading
+from greeter.client import Target
+from greeter.load import LoadConfig, run_load
+seen = {}
+stop = threading.Event()
+def watch():  # started before the load: itself normal, and not one of grpc's
+    while not stop.is_set():
+        for task in os.listdir("/proc/self/task"):
+            try:
+                name = open(f"/proc/self/task/{task}/comm").read().strip()
+                seen[task] = (name, os.sched_getscheduler(int(task)))
+            except OSError:
+                pass
+        stop.wait(0.02)
+watcher = threading.Thread(target=watch)
+watcher.start()
+report = run_load(LoadConfig(target=Target(sys.argv[1]), total=2000, concurrency=16, procs=1,
+                             engine="grpc"))
+stop.set()
+watcher.join()
+seen.pop(str(watcher.native_id), None)
+print(json.dumps({"ok": report["ok"], "main": seen.pop(str(os.getpid()))[1],
+                  "threads": sorted(set(seen.values()))}))
+"""
+
+
+def test_the_load_testers_grpc_threads_are_batch(spawn_server: Callable) -> None:
+    server = spawn_server()
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD_PROBE, server.address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["ok"] == 2000
+    assert result["main"] == os.SCHED_OTHER
+    grpc_threads = {name: policy for name, policy in result["threads"] if name != "python"}
+    # grpc's event-engine, timer and lifeguard threads were all born batch.
+    assert {"event_engine", "lifeguard"} <= set(grpc_threads), result
+    assert set(grpc_threads.values()) == {os.SCHED_BATCH}, result
+    assert server.stop()[0] == 0

@@ -185,16 +185,21 @@ class GreeterServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         if s.reflection:
             reflection.add_reflection(registrar, [GREETER_SERVICE, health.SERVICE_NAME])
-        # grpc's poller and I/O threads, and the metrics thread, are started in here.
+        chain = interceptors(s, self.metrics, self.worker)
+        # grpc's poller and I/O threads, and the metrics thread, are started in here (all
+        # of them by the time the servers exist; starting them starts no more). No await
+        # inside: nothing else on this loop may start threads while the policy is batch.
         with helper_threads(s.thread_policy) as thread_policy:
             # grpc.aio accepts one call per method and server each time the event loop
             # hears from grpc; several servers on one port accept several at once.
-            servers = [grpc.aio.server(options=server_options(s)) for _ in range(listener_count(s))]
-            registrar.install(servers, interceptors(s, self.metrics, self.worker))
+            self._servers = [
+                grpc.aio.server(options=server_options(s)) for _ in range(listener_count(s))
+            ]
+            registrar.install(self._servers, chain)
             self._start_metrics_endpoint()
-            self.port = self._bind(servers)
-            await asyncio.gather(*(server.start() for server in servers))
-        self._servers = servers
+            self.port = self._bind(self._servers)
+        await asyncio.gather(*(server.start() for server in self._servers))
+        servers = self._servers
         self.health.set_all(SERVING)
         logger.info(
             "serving",
@@ -296,11 +301,20 @@ class GreeterServer:
 
     async def abort(self) -> None:
         """Stop now, without draining (start-up failed half way)."""
-        await asyncio.gather(*(server.stop(0) for server in self._servers))
+        await asyncio.gather(*(_discard(server) for server in self._servers))
         self._servers = []
         if self._endpoint is not None:
             self._endpoint.stop()
             self._endpoint = None
+
+
+async def _discard(server: grpc.aio.Server) -> None:
+    """Close a server whatever state start-up left it in. grpc.aio frees a server's
+    listening sockets only when a started server stops, so a bound one is started first."""
+    with contextlib.suppress(Exception):
+        await server.start()  # returns at once if it is running already
+    with contextlib.suppress(Exception):
+        await server.stop(0)
 
 
 @contextlib.asynccontextmanager

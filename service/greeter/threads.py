@@ -58,15 +58,16 @@ def helper_threads(policy: str) -> Iterator[str]:
     if not supported():
         yield "normal (SCHED_BATCH is Linux-only)"
         return
-    own = os.sched_getscheduler(0)
+    try:
+        own = os.sched_getscheduler(0)
+        if own == os.SCHED_OTHER:
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except OSError as exc:  # a sandbox that forbids the calls
+        yield f"normal (SCHED_BATCH refused: {exc.strerror or exc})"
+        return
     if own != os.SCHED_OTHER:
         # Started under chrt or a real-time policy: that was someone's choice; keep it.
         yield f"unchanged (the process runs under scheduling policy {_NAMES.get(own, own)})"
-        return
-    try:
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-    except OSError as exc:
-        yield f"normal (SCHED_BATCH refused: {exc.strerror or exc})"
         return
     try:
         yield "batch"

@@ -338,13 +338,13 @@ async def connected(config: LoadConfig, first: int = 0) -> AsyncIterator[list[An
                     channels.append(grpc.aio.insecure_channel(target.address, options=options))
                 else:
                     channels.append(grpc.aio.secure_channel(target.address, creds, options=options))
-            try:
-                await asyncio.wait_for(
-                    asyncio.gather(*(ch.channel_ready() for ch in channels)),
-                    config.connect_timeout,
-                )
-            except TimeoutError:
-                raise ConnectError(await _why_not_ready(channels[0], config)) from None
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(ch.channel_ready() for ch in channels)),
+                config.connect_timeout,
+            )
+        except TimeoutError:
+            raise ConnectError(await _why_not_ready(channels[0], config)) from None
         yield channels
     finally:
         for ch in channels:
