@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -64,6 +65,15 @@ async def until(
         await asyncio.sleep(every)
         value = read()
     return value
+
+
+def serving_line(log: str) -> dict[str, object]:
+    """The server's JSON start-up line ("serving") from its log."""
+    for line in log.splitlines():
+        record = json.loads(line)
+        if record.get("msg") == "serving":
+            return record
+    raise AssertionError(f"no 'serving' line in:\n{log}")
 
 
 def free_port() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -13,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from conftest import serving_line
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
 from greeter.ports import resolve_port
 
@@ -36,14 +36,6 @@ def listen_sockets(pid: int, port: int) -> int:
             continue
         held += target.startswith("socket:[") and target[8:-1] in inodes
     return held
-
-
-def serving_line(log: str) -> dict[str, object]:
-    for line in log.splitlines():
-        record = json.loads(line)
-        if record.get("msg") == "serving":
-            return record
-    raise AssertionError(f"no 'serving' line in:\n{log}")
 
 
 def hello(address: str, name: str, options: list[tuple[str, int]] = OWN_CONNECTION) -> str:

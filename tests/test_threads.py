@@ -14,7 +14,7 @@ import grpc
 import pytest
 from test_workers import children
 
-from conftest import until
+from conftest import serving_line, until
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
 from greeter.threads import helper_threads
 
@@ -44,14 +44,6 @@ def say_hello(address: str) -> None:
     assert reply.message == "Hello, sched!"
 
 
-def startup_line(log: str) -> dict[str, object]:
-    for line in log.splitlines():
-        record = json.loads(line)
-        if record.get("msg") == "serving":
-            return record
-    raise AssertionError(f"no 'serving' line in:\n{log}")
-
-
 def assert_helpers_batch_loop_normal(pid: int) -> None:
     found = policies(pid)
     assert found.pop(pid) == "SCHED_OTHER", "the event loop thread must keep the normal policy"
@@ -66,7 +58,7 @@ def test_serve_runs_grpc_threads_batch_and_the_loop_normal(spawn_server: Callabl
     assert_helpers_batch_loop_normal(server.proc.pid)
     code, _, err = server.stop()
     assert code == 0
-    assert startup_line(err)["thread_policy"] == "batch"
+    assert serving_line(err)["thread_policy"] == "batch"
 
 
 def test_thread_policy_normal_leaves_every_thread_alone(spawn_server: Callable) -> None:
@@ -77,7 +69,7 @@ def test_thread_policy_normal_leaves_every_thread_alone(spawn_server: Callable) 
     assert set(found.values()) == {"SCHED_OTHER"}, found
     code, _, err = server.stop()
     assert code == 0
-    assert startup_line(err)["thread_policy"] == "normal"
+    assert serving_line(err)["thread_policy"] == "normal"
 
 
 async def test_each_worker_runs_its_grpc_threads_batch(spawn_server: Callable) -> None:
@@ -106,7 +98,7 @@ def test_a_policy_chosen_by_the_operator_is_kept(spawn_server: Callable) -> None
     code, _, err = server.stop()
     assert code == 0
     assert (
-        startup_line(err)["thread_policy"]
+        serving_line(err)["thread_policy"]
         == "unchanged (the process runs under scheduling policy SCHED_BATCH)"
     )
 

@@ -39,8 +39,6 @@ def resolve_port(host: str, port: int) -> int:
 
     Port 0 picks a port free on all of them. Raises OSError when someone listens
     on one of them, or when the host cannot be bound at all."""
-    if host.startswith("unix:"):
-        raise OSError("SO_REUSEPORT shares a TCP port; a unix socket cannot be shared")
     addresses = _addresses(host, port)
     wildcard_v6 = host.strip("[]") in _WILDCARD_V6
     dual_stack = False  # a bound dual-stack "::" probe covers 0.0.0.0 as well

@@ -199,7 +199,6 @@ class GreeterServer:
             self._start_metrics_endpoint()
             self.port = self._bind(self._servers)
         await asyncio.gather(*(server.start() for server in self._servers))
-        servers = self._servers
         self.health.set_all(SERVING)
         logger.info(
             "serving",
@@ -213,7 +212,7 @@ class GreeterServer:
                 "metrics_port": self.metrics_port,
                 "reflection": s.reflection,
                 "identity": s.identity,
-                "listeners": len(servers),
+                "listeners": len(self._servers),
                 "thread_policy": thread_policy,
                 "pid": os.getpid(),
                 "worker": self.worker,
