@@ -341,7 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per test")
     parser.add_argument("--warm-up", type=float, default=1.0, help="seconds of warm-up per test")
-    parser.add_argument("--servers", default=",".join(DEFAULT_SERVERS), help="comma-separated")
+    parser.add_argument(
+        "--servers",
+        default=",".join(DEFAULT_SERVERS),
+        help="comma-separated, or ;-separated when a variant has commas (name@A=1,B=2)",
+    )
     parser.add_argument("--connections", type=int, default=4, help="unary: h2load -c")
     parser.add_argument("--streams", type=int, default=64, help="unary: h2load -m per connection")
     parser.add_argument("--stream-concurrency", type=int, default=4, help="streams in flight")
@@ -353,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pin and len(os.sched_getaffinity(0)) < 2:
         print("fewer than 2 cores available: not pinning", file=sys.stderr)
         args.pin = False
-    names = [n for n in args.servers.split(";" if "@" in args.servers else ",") if n]
+    names = [n for n in args.servers.split(";" if ";" in args.servers else ",") if n]
     specs = {s.name: s for s in (parse_spec(n) for n in names)}
     if BASELINE not in specs:
         specs = {BASELINE: SERVERS[BASELINE], **specs}

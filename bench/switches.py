@@ -1,14 +1,16 @@
-"""Context switches and CPU time per unary call, thread by thread.
+"""Context switches and CPU time per unary call (or streamed message), thread by thread.
 
-``python -m bench.switches [SERVER ...]`` (names as in ``bench.run``, variants
-``name@ENV=VALUE`` included; default: the bare baseline on uvloop and our
-server with each thread policy).
+``python -m bench.switches [--stream] [SERVER ...]`` (names as in ``bench.run``,
+variants ``name@ENV=VALUE`` included; default: the bare baseline on uvloop and
+our server with each thread policy).
 
-Each server runs pinned to core 0, h2load to core 1 (256 calls in flight, 1 s
-warm-up, 4 s measured). Before and after, every thread's voluntary and
-involuntary context switches and CPU time are read from /proc; printed per
-call, for the threads that did anything. An involuntary switch of the event
-loop's thread is a preemption: docs/performance.md explains why they matter.
+Each server runs pinned to core 0, h2load to core 1 (unary: 256 calls in flight;
+``--stream``: 4 SayHelloStreamReply streams of 1000 messages in flight on one
+connection, as ``bench.run`` streams; 1 s warm-up, 4 s measured). Before and
+after, every thread's voluntary and involuntary context switches and CPU time
+are read from /proc; printed per call (or message), for the threads that did
+anything. An involuntary switch of the event loop's thread is a preemption:
+docs/performance.md explains why they matter.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from bench import h2load
-from bench.run import CLK_TCK, parse_spec, started
+from bench.run import CLK_TCK, STREAM_COUNT, parse_spec, started
 
 DEFAULT = (
     "bare-aio-uvloop",
@@ -59,7 +61,10 @@ def threads(pid: int) -> dict[int, tuple[str, int, int, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    names = (argv if argv is not None else sys.argv[1:]) or list(DEFAULT)
+    args = list(argv if argv is not None else sys.argv[1:])
+    stream = "--stream" in args
+    names = [a for a in args if a != "--stream"] or list(DEFAULT)
+    unit = "msg" if stream else "call"
     with tempfile.TemporaryDirectory(prefix="greeter-bench-") as tmp:
         request = h2load.write_request_file(Path(tmp))
         for name in names:
@@ -68,20 +73,25 @@ def main(argv: list[str] | None = None) -> int:
                 before = threads(proc.pid)
                 result = h2load.run(
                     port,
-                    "SayHello",
+                    "SayHelloStreamReply" if stream else "SayHello",
                     request,
                     duration=4,
                     warm_up=1,
-                    clients=4,
-                    streams=64,
-                    headers=spec.headers,
+                    clients=1 if stream else 4,
+                    streams=4 if stream else 64,
+                    headers=(
+                        (*spec.headers, f"x-greeter-stream-count: {STREAM_COUNT}")
+                        if stream
+                        else spec.headers
+                    ),
                     core=1,
                 )
                 after = threads(proc.pid)
                 policies = {tid: policy(tid) for tid in after}
-            calls = result.rps * 5  # the counters include the warm-up
-            print(f"{name}: {result.rps:,.0f} rps")
-            print("  thread                   voluntary/call  involuntary/call  µs CPU/call")
+            # the counters include the warm-up
+            calls = result.rps * 5 * (STREAM_COUNT if stream else 1)
+            print(f"{name}: {calls / 5:,.0f} {unit}/s")
+            print(f"  thread                   voluntary/{unit}  involuntary/{unit}  µs CPU/{unit}")
             for tid, (label, vol, invol, cpu) in sorted(after.items()):
                 was = before.get(tid, (label, 0, 0, 0.0))
                 dv, dn, dc = vol - was[1], invol - was[2], cpu - was[3]
