@@ -8,7 +8,10 @@ rotates between rounds so no server always goes first), checks that it answers
 with grpc-status OK, then measures unary SayHello and server-streaming
 SayHelloStreamReply with h2load, and the server's CPU time per call from
 /proc. Reported: medians over the rounds, and the median of each round's ratio
-to the bare grpc.aio baseline measured in that same round.
+to the bare grpc.aio baseline measured in that same round; then, when the
+fastest Python peers ran too, each of our servers against them round by round
+(unary against the sync thread-pool server, streaming against grpclib). Exits 1
+when a server failed its check or a measurement.
 """
 
 from __future__ import annotations
@@ -291,6 +294,66 @@ def summarise(samples: list[Sample], order: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+# The fastest Python peer measured for each kind of call: what our server is held to.
+UNARY_PEER = "sync-pool"
+STREAM_PEER = "grpclib"
+
+
+def peers(samples: list[Sample], order: list[str]) -> list[dict[str, Any]]:
+    """Each of our servers against the fastest peers, round by round (a ratio of two
+    servers measured minutes apart in one round is the least noisy comparison here):
+    throughput ratios, and calls per CPU-second ratios."""
+    by_round: dict[int, dict[str, Sample]] = {}
+    for s in samples:
+        by_round.setdefault(s.round, {})[s.server] = s
+    out = []
+    for name in order:
+        if not name.startswith("greeter"):
+            continue
+        unary, unary_cpu, stream, stream_cpu = [], [], [], []
+        for rnd in sorted(by_round):
+            got = by_round[rnd]
+            mine, u, st = got.get(name), got.get(UNARY_PEER), got.get(STREAM_PEER)
+            if mine is None:
+                continue
+            if u is not None:
+                unary.append(round(mine.unary_rps / u.unary_rps, 2))
+                unary_cpu.append(round(u.unary_cpu_us / mine.unary_cpu_us, 2))
+            if st is not None:
+                stream.append(round(mine.stream_msgs / st.stream_msgs, 2))
+                stream_cpu.append(round(st.stream_cpu_us / mine.stream_cpu_us, 2))
+        if unary or stream:
+            out.append(
+                {
+                    "server": name,
+                    "unary_x_peer": unary,
+                    "unary_cpu_x_peer": unary_cpu,
+                    "stream_x_peer": stream,
+                    "stream_cpu_x_peer": stream_cpu,
+                }
+            )
+    return out
+
+
+def peers_table(rows: list[dict[str, Any]]) -> str:
+    def cell(values: list[float]) -> str:
+        if not values:
+            return ""
+        return f"**{statistics.median(values):.2f}** ({', '.join(f'{v:.2f}' for v in values)})"
+
+    lines = [
+        f"| server | unary x {UNARY_PEER}, median (rounds) | same, calls per CPU-s "
+        f"| stream x {STREAM_PEER}, median (rounds) | same, messages per CPU-s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['server']} | {cell(r['unary_x_peer'])} | {cell(r['unary_cpu_x_peer'])} "
+            f"| {cell(r['stream_x_peer'])} | {cell(r['stream_cpu_x_peer'])} |"
+        )
+    return "\n".join(lines)
+
+
 def table(rows: list[dict[str, Any]], specs: dict[str, ServerSpec]) -> str:
     def x(value: float | None) -> str:
         return "" if value is None else f"{value:.2f}"
@@ -363,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         specs = {BASELINE: SERVERS[BASELINE], **specs}
     order = list(specs)
     samples: list[Sample] = []
+    failed = 0
     print(f"machine: {machine()}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="greeter-bench-") as tmp:
         request = h2load.write_request_file(Path(tmp))
@@ -373,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
                     sample = measure(specs[name], rnd, args, request)
                 except (RuntimeError, grpc.RpcError, h2load.H2loadError) as exc:
                     print(f"round {rnd + 1}/{args.rounds} {name}: FAILED: {exc}", file=sys.stderr)
+                    failed += 1
                     continue
                 samples.append(sample)
                 print(
@@ -382,6 +447,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
     rows = summarise(samples, order)
     print(table(rows, specs))
+    against = peers(samples, order)
+    if against:
+        print()
+        print(peers_table(against))
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -390,11 +459,15 @@ def main(argv: list[str] | None = None) -> int:
                     "command": " ".join(["python", "-m", "bench.run", *(argv or sys.argv[1:])]),
                     "samples": [s.__dict__ for s in samples],
                     "summary": rows,
+                    "peers": against,
+                    "failed": failed,
                 },
                 indent=2,
             )
         )
-    return 0
+    if failed:
+        print(f"{failed} measurement(s) failed: see above", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ For each N (interleaved over the rounds) it starts our server with N workers
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -60,6 +61,18 @@ def spread(port: int, channels: int) -> Counter[str]:
     return seen
 
 
+def all_listening(port: int, workers: int, timeout: float = 20.0) -> None:
+    """Wait (new connections, one at a time) until every worker has answered one, so
+    no measurement starts while a worker is still importing; RuntimeError on timeout."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only workers {sorted(seen)} of {workers} answered in {timeout} s")
+        seen.update(spread(port, 1))
+        seen.discard("-")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.workers", description=__doc__)
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
@@ -69,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=32)
     parser.add_argument("--probe-channels", type=int, default=40)
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s")
+    parser.add_argument("--json", type=Path, help="also write the samples here")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration = 1, 2.0
@@ -88,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                     GREETER_ACCESS_LOG_SAMPLE="0.01",
                 )
                 with started(spec, None) as (port, proc):
-                    time.sleep(0.5)  # every worker listening
+                    if n > 1:
+                        all_listening(port, n)
                     spreads[n] += spread(port, args.probe_channels)
                     pids = worker_pids(proc.pid) or [proc.pid]
                     before = [cpu_seconds(p) for p in pids]
@@ -125,6 +140,21 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"| {n} | {med:,.0f} | {med / one:.2f} | {eff:,.0f} | {eff / one_eff:.2f} "
             f"| {per} | {cpu} |"
+        )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    str(n): {
+                        "rps": rps[n],
+                        "calls_per_cpu_second": efficiency[n],
+                        "connections_per_worker": dict(spreads[n]),
+                        "cpu_seconds_per_worker": cpu_share[n],
+                    }
+                    for n in counts
+                },
+                indent=2,
+            )
         )
     return 0
 

@@ -1,0 +1,112 @@
+"""The benchmark suite still runs end to end: each command once, as briefly as it allows.
+
+Nothing here is about speed (the suite asserts nothing about time): these check that every
+server the benchmark compares answers and gets measured, that the comparisons are computed
+from the samples taken, and that a server which fails its check makes the run fail."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def bench(module: str, *args: str, timeout: float = 200) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GREETER_")}
+    return subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_run_measures_every_server_and_compares_with_the_peer(tmp_path: Path) -> None:
+    out = tmp_path / "run.json"
+    servers = "bare-aio,sync-pool,greeter-instrumented"
+    done = bench(
+        "run", "--rounds", "1", "--duration", "1", "--warm-up", "0.3",
+        "--servers", servers, "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["failed"] == 0
+    measured = {s["server"]: s for s in report["samples"]}
+    assert sorted(measured) == sorted(servers.split(","))
+    for sample in measured.values():
+        for key in ("unary_rps", "unary_cpu_us", "stream_msgs", "stream_cpu_us"):
+            assert sample[key] > 0, sample
+    rows = {r["server"]: r for r in report["summary"]}
+    assert rows["bare-aio"]["unary_x"] == 1.0
+    assert rows["bare-aio"]["stream_x"] == 1.0
+    ours, sync = measured["greeter-instrumented"], measured["sync-pool"]
+    assert rows["greeter-instrumented"]["unary_x"] == pytest.approx(
+        ours["unary_rps"] / measured["bare-aio"]["unary_rps"]
+    )
+    # the peer comparison is ours against sync-pool in the same round; no grpclib ran
+    (peer,) = report["peers"]
+    assert peer["server"] == "greeter-instrumented"
+    assert peer["unary_x_peer"] == [round(ours["unary_rps"] / sync["unary_rps"], 2)]
+    assert peer["stream_x_peer"] == []
+    assert "| greeter-instrumented |" in done.stdout
+    assert "unary x sync-pool" in done.stdout
+
+
+def test_run_fails_when_a_server_fails_its_check(tmp_path: Path) -> None:
+    # a bearer token the benchmark's client does not send: every call is UNAUTHENTICATED
+    out = tmp_path / "run.json"
+    done = bench(
+        "run", "--rounds", "1", "--duration", "1", "--warm-up", "0.3", "--json", str(out),
+        "--servers", "bare-aio;greeter-plain@GREETER_AUTH_ENABLED=true,GREETER_AUTH_TOKENS=s3cret",
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "greeter-plain@GREETER_AUTH_ENABLED=true,GREETER_AUTH_TOKENS=s3cret: FAILED" in (
+        done.stderr
+    )
+    assert "1 measurement(s) failed" in done.stderr
+    report = json.loads(out.read_text())
+    assert report["failed"] == 1
+    assert [s["server"] for s in report["samples"]] == ["bare-aio"]
+
+
+def test_switches_counts_every_thread_of_the_server() -> None:
+    done = bench("switches", "--stream", "greeter-instrumented")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("greeter-instrumented: ")
+    assert lines[0].endswith(" msg/s")
+    assert "voluntary/msg" in lines[1]
+    # the event loop's thread always works, and keeps the normal policy
+    (loop,) = [line.split() for line in lines if "(loop)" in line]
+    assert loop[2] == "normal", done.stdout
+    assert float(loop[5]) > 0, done.stdout  # µs of CPU per message
+
+
+def test_workers_spreads_connections_over_both_workers(tmp_path: Path) -> None:
+    out = tmp_path / "workers.json"
+    done = bench(
+        "workers", "--workers", "1,2", "--rounds", "1", "--duration", "1",
+        "--probe-channels", "40", "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    one, two = report["1"], report["2"]
+    assert one["rps"][0] > 0
+    assert two["rps"][0] > 0
+    assert sum(two["connections_per_worker"].values()) == 40
+    assert set(two["connections_per_worker"]) == {"0", "1"}, two
+    (cpu,) = two["cpu_seconds_per_worker"]
+    assert len(cpu) == 2, cpu
+    assert min(cpu) > 0, cpu  # the load really reached both
+    assert two["calls_per_cpu_second"][0] > 0
