@@ -82,13 +82,14 @@ def run(
     clients: int,
     streams: int,
     headers: tuple[str, ...] = (),
-    core: int | None = None,
+    core: int | set[int] | None = None,
+    threads: int = 1,
 ) -> H2loadResult:
     """Call ``method`` for ``duration`` seconds over ``clients`` connections with
-    ``streams`` calls in flight on each; h2load runs on ``core`` when given."""
+    ``streams`` calls in flight on each; h2load runs on ``core`` (one, or a set) when given."""
     args = [
         binary(),
-        "-t1",
+        f"-t{threads}",
         f"-c{clients}",
         f"-m{streams}",
         f"-D{round(duration * 1000)}ms",
@@ -102,7 +103,7 @@ def run(
 
     def pin() -> None:
         if core is not None:
-            os.sched_setaffinity(0, {core})
+            os.sched_setaffinity(0, {core} if isinstance(core, int) else core)
 
     proc = subprocess.run(
         args,

@@ -151,7 +151,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def started(spec: ServerSpec, core: int | None) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+def started(
+    spec: ServerSpec, core: int | set[int] | None
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """The server running on ``core`` (one, or a set; its worker processes inherit it)."""
     port, metrics_port = free_port(), free_port()
     fill = {"port": str(port), "metrics_port": str(metrics_port)}
 
@@ -168,7 +171,7 @@ def started(spec: ServerSpec, core: int | None) -> Iterator[tuple[int, subproces
 
     def pin() -> None:
         if core is not None:
-            os.sched_setaffinity(0, {core})
+            os.sched_setaffinity(0, {core} if isinstance(core, int) else core)
 
     proc = subprocess.Popen(
         argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin

@@ -95,9 +95,12 @@ def test_switches_counts_every_thread_of_the_server() -> None:
 
 def test_workers_spreads_connections_over_both_workers(tmp_path: Path) -> None:
     out = tmp_path / "workers.json"
+    cores = sorted(os.sched_getaffinity(0))
+    # the server (both workers) on the first core, h2load on the last, when there are two
+    pinned = [f"--server-cores={cores[0]}", f"--client-cores={cores[-1]}"] if cores[1:] else []
     done = bench(
         "workers", "--workers", "1,2", "--rounds", "1", "--duration", "1",
-        "--probe-channels", "40", "--json", str(out),
+        "--probe-channels", "40", "--json", str(out), *pinned,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
@@ -110,3 +113,18 @@ def test_workers_spreads_connections_over_both_workers(tmp_path: Path) -> None:
     assert len(cpu) == 2, cpu
     assert min(cpu) > 0, cpu  # the load really reached both
     assert two["calls_per_cpu_second"][0] > 0
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--server-cores=x", "not a CPU list (like 0-3,6): 'x'"),
+        ("--client-cores=4096", "cores not available here: [4096]"),
+        ("--server-cores=0-4096", "cores not available here: ["),
+    ],
+)
+def test_workers_refuses_cores_it_cannot_use(flag: str, message: str) -> None:
+    done = bench("workers", flag, timeout=30)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
