@@ -2,16 +2,17 @@
 
 ``python -m bench.run`` (``--quick`` for a smoke run, ``--help`` for the rest).
 
-Every server runs as its own process pinned to core 0, h2load to core 1 (when
-the machine has two cores). Each round starts each server in turn (the order
-rotates between rounds so no server always goes first), checks that it answers
-with grpc-status OK, then measures unary SayHello and server-streaming
-SayHelloStreamReply with h2load, and the server's CPU time per call from
-/proc. Reported: medians over the rounds, and the median of each round's ratio
-to the bare grpc.aio baseline measured in that same round; then, when the
-fastest Python peers ran too, each of our servers against them round by round
-(unary against the sync thread-pool server, streaming against grpclib). Exits 1
-when a server failed its check or a measurement.
+Every server runs as its own process pinned to one core, h2load to another (the
+first and the last this process may use, when it may use two or more). Each
+round starts each server in turn (the order rotates between rounds so no server
+always goes first), checks that it answers with grpc-status OK, then measures
+unary SayHello and server-streaming SayHelloStreamReply with h2load, and the
+server's CPU time per call from /proc. Reported: medians over the rounds, and
+the median of each round's ratio to the bare grpc.aio baseline measured in that
+same round; then, when the fastest Python peers ran too, each of our servers
+against them round by round (unary against the sync thread-pool server,
+streaming against grpclib). Exits 1 when a server failed its check or a
+measurement.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import contextlib
 import json
 import os
 import platform
+import shlex
 import socket
 import statistics
 import subprocess
@@ -123,6 +125,22 @@ DEFAULT_SERVERS = (
 )
 
 
+def server_names(text: str) -> list[str]:
+    """``a,b@X=1,Y=2;c``: names separated by ``;`` or ``,``; a comma-separated piece that
+    is ``KEY=VALUE`` with no ``@`` continues the variant before it."""
+    names: list[str] = []
+    for group in text.split(";"):
+        for piece in group.split(","):
+            piece = piece.strip()
+            if not piece:
+                continue
+            if "@" not in piece and "=" in piece and names and "@" in names[-1]:
+                names[-1] += "," + piece
+            else:
+                names.append(piece)
+    return names
+
+
 def parse_spec(text: str) -> ServerSpec:
     """``name`` or ``name@ENV=VALUE,ENV2=VALUE`` (a variant with extra environment)."""
     name, _, extra = text.partition("@")
@@ -148,6 +166,13 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def pin_cores() -> tuple[int, int] | tuple[None, None]:
+    """The server's core and the client's: the first and the last this process may use
+    (none when it may use only one)."""
+    cores = sorted(os.sched_getaffinity(0))
+    return (cores[0], cores[-1]) if len(cores) > 1 else (None, None)
 
 
 @contextlib.contextmanager
@@ -225,7 +250,7 @@ class Sample:
 
 
 def measure(spec: ServerSpec, rnd: int, args: argparse.Namespace, request: Path) -> Sample:
-    server_core, client_core = (0, 1) if args.pin else (None, None)
+    server_core, client_core = pin_cores() if args.pin else (None, None)
     with started(spec, server_core) as (port, proc):
         common: dict[str, Any] = {"warm_up": args.warm_up, "core": client_core}
         before = cpu_seconds(proc.pid)
@@ -272,8 +297,16 @@ def summarise(samples: list[Sample], order: list[str]) -> list[dict[str, Any]]:
         if not mine:
             continue
         base = {s.round: s for s in samples if s.server == BASELINE}
-        ratios_u = [s.unary_rps / base[s.round].unary_rps for s in mine if s.round in base]
-        ratios_s = [s.stream_msgs / base[s.round].stream_msgs for s in mine if s.round in base]
+        ratios_u = [
+            s.unary_rps / base[s.round].unary_rps
+            for s in mine
+            if s.round in base and base[s.round].unary_rps
+        ]
+        ratios_s = [
+            s.stream_msgs / base[s.round].stream_msgs
+            for s in mine
+            if s.round in base and base[s.round].stream_msgs
+        ]
         # calls per CPU-second relative to the baseline: less sensitive than throughput
         # to other processes taking the server's core away
         paired = [(base[s.round], s) for s in mine if s.round in base]
@@ -319,10 +352,11 @@ def peers(samples: list[Sample], order: list[str]) -> list[dict[str, Any]]:
             mine, u, st = got.get(name), got.get(UNARY_PEER), got.get(STREAM_PEER)
             if mine is None:
                 continue
-            if u is not None:
+            # a zero (no call completed, or CPU time under one clock tick) compares nothing
+            if u is not None and u.unary_rps and mine.unary_cpu_us:
                 unary.append(round(mine.unary_rps / u.unary_rps, 2))
                 unary_cpu.append(round(u.unary_cpu_us / mine.unary_cpu_us, 2))
-            if st is not None:
+            if st is not None and st.stream_msgs and mine.stream_cpu_us:
                 stream.append(round(mine.stream_msgs / st.stream_msgs, 2))
                 stream_cpu.append(round(st.stream_cpu_us / mine.stream_cpu_us, 2))
         if unary or stream:
@@ -410,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--servers",
         default=",".join(DEFAULT_SERVERS),
-        help="comma-separated, or ;-separated when a variant has commas (name@A=1,B=2)",
+        help="comma- or ;-separated names; a variant adds environment: name@A=1,B=2",
     )
     parser.add_argument("--connections", type=int, default=4, help="unary: h2load -c")
     parser.add_argument("--streams", type=int, default=64, help="unary: h2load -m per connection")
@@ -423,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pin and len(os.sched_getaffinity(0)) < 2:
         print("fewer than 2 cores available: not pinning", file=sys.stderr)
         args.pin = False
-    names = [n for n in args.servers.split(";" if ";" in args.servers else ",") if n]
+    names = server_names(args.servers)
     specs = {s.name: s for s in (parse_spec(n) for n in names)}
     if BASELINE not in specs:
         specs = {BASELINE: SERVERS[BASELINE], **specs}
@@ -448,6 +482,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"({sample.unary_cpu_us:.0f} µs CPU), stream {sample.stream_msgs:,.0f} msg/s",
                     file=sys.stderr,
                 )
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "command": shlex.join(["python", "-m", "bench.run", *(argv or sys.argv[1:])]),
+        "samples": [s.__dict__ for s in samples],
+        "failed": failed,
+    }
+    if args.json:  # the samples first: nothing below can lose them
+        args.json.write_text(json.dumps(report, indent=2))
     rows = summarise(samples, order)
     print(table(rows, specs))
     against = peers(samples, order)
@@ -455,19 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(peers_table(against))
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "machine": machine(),
-                    "command": " ".join(["python", "-m", "bench.run", *(argv or sys.argv[1:])]),
-                    "samples": [s.__dict__ for s in samples],
-                    "summary": rows,
-                    "peers": against,
-                    "failed": failed,
-                },
-                indent=2,
-            )
-        )
+        args.json.write_text(json.dumps({**report, "summary": rows, "peers": against}, indent=2))
     if failed:
         print(f"{failed} measurement(s) failed: see above", file=sys.stderr)
     return 1 if failed else 0

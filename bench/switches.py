@@ -4,7 +4,8 @@
 variants ``name@ENV=VALUE`` included; default: the bare baseline on uvloop and
 our server with each thread policy).
 
-Each server runs pinned to core 0, h2load to core 1 (unary: 256 calls in flight;
+Each server runs pinned to one core, h2load to another (as in ``bench.run``;
+unary: 256 calls in flight;
 ``--stream``: 4 SayHelloStreamReply streams of 1000 messages in flight on one
 connection, as ``bench.run`` streams; 1 s warm-up, 4 s measured). Before and
 after, every thread's voluntary and involuntary context switches and CPU time
@@ -15,13 +16,14 @@ docs/performance.md explains why they matter.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 from bench import h2load
-from bench.run import CLK_TCK, STREAM_COUNT, parse_spec, started
+from bench.run import CLK_TCK, STREAM_COUNT, parse_spec, pin_cores, started
 
 DEFAULT = (
     "bare-aio-uvloop",
@@ -61,15 +63,21 @@ def threads(pid: int) -> dict[int, tuple[str, int, int, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(argv if argv is not None else sys.argv[1:])
-    stream = "--stream" in args
-    names = [a for a in args if a != "--stream"] or list(DEFAULT)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.switches", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--stream", action="store_true", help="per streamed message")
+    parser.add_argument("servers", nargs="*", help=f"default: {' '.join(DEFAULT)}")
+    args = parser.parse_args(argv)
+    stream = args.stream
+    names = args.servers or list(DEFAULT)
     unit = "msg" if stream else "call"
+    server_core, client_core = pin_cores()
     with tempfile.TemporaryDirectory(prefix="greeter-bench-") as tmp:
         request = h2load.write_request_file(Path(tmp))
         for name in names:
             spec = parse_spec(name)
-            with started(spec, 0) as (port, proc):
+            with started(spec, server_core) as (port, proc):
                 before = threads(proc.pid)
                 result = h2load.run(
                     port,
@@ -84,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                         if stream
                         else spec.headers
                     ),
-                    core=1,
+                    core=client_core,
                 )
                 after = threads(proc.pid)
                 policies = {tid: policy(tid) for tid in after}

@@ -4,7 +4,7 @@
 [--server-cores 0-3 --client-cores 4-5]``
 
 For each N (interleaved over the rounds) it starts our server with N workers
-(unpinned: the workers get the cores) and
+(unpinned unless ``--server-cores`` says where) and
 
 - opens ``--probe-channels`` separate connections and asks each which worker
   answered (``x-greeter-worker``): the kernel's spread of connections;
@@ -22,6 +22,7 @@ For each N (interleaved over the rounds) it starts our server with N workers
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -52,14 +53,14 @@ def worker_pids(parent: int) -> list[int]:
     return sorted(pids)
 
 
-def spread(port: int, channels: int) -> Counter[str]:
+def spread(port: int, channels: int, timeout: float = 5.0) -> Counter[str]:
     seen: Counter[str] = Counter()
     request = helloworld_pb2.HelloRequest(name="spread")
     for _ in range(channels):
         options = [("grpc.use_local_subchannel_pool", 1)]
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
             _, call = helloworld_pb2_grpc.GreeterStub(channel).SayHello.with_call(
-                request, timeout=5
+                request, timeout=timeout
             )
             seen[dict(call.trailing_metadata() or ()).get("x-greeter-worker", "-")] += 1
     return seen
@@ -68,16 +69,25 @@ def spread(port: int, channels: int) -> Counter[str]:
 def cpu_list(text: str) -> set[int]:
     """``0-3,6`` -> {0, 1, 2, 3, 6}: the taskset/cpuset list syntax, checked against the
     cores this process may use."""
+    allowed = os.sched_getaffinity(0)
     cores: set[int] = set()
-    try:
-        for part in text.split(","):
-            first, _, last = part.partition("-")
-            cores.update(range(int(first), int(last or first) + 1))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a CPU list (like 0-3,6): {text!r}") from None
-    missing = cores - os.sched_getaffinity(0)
-    if not cores or missing:
-        raise argparse.ArgumentTypeError(f"cores not available here: {sorted(missing) or text}")
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not (first.isdigit() and (last.isdigit() if dash else True)):
+            raise argparse.ArgumentTypeError(f"not a CPU list (like 0-3,6): {text!r}")
+        low, high = int(first), int(last) if dash else int(first)
+        if low > high:
+            raise argparse.ArgumentTypeError(f"a range runs low to high (like 0-3): {part!r}")
+        if high > max(allowed):
+            raise argparse.ArgumentTypeError(
+                f"cores not available here: {part!r} (this process may use {sorted(allowed)})"
+            )
+        cores.update(range(low, high + 1))
+    missing = cores - allowed
+    if missing:
+        raise argparse.ArgumentTypeError(
+            f"cores not available here: {sorted(missing)} (this process may use {sorted(allowed)})"
+        )
     return cores
 
 
@@ -87,10 +97,13 @@ def all_listening(port: int, workers: int, timeout: float = 20.0) -> None:
     seen: set[str] = set()
     deadline = time.monotonic() + timeout
     while len(seen) < workers:
-        if time.monotonic() > deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             raise RuntimeError(f"only workers {sorted(seen)} of {workers} answered in {timeout} s")
-        seen.update(spread(port, 1))
+        with contextlib.suppress(grpc.RpcError):  # a worker bound, not serving yet: again
+            seen.update(spread(port, 1, timeout=min(5.0, left)))
         seen.discard("-")
+        time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration = 1, 2.0
+    shared = (args.server_cores or set()) & (args.client_cores or set())
+    if shared:
+        print(f"warning: server and client share cores {sorted(shared)}", file=sys.stderr)
     counts = [int(n) for n in args.workers.split(",")]
     rps: dict[int, list[float]] = {n: [] for n in counts}
     spreads: dict[int, Counter[str]] = {n: Counter() for n in counts}
