@@ -38,6 +38,12 @@ hypothesis.settings.register_profile(
 hypothesis.settings.load_profile("greeter")
 
 
+def outside_env() -> dict[str, str]:
+    """This process's environment without any ``GREETER_*`` setting: what a spawned server
+    or tool starts from, so settings exported in the developer's shell cannot leak in."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("GREETER_")}
+
+
 def require_tool(name: str, hint: str = "") -> str:
     """Path of ``name`` on PATH; skip locally when missing, fail in CI."""
     path = shutil.which(name)
@@ -241,7 +247,7 @@ def spawn_server(tmp_path: Path) -> Iterator[object]:
         args: list[str], env: dict[str, str], preexec: Callable[[], object] | None
     ) -> ServerProcess:
         port, metrics_port = free_port(), free_port()
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("GREETER_")}
+        full_env = outside_env()
         full_env.update(
             {
                 "GREETER_HOST": "127.0.0.1",

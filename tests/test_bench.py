@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, require_tool
+from conftest import ROOT, outside_env, require_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def bench(module: str, *args: str, timeout: float = 200) -> subprocess.CompletedProcess[str]:
     require_tool("h2load", "apt-get install nghttp2-client")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GREETER_")}
+    env = outside_env()
     return subprocess.run(
         [sys.executable, "-m", f"bench.{module}", *args],
         cwd=ROOT,

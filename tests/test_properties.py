@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 from collections.abc import Iterator
 
 import grpc
@@ -15,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import ServerProcess, free_port
+from conftest import ServerProcess, free_port, outside_env
 from greeter import settings as greeter_settings
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
 from greeter.client import TargetError
@@ -177,7 +176,7 @@ def test_parse_status_is_a_status_or_value_error(text: str) -> None:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[helloworld_pb2_grpc.GreeterStub]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GREETER_")}
+    env = outside_env()
     port = free_port()
     env.update(
         {

@@ -5,19 +5,18 @@ warm-up, file descriptors back to baseline once the clients leave)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, outside_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def test_short_soak() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GREETER_")}
+    env = outside_env()
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "soak.py"), "--short", "--json"],
         env=env,
