@@ -29,6 +29,9 @@ from greeter.server import GreeterServer, StartupError, running_server
 from greeter.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+# The tools installed with the test interpreter (.venv/bin: hadolint, ruff...) come first on
+# PATH, so `.venv/bin/python -m pytest` finds them without activating the virtualenv.
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 # Property tests judge results, never speed: no per-example deadline, on any machine.

