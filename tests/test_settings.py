@@ -141,3 +141,47 @@ def test_port_clash_fails_at_startup_instead_of_sharing(spawn_server):
     rc, _, err = second.wait(timeout=20)
     assert rc == 3
     assert "cannot listen" in err
+
+
+def serve_flags(*argv: str, env: dict[str, str] | None = None) -> Settings:
+    """The real ``greeter serve`` parser, then settings.load (environment: ``env`` only).
+    A token is always given, so turning auth on is valid on its own."""
+    from greeter.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--auth-tokens", "t0k3n", *argv])
+    return settings.load({name: getattr(args, name) for name in vars(args)}, env or {})
+
+
+BOOLEANS = sorted(f.name for f in dataclasses.fields(Settings) if isinstance(f.default, bool))
+
+
+@pytest.mark.parametrize("name", BOOLEANS)
+def test_every_boolean_setting_takes_a_bare_switch_a_no_form_and_a_value(name):
+    flag = settings.flag_name(name)
+    default = getattr(settings.load({}, {}), name)
+    assert getattr(serve_flags(flag), name) is True
+    assert getattr(serve_flags("--no-" + flag[2:]), name) is False
+    assert getattr(serve_flags(flag, "false"), name) is False
+    assert getattr(serve_flags(flag, "yes"), name) is True
+    assert getattr(serve_flags(), name) is default
+    # The env variable is unchanged, and a flag still wins over it.
+    assert getattr(serve_flags(env={settings.env_name(name): "false"}), name) is False
+    assert getattr(serve_flags(env={settings.env_name(name): "true"}), name) is True
+    assert getattr(serve_flags(flag, env={settings.env_name(name): "false"}), name) is True
+
+
+def test_a_bare_switch_before_another_flag_keeps_both():
+    s = serve_flags("--auth-enabled", "--auth-tokens", "s3cret", "--access-log", "--port", "6001")
+    assert (s.auth_enabled, s.auth_tokens, s.access_log, s.port) == (True, ("s3cret",), True, 6001)
+
+
+def test_a_switch_and_its_no_form_together_are_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        serve_flags("--reflection", "--no-reflection")
+    assert exc.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_bad_boolean_value_names_the_setting():
+    with pytest.raises(SettingsError, match=r"auth_enabled \(--auth-enabled / GREETER_AUTH_ENABLED\)"):
+        serve_flags("--auth-enabled", "maybe")

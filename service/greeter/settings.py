@@ -378,7 +378,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         elif isinstance(default, tuple):
             default = ",".join(default)
         elif isinstance(default, bool):
-            default = str(default).lower()
+            # A bare switch means true (``--auth-enabled``), ``--no-auth-enabled`` false, and an
+            # explicit value still works (``--auth-enabled false``), like the env variable.
+            text = str(default).lower()
+            group = parser.add_mutually_exclusive_group()
+            group.add_argument(
+                flag_name(f.name),
+                dest=f.name,
+                nargs="?",
+                const="true",
+                default=None,
+                metavar="BOOL",
+                help=f"{f.metadata['help']} [env {env_name(f.name)}, default {text!r}]",
+            )
+            group.add_argument(
+                "--no-" + flag_name(f.name)[2:],
+                dest=f.name,
+                action="store_const",
+                const="false",
+                help=f"same as {flag_name(f.name)} false",
+            )
+            continue
         parser.add_argument(
             flag_name(f.name),
             dest=f.name,
