@@ -89,3 +89,49 @@ def test_health_not_serving_while_draining(spawn_server):
 @pytest.mark.parametrize("command", ["serve", "call", "health"])
 def test_help_works(command):
     assert greeter(command, "--help").returncode == 0
+
+
+# ghz users type `--insecure` for plaintext; greeter keeps grpcurl's meaning (TLS, unverified),
+# takes ghz's --skipTLS as its alias and --plaintext for no TLS, and explains the mix-up.
+PLAINTEXT_MIXUPS = [
+    ("call", "--insecure"),
+    ("call", "--skipTLS"),
+    ("call", "--tls"),
+    ("health", "--insecure"),
+    ("health", "--tls"),
+    ("load", "--insecure"),
+    ("load", "--skipTLS"),
+    ("load", "--tls"),
+]
+
+
+@pytest.mark.parametrize(("command", "flag"), PLAINTEXT_MIXUPS)
+def test_a_tls_flag_against_a_plaintext_server_says_which_flag_to_drop(spawn_server, command, flag):
+    proc = spawn_server()
+    extra = ["-n", "20", "--connect-timeout", "5"] if command == "load" else []
+    extra += ["--connect-timeout", "5"] if command == "health" else []
+    result = greeter(command, flag, *extra, proc.address)
+    assert result.returncode == {"call": 1, "health": 2, "load": 3}[command], result
+    assert "the server speaks plaintext gRPC, not TLS" in result.stderr, result.stderr
+    dropped = "--tls" if flag == "--tls" else "--insecure/--skipTLS"
+    assert f"drop {dropped} (or pass --plaintext)" in result.stderr
+    assert "WRONG_VERSION_NUMBER" not in result.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("command", ["call", "health", "load"])
+def test_plaintext_is_an_explicit_no_tls_flag(spawn_server, command):
+    proc = spawn_server(env={"GREETER_CLUSTER_NAME": "east"})
+    extra = ["-n", "20"] if command == "load" else []
+    result = greeter(command, "--plaintext", *extra, proc.address)
+    assert result.returncode == 0, result.stderr
+    refused = greeter(command, "--plaintext", "--skipTLS", *extra, proc.address)
+    assert refused.returncode == {"call": 2, "health": 1, "load": 2}[command]
+    assert "--plaintext and --insecure/--skipTLS contradict each other" in refused.stderr
+
+
+def test_skiptls_is_insecure_against_a_tls_server(spawn_server, tmp_path):
+    pair = make_leaf(tmp_path, "tls", ["grpc.example.com"])
+    proc = spawn_server(env={"GREETER_TLS_CERT": str(pair.cert), "GREETER_TLS_KEY": str(pair.key)})
+    result = greeter("load", "--skipTLS", "-n", "20", proc.address, "-O", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["count"] == 20

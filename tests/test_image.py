@@ -172,6 +172,8 @@ def test_image_serves_and_drains(image: tuple[str, dict[str, str]]) -> None:
         assert "SERVING" in health.stdout + health.stderr
         # The container runtime's seccomp profile lets grpc's threads be made SCHED_BATCH.
         assert '"thread_policy":"batch"' in logs, logs
+        # The image ships the loop the benchmarks measured (uvloop, a regular dependency).
+        assert '"event_loop":"uvloop"' in logs, logs
 
         with grpc.insecure_channel(address) as channel:
             stub = helloworld_pb2_grpc.GreeterStub(channel)

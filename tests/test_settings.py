@@ -183,5 +183,30 @@ def test_a_switch_and_its_no_form_together_are_refused(capsys):
 
 
 def test_a_bad_boolean_value_names_the_setting():
-    with pytest.raises(SettingsError, match=r"auth_enabled \(--auth-enabled / GREETER_AUTH_ENABLED\)"):
+    named = r"auth_enabled \(--auth-enabled / GREETER_AUTH_ENABLED\)"
+    with pytest.raises(SettingsError, match=named):
         serve_flags("--auth-enabled", "maybe")
+
+
+def test_the_default_install_carries_uvloop_and_serves_on_it(spawn_server):
+    # uvloop is a regular dependency (not only an extra), so `pip install .` and the image
+    # run the loop docs/performance.md measured; the serving line says which loop runs.
+    from importlib.metadata import requires
+
+    from conftest import serving_line
+
+    plain = [r for r in requires("greeter") or [] if "extra ==" not in r]
+    assert any(r.startswith("uvloop") for r in plain), plain
+    server = spawn_server()
+    code, _, err = server.stop()
+    assert code == 0
+    assert serving_line(err)["event_loop"] == "uvloop"
+
+
+def test_event_loop_asyncio_is_honoured_and_logged(spawn_server):
+    from conftest import serving_line
+
+    server = spawn_server(env={"GREETER_EVENT_LOOP": "asyncio"})
+    code, _, err = server.stop()
+    assert code == 0
+    assert serving_line(err)["event_loop"] == "asyncio"

@@ -22,7 +22,14 @@ from typing import Any, NoReturn
 import grpc
 
 from greeter import __version__, logs, settings
-from greeter.client import Target, TargetError, add_target_arguments, identity_of, target_from_args
+from greeter.client import (
+    Target,
+    TargetError,
+    add_target_arguments,
+    identity_of,
+    plaintext_hint,
+    target_from_args,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +158,11 @@ def cmd_call(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(_call(target, args.method, args.name, args.timeout))
     except grpc.aio.AioRpcError as exc:
-        print(f"greeter call: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        hint = plaintext_hint(target) if exc.code() == grpc.StatusCode.UNAVAILABLE else None
+        if hint:
+            print(f"greeter call: cannot connect to {target.address}: {hint}", file=sys.stderr)
+        else:
+            print(f"greeter call: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
     except (OSError, ssl_errors()) as exc:
         print(f"greeter call: cannot connect to {target.address}: {exc}", file=sys.stderr)
@@ -187,8 +198,10 @@ async def _health(target: Target, service: str, timeout: float, connect_timeout:
         try:
             await asyncio.wait_for(channel.channel_ready(), connect_timeout)
         except TimeoutError:
+            hint = await asyncio.to_thread(plaintext_hint, target)
             print(
-                f"error: cannot connect to {target.address} within {connect_timeout}s",
+                f"error: cannot connect to {target.address} within {connect_timeout}s"
+                + (f": {hint}" if hint else ""),
                 file=sys.stderr,
             )
             return HEALTH_CONNECT

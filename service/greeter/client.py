@@ -1,7 +1,12 @@
 """Client channels as gateways need them: plaintext or TLS, a custom CA,
 skipped verification (``--insecure``), an authority override for addressing a
 gateway by IP, client certificates for mTLS, and ``dns:///`` targets with a
-load-balancing policy. Shared by ``greeter call``, ``health`` and ``load``."""
+load-balancing policy. Shared by ``greeter call``, ``health`` and ``load``.
+
+``--insecure`` keeps grpcurl's meaning (TLS, server not verified), ``--skipTLS`` is
+ghz's name for the same thing, and ``--plaintext`` asks for no TLS explicitly. When a
+TLS flag meets a server that speaks plaintext, :func:`plaintext_hint` says so and names
+the flag to drop instead of passing on the TLS library's record-layer error."""
 
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ class TargetError(ValueError):
 class Target:
     address: str
     tls: bool = False
+    plaintext: bool = False
     cacert: str = ""
     insecure: bool = False
     authority: str = ""
@@ -45,9 +51,17 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("address", help="host:port, [v6]:port or dns:///host:port")
     g = parser.add_argument_group("connection")
     g.add_argument("--tls", action="store_true", help="use TLS (implied by the flags below)")
+    g.add_argument(
+        "--plaintext", action="store_true", help="no TLS (the default without TLS flags)"
+    )
     g.add_argument("--cacert", default="", help="PEM CA bundle to verify the server with")
     g.add_argument(
-        "--insecure", action="store_true", help="TLS without verifying the server (like grpcurl)"
+        "--insecure",
+        "--skipTLS",
+        dest="insecure",
+        action="store_true",
+        help="TLS without verifying the server (grpcurl's -insecure; ghz's --skipTLS). "
+        "For no TLS at all use --plaintext",
     )
     g.add_argument(
         "--authority",
@@ -100,6 +114,7 @@ def target_from_args(args: argparse.Namespace) -> Target:
     target = Target(
         address=args.address,
         tls=args.tls,
+        plaintext=args.plaintext,
         cacert=args.cacert,
         insecure=args.insecure,
         authority=args.authority,
@@ -119,6 +134,11 @@ def validate(target: Target) -> None:
         raise TargetError("--cert and --key go together")
     if target.insecure and target.cacert:
         raise TargetError("--insecure and --cacert contradict each other")
+    if target.plaintext and target.secure:
+        raise TargetError(
+            f"--plaintext and {' '.join(tls_flags(target))} contradict each other "
+            "(--plaintext means no TLS)"
+        )
     for name in ("cacert", "cert", "key"):
         path = getattr(target, name)
         if path and not Path(path).is_file():
@@ -140,6 +160,48 @@ def split_host_port(address: str) -> tuple[str, str]:
         return host, tail.lstrip(":")
     host, _, port = rest.rpartition(":")
     return host, port
+
+
+def tls_flags(target: Target) -> list[str]:
+    """The flags that made ``target`` use TLS, as the user typed them."""
+    given = [
+        ("--tls", target.tls),
+        ("--insecure/--skipTLS", target.insecure),
+        ("--cacert", bool(target.cacert)),
+        ("--cert/--key", bool(target.cert)),
+    ]
+    return [flag for flag, on in given if on]
+
+
+def speaks_plaintext_h2(address: str, timeout: float = 2.0) -> bool:
+    """True when the server at ``address`` answers an HTTP/2 cleartext preface with a
+    SETTINGS frame: a plaintext gRPC port, not a TLS one."""
+    host, port = split_host_port(address)
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            sock.sendall(preface)
+            head = b""
+            while len(head) < 9:
+                chunk = sock.recv(9 - len(head))
+                if not chunk:
+                    return False
+                head += chunk
+    except (OSError, ValueError):
+        return False
+    return head[3] == 0x04  # frame type SETTINGS
+
+
+def plaintext_hint(target: Target, timeout: float = 2.0) -> str | None:
+    """When TLS was asked for but the server speaks plaintext: what to do instead."""
+    if not target.secure or not speaks_plaintext_h2(target.address, timeout):
+        return None
+    flags = " ".join(tls_flags(target))
+    return (
+        f"the server speaks plaintext gRPC, not TLS: drop {flags} (or pass --plaintext). "
+        "In greeter, as in grpcurl, --insecure means TLS without verification; "
+        "ghz's --insecure (no TLS) is greeter's --plaintext"
+    )
 
 
 def _fetch_server_certificate(target: Target, timeout: float) -> bytes:
@@ -219,7 +281,10 @@ def credentials(
     extra: list[tuple[str, object]] = []
     roots: bytes | None
     if target.insecure:
-        roots = _fetch_server_certificate(target, connect_timeout)
+        try:
+            roots = _fetch_server_certificate(target, connect_timeout)
+        except ssl.SSLError as exc:
+            raise ConnectionError(plaintext_hint(target) or str(exc)) from None
         name = _certificate_name(roots)
         if name:
             extra.append(("grpc.ssl_target_name_override", name))

@@ -214,6 +214,7 @@ class GreeterServer:
                 "identity": s.identity,
                 "listeners": len(self._servers),
                 "thread_policy": thread_policy,
+                "event_loop": loop_name(asyncio.get_running_loop()),
                 "pid": os.getpid(),
                 "worker": self.worker,
                 "took_s": round(time.perf_counter() - began, 3),
@@ -363,6 +364,11 @@ async def serve(settings: Settings, *, worker: int | None = None) -> int:
     await server.wait_stop_requested()
     await server.drain()
     return 0
+
+
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """``uvloop`` or ``asyncio``: the module of the loop that really runs, for the log."""
+    return type(loop).__module__.split(".")[0]
 
 
 def run(settings: Settings, *, worker: int | None = None) -> int:

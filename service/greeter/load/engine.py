@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from greeter.client import TargetError, channel_options, credentials
+from greeter.client import TargetError, channel_options, credentials, plaintext_hint
 from greeter.load import h2engine
 from greeter.load.config import CALLS, LoadConfig
 from greeter.load.histogram import Histogram
@@ -316,7 +316,8 @@ async def connected(config: LoadConfig, first: int = 0) -> AsyncIterator[list[An
                 target, config.connections, config.connect_timeout
             )
         except OSError as exc:
-            raise ConnectError(f"cannot connect to {target.address}: {exc}") from None
+            hint = await asyncio.to_thread(plaintext_hint, target)
+            raise ConnectError(f"cannot connect to {target.address}: {hint or exc}") from None
         try:
             yield h2channels
         finally:
@@ -361,7 +362,8 @@ async def _why_not_ready(channel: grpc.aio.Channel, config: LoadConfig) -> str:
     except grpc.aio.AioRpcError as exc:
         if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             reason = f"{reason}; {exc.details()}"
-    return f"cannot connect to {address}: {reason}"
+    hint = await asyncio.to_thread(plaintext_hint, config.target)
+    return f"cannot connect to {address}: {hint or reason}"
 
 
 class Run:
