@@ -175,11 +175,55 @@ def pin_cores() -> tuple[int, int] | tuple[None, None]:
     return (cores[0], cores[-1]) if len(cores) > 1 else (None, None)
 
 
+PORT_ATTEMPTS = 3
+STDERR_TAIL = 2000
+
+
+class ServerExited(RuntimeError):
+    """A benchmark server exited before or while it was checked: its code and stderr tail."""
+
+    def __init__(self, name: str, code: int, tail: str) -> None:
+        self.port_clash = "address already in use" in tail.lower()
+        super().__init__(f"{name} exited with {code}; its stderr ends:\n{tail or '(nothing)'}")
+
+
+def stderr_tail(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return ""
+    return data[-STDERR_TAIL:].decode(errors="replace").strip()
+
+
 @contextlib.contextmanager
 def started(
     spec: ServerSpec, core: int | set[int] | None
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    """The server running on ``core`` (one, or a set; its worker processes inherit it)."""
+    """The server running on ``core`` (one, or a set; its worker processes inherit it).
+
+    Ports are picked free, then bound by the child: another process can take one in between
+    (a busy CI machine runs other tests' servers). A child that exits at start-up because its
+    address is in use is started again on fresh ports; any other exit is reported with its
+    exit code and the tail of its stderr."""
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as scratch:
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            log = Path(scratch) / f"stderr-{attempt}.log"
+            serving = False
+            try:
+                with _started_once(spec, core, log) as running:
+                    serving = True
+                    yield running
+                return
+            except ServerExited as exc:
+                if serving or not exc.port_clash or attempt == PORT_ATTEMPTS:
+                    raise
+                print(f"{spec.name}: port taken at start-up, retrying", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _started_once(
+    spec: ServerSpec, core: int | set[int] | None, log: Path
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     port, metrics_port = free_port(), free_port()
     fill = {"port": str(port), "metrics_port": str(metrics_port)}
 
@@ -198,12 +242,15 @@ def started(
         if core is not None:
             os.sched_setaffinity(0, {core} if isinstance(core, int) else core)
 
-    proc = subprocess.Popen(
-        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin
-    )
+    with log.open("wb") as errors:
+        proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.DEVNULL, stderr=errors, preexec_fn=pin
+        )
     try:
-        check_server(port, spec, proc)
+        check_server(port, spec, proc, log)
         yield port, proc
+        if proc.poll() is not None:  # it died during the measurement
+            raise ServerExited(spec.name, proc.returncode, stderr_tail(log))
     finally:
         proc.terminate()
         try:
@@ -213,7 +260,7 @@ def started(
             proc.wait()
 
 
-def check_server(port: int, spec: ServerSpec, proc: subprocess.Popen[bytes]) -> None:
+def check_server(port: int, spec: ServerSpec, proc: subprocess.Popen[bytes], log: Path) -> None:
     """Wait until the server answers, then check both methods end with grpc-status OK."""
     metadata = [tuple(h.split(": ", 1)) for h in spec.headers]
     deadline = time.monotonic() + 20
@@ -222,12 +269,15 @@ def check_server(port: int, spec: ServerSpec, proc: subprocess.Popen[bytes]) -> 
         request = helloworld_pb2.HelloRequest(name="world")
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"{spec.name} exited with {proc.returncode}")
+                raise ServerExited(spec.name, proc.returncode, stderr_tail(log))
             try:
                 reply, call = stub.SayHello.with_call(request, timeout=2, metadata=metadata)
                 break
             except grpc.RpcError as exc:
-                if time.monotonic() > deadline or exc.code() != grpc.StatusCode.UNAVAILABLE:
+                if proc.poll() is not None:  # whoever answered, it was not our server
+                    raise ServerExited(spec.name, proc.returncode, stderr_tail(log)) from None
+                waiting = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                if time.monotonic() > deadline or exc.code() not in waiting:
                     raise
                 time.sleep(0.1)
         if call.code() != grpc.StatusCode.OK or not reply.message:

@@ -82,6 +82,50 @@ def test_run_fails_when_a_server_fails_its_check(tmp_path: Path) -> None:
     assert [s["server"] for s in report["samples"]] == ["bare-aio"]
 
 
+def test_a_server_that_exits_reports_its_code_and_stderr(tmp_path: Path) -> None:
+    # An impossible setting: greeter exits 2 at start-up, and the reason must reach the user.
+    done = bench(
+        "run", "--rounds", "1", "--duration", "1", "--warm-up", "0.3",
+        "--servers", "greeter-plain@GREETER_DRAIN_DELAY=-1",
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "greeter-plain@GREETER_DRAIN_DELAY=-1: FAILED: greeter-plain" in done.stderr
+    assert "exited with 2; its stderr ends:" in done.stderr
+    assert "drain_delay" in done.stderr
+
+
+def test_a_port_taken_between_pick_and_bind_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The race a busy machine has: the port picked free is taken before the server binds it.
+    # The first pick is a port this test holds; the server exits "address in use", and the
+    # benchmark starts it again on fresh ports instead of failing the run.
+    import socket
+
+    import grpc
+
+    from bench import run
+    from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
+
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    held = holder.getsockname()[1]
+    picks = iter([held])
+    real = run.free_port
+    monkeypatch.setattr(run, "free_port", lambda: next(picks, None) or real())
+    monkeypatch.setattr(os, "environ", outside_env())
+    try:
+        with run.started(run.SERVERS["greeter-plain"], None) as (port, proc):
+            assert port != held
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                reply = helloworld_pb2_grpc.GreeterStub(channel).SayHello(
+                    helloworld_pb2.HelloRequest(name="again"), timeout=10
+                )
+            assert reply.message == "Hello, again!"
+            assert proc.poll() is None
+    finally:
+        holder.close()
+
+
 def test_switches_reports_the_loop_thread_per_message() -> None:
     done = bench("switches", "--stream", "greeter-instrumented")
     assert done.returncode == 0, done.stderr

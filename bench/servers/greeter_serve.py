@@ -32,7 +32,11 @@ def add_experimental_options() -> None:
 
 def main() -> int:
     add_experimental_options()
-    config = settings.load({})
+    try:
+        config = settings.load({})
+    except settings.SettingsError as exc:  # as `greeter serve` reports it: exit 2, no traceback
+        print(f"bad setting: {exc}", file=sys.stderr)
+        return 2
     logs.configure(config.log_level, config.log_format)
     if config.workers > 1:
         from greeter.workers import run as run_workers
