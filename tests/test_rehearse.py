@@ -23,8 +23,10 @@ from greeter._proto.grpc.reflection.v1 import reflection_pb2 as v1_pb2
 from greeter._proto.grpc.reflection.v1 import reflection_pb2_grpc as v1_grpc
 from greeter.client import Target, identity_of, open_channel
 from greeter.rehearse import scenarios
+from greeter.rehearse.cli import report_lines
 from greeter.rehearse.fleet import CANARY_POD, Rehearsal, RehearsalConfig
 from greeter.rehearse.nginx import HOST, Gateway, render
+from greeter.rehearse.traffic import Outcome, TrafficReport
 from tests.conftest import ROOT, require_tool
 
 TOKEN = "rehearsal-token"
@@ -232,3 +234,22 @@ async def test_cluster_outage_is_bounded(tmp_path: Path) -> None:
         assert s["last_failure_sent_after_kill_s"] <= scenarios.OUTAGE_MAX_WINDOW_S, s
     # The surviving cluster carried the traffic after the kill.
     assert s["by_cluster"]["cluster-a"] > s["by_cluster"].get("cluster-b", 0)
+
+
+def test_outage_report_says_no_failed_calls_when_none_failed() -> None:
+    """The human report of an outage without, then with, failed calls (no "Nones")."""
+    ok = [Outcome(0.1 * i, "OK", sent=0.1 * i - 0.01, cluster="cluster-a") for i in range(1, 40)]
+    for outcomes, failed in ((ok, 0), ([*ok, Outcome(2.05, "UNAVAILABLE", sent=2.02)], 1)):
+        report = TrafficReport(outcomes=sorted(outcomes, key=lambda o: o.at), duration=4.0)
+        summary = scenarios.ScenarioResult(
+            "cluster-outage", scenarios.outage_summary(report, 2.0, 2.01, []), []
+        ).summary()
+        text = "\n".join(report_lines(summary))
+        assert summary["failed"] == failed
+        assert "None" not in text, text
+        if failed:
+            assert "no failed calls" not in text
+            assert "failures from 2.05s" in text, text
+            assert "last failed call sent 0.02s after the kill" in text, text
+        else:
+            assert "  no failed calls (kill at 2.0s)" in text.splitlines(), text

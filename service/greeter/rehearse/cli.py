@@ -80,27 +80,34 @@ def print_banner(r: Rehearsal) -> None:
     print("Ctrl-C stops everything.", flush=True)
 
 
+def report_lines(summary: dict[str, Any]) -> list[str]:
+    """A scenario's summary for people (``--json`` prints the summary itself)."""
+    lines = [
+        f"{summary['scenario']}: {summary['count']} calls in {summary['duration_s']}s "
+        f"({summary['rps']}/s), failed {summary['failed']}",
+        f"  status codes: {summary['status_codes']}",
+        f"  by cluster:   {summary['by_cluster']}",
+        f"  by pod:       {summary['by_pod']}",
+    ]
+    lines += [f"  {event}" for event in summary["events"]]
+    if "kill_at_s" in summary:  # the outage: when its failures happened, if any
+        if summary["failed"]:
+            lines.append(
+                f"  failures from {summary['first_failure_s']}s, window "
+                f"{summary['failure_window_s']}s (kill at {summary['kill_at_s']}s); last failed "
+                f"call sent {summary['last_failure_sent_after_kill_s']}s after the kill"
+            )
+        else:
+            lines.append(f"  no failed calls (kill at {summary['kill_at_s']}s)")
+    lines += [f"  failed: {sample}" for sample in summary.get("failure_samples", [])]
+    return lines
+
+
 def print_report(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    print(
-        f"{summary['scenario']}: {summary['count']} calls in {summary['duration_s']}s "
-        f"({summary['rps']}/s), failed {summary['failed']}"
-    )
-    print(f"  status codes: {summary['status_codes']}")
-    print(f"  by cluster:   {summary['by_cluster']}")
-    print(f"  by pod:       {summary['by_pod']}")
-    for event in summary["events"]:
-        print(f"  {event}")
-    if "failure_window_s" in summary:
-        print(
-            f"  failures from {summary['first_failure_s']}s, window "
-            f"{summary['failure_window_s']}s (kill at {summary['kill_at_s']}s); last failed "
-            f"call sent {summary.get('last_failure_sent_after_kill_s')}s after the kill"
-        )
-    for sample in summary.get("failure_samples", []):
-        print(f"  failed: {sample}")
+    print("\n".join(report_lines(summary)))
 
 
 async def _main(args: argparse.Namespace, config: RehearsalConfig) -> int:

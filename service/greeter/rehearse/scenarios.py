@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from greeter.rehearse.fleet import Rehearsal
-from greeter.rehearse.traffic import LoadRun, Traffic, load_summary
+from greeter.rehearse.traffic import LoadRun, Traffic, TrafficReport, load_summary
 
 logger = logging.getLogger(__name__)
 
@@ -195,10 +195,19 @@ async def cluster_outage(
     report = await runner
     await rehearsal.revive(victims)
     timeline.mark("revived", cluster=name)
+    summary = outage_summary(
+        report, kill_at - traffic.started, dead_at - traffic.started, survivors
+    )
+    return ScenarioResult("cluster-outage", summary, timeline.events)
+
+
+def outage_summary(
+    report: TrafficReport, kill_s: float, dead_s: float, survivors: list[str]
+) -> dict[str, Any]:
+    """The probe's summary with what the outage did: ``kill_s`` is when the SIGKILL went out,
+    ``dead_s`` when the victims had exited (both since the traffic started)."""
     summary = report.summary()
     failed = report.failures
-    kill_s = kill_at - traffic.started
-    dead_s = dead_at - traffic.started
     summary["kill_at_s"] = round(kill_s, 3)
     summary["dead_at_s"] = round(dead_s, 3)  # the victims had exited (reaped) by then...
     summary["survivors"] = survivors  # ...except these, if SIGKILL did not end them
@@ -211,4 +220,4 @@ async def cluster_outage(
     summary["ok_sent_after_dead"] = sum(
         1 for o in report.outcomes if o.code == "OK" and o.sent > dead_s
     )
-    return ScenarioResult("cluster-outage", summary, timeline.events)
+    return summary

@@ -271,8 +271,9 @@ def load_summary(report: dict[str, Any]) -> dict[str, Any]:
 
     return {
         "count": count,
-        "duration_s": report.get("duration_s", report.get("duration")),
-        "rps": report.get("rps"),
+        # Rounded as the probe's summary is (greeter load reports microseconds).
+        "duration_s": round(float(report.get("duration_s") or 0.0), 2),
+        "rps": round(float(report.get("rps") or 0.0), 1),
         "failed": count - int(codes.get("OK", 0)),
         "status_codes": codes,
         "by_cluster": counts(report.get("by_cluster", {})),
