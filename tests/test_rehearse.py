@@ -1,7 +1,8 @@
 """``greeter rehearse``: real nginx in front of real ``greeter serve`` processes, on 127.0.0.1.
 
 Each test starts its own rehearsal (two clusters of two backends, a canary, nginx with TLS
-for grpc.example.com) and talks to it only through the gateway, with real gRPC clients.
+for grpc.example.com) and talks to it only through the gateway, with real gRPC clients. The
+backend-TLS tests run the same fleet with TLS from nginx to the backends (``--backend-tls``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2 as v1alpha_pb2
 from grpc_reflection.v1alpha import reflection_pb2_grpc as v1alpha_grpc
 
+from greeter import certs
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
 from greeter._proto.grpc.reflection.v1 import reflection_pb2 as v1_pb2
 from greeter._proto.grpc.reflection.v1 import reflection_pb2_grpc as v1_grpc
@@ -25,7 +27,14 @@ from greeter.client import Target, identity_of, open_channel
 from greeter.rehearse import scenarios
 from greeter.rehearse.cli import report_lines
 from greeter.rehearse.fleet import CANARY_POD, Rehearsal, RehearsalConfig
-from greeter.rehearse.nginx import HOST, Gateway, render
+from greeter.rehearse.nginx import (
+    BACKEND_HOST,
+    CANARY_BACKEND_HOST,
+    HOST,
+    BackendTLS,
+    Gateway,
+    render,
+)
 from greeter.rehearse.traffic import Outcome, TrafficReport
 from tests.conftest import ROOT, require_tool
 
@@ -49,6 +58,30 @@ async def rehearsal(tmp_path: Path) -> AsyncIterator[Rehearsal]:
     require_tool("nginx", "apt-get install -y nginx-light")
     async with Rehearsal(_config(tmp_path, auth_tokens=(TOKEN,))) as r:
         yield r
+
+
+@pytest.fixture
+async def tls_rehearsal(tmp_path: Path) -> AsyncIterator[Rehearsal]:
+    """The same fleet with TLS from nginx to the backends (``greeter rehearse --backend-tls``)."""
+    require_tool("nginx", "apt-get install -y nginx-light")
+    async with Rehearsal(_config(tmp_path, backend_tls=True)) as r:
+        yield r
+
+
+async def _list_services(target: Target) -> None:
+    """What `grpcurl -insecure -authority grpc.example.com ADDR list` does, in v1alpha and v1."""
+    async with open_channel(target) as channel:
+        for stub, request in (
+            (v1alpha_grpc.ServerReflectionStub(channel), v1alpha_pb2.ServerReflectionRequest),
+            (v1_grpc.ServerReflectionStub(channel), v1_pb2.ServerReflectionRequest),
+        ):
+            names = set()
+            async for reply in stub.ServerReflectionInfo(
+                iter([request(list_services="")]), timeout=10
+            ):
+                names |= {s.name for s in reply.list_services_response.service}
+            assert GREETER in names
+            assert "grpc.health.v1.Health" in names
 
 
 async def _hello(target: Target, name: str = "rehearsal") -> dict[str, str]:
@@ -79,6 +112,38 @@ def test_config_has_the_drain_and_canary_pieces(tmp_path: Path) -> None:
     assert "keepalive_requests 10000000;" in conf
     assert "max_fails=1 fail_timeout=2s" in conf
     assert "grpc_read_timeout 3600s;" in conf
+    # Cleartext HTTP/2 to the backends unless backend TLS is on.
+    assert "grpc_pass grpc://$greeter_upstream;" in conf
+    assert "grpcs://" not in conf
+    assert "grpc_ssl" not in conf
+
+
+def test_backend_tls_config_verifies_each_service_by_its_name(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    gateway = Gateway(
+        port=8443,
+        fleet=["unix:/a.sock"],
+        canary=["unix:/c.sock"],
+        cert=Path("c"),
+        key=Path("k"),
+        backend_tls=BackendTLS(ca),
+    )
+    conf = render(gateway, tmp_path)
+    assert "grpc_pass grpcs://$greeter_upstream;" in conf
+    assert "grpc_pass grpcs://fleet;" in conf
+    assert "grpc_pass grpc://" not in conf
+    for line in (
+        "grpc_ssl_verify on;",
+        f"grpc_ssl_trusted_certificate {ca};",
+        "grpc_ssl_server_name on;",
+        f"grpc_ssl_name {BACKEND_HOST};",  # location / goes to the fleet only
+        "grpc_ssl_name $greeter_backend_name;",  # the canary rule's location
+        f'"true" {CANARY_BACKEND_HOST};',
+        f"default {BACKEND_HOST};",
+        "grpc_ssl_protocols TLSv1.2 TLSv1.3;",
+        "grpc_ssl_session_reuse on;",
+    ):
+        assert line in conf, line
 
 
 def test_missing_nginx_says_how_to_install(tmp_path: Path) -> None:
@@ -96,19 +161,7 @@ def test_missing_nginx_says_how_to_install(tmp_path: Path) -> None:
 
 # -- through the gateway ----------------------------------------------------------------------
 async def test_reflection_lists_services_through_the_gateway(rehearsal: Rehearsal) -> None:
-    """What `grpcurl -insecure -authority grpc.example.com ADDR list` does, in v1alpha and v1."""
-    async with open_channel(rehearsal.target()) as channel:
-        for stub, request in (
-            (v1alpha_grpc.ServerReflectionStub(channel), v1alpha_pb2.ServerReflectionRequest),
-            (v1_grpc.ServerReflectionStub(channel), v1_pb2.ServerReflectionRequest),
-        ):
-            names = set()
-            async for reply in stub.ServerReflectionInfo(
-                iter([request(list_services="")]), timeout=10
-            ):
-                names |= {s.name for s in reply.list_services_response.service}
-            assert GREETER in names
-            assert "grpc.health.v1.Health" in names
+    await _list_services(rehearsal.target())
 
 
 async def test_calls_health_and_auth_through_the_gateway(rehearsal: Rehearsal) -> None:
@@ -192,11 +245,55 @@ def test_greeter_load_through_the_gateway_sees_both_clusters(rehearsal: Rehearsa
         assert report["by_cluster"][cluster]["count"] >= 100  # round robin over 4 backends
 
 
+# -- TLS from the gateway to the backends -----------------------------------------------------
+async def test_backend_tls_through_the_gateway(tls_rehearsal: Rehearsal) -> None:
+    r = tls_rehearsal
+    conf = (r.workdir / "nginx" / "nginx.conf").read_text()
+    assert "grpc_pass grpcs://$greeter_upstream;" in conf
+    assert "grpc_ssl_verify on;" in conf
+    assert f"grpc_ssl_trusted_certificate {r.fleet_ca};" in conf
+    # The backends really serve TLS only: a cleartext call straight to one fails.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _hello(Target(address=r.backends[0].address))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    # Through the gateway: both clusters answer (round robin over four backends), reflection
+    # and health too; the canary, another Service with its own certificate, takes marked calls.
+    seen = [await _hello(r.target()) for _ in range(8)]
+    assert {m["x-greeter-cluster"] for m in seen} == set(r.config.clusters)
+    assert CANARY_POD not in {m["x-greeter-pod"] for m in seen}
+    await _list_services(r.target())
+    async with open_channel(r.target()) as channel:
+        health = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert (await _hello(r.target(canary=True)))["x-greeter-pod"] == CANARY_POD
+
+    # The canary restarted with a certificate for the right name from another CA: nginx
+    # refuses it (no other canary backend, so the call fails: 502, UNAVAILABLE).
+    canary = r.canary[0]
+    rogue_ca = certs.make_ca(r.workdir / "rogue", "not the fleet CA")
+    folder = r.fleet_ca.parent  # overwrite the canary's certificate in place
+    certs.make_leaf(folder, "grpc-service-canary", [CANARY_BACKEND_HOST], ca=rogue_ca)
+    canary.ca = rogue_ca.cert  # its readiness check trusts the rogue CA
+    await r.restart(canary)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _hello(r.target(canary=True))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert r.nginx is not None
+    assert "upstream SSL certificate verify error" in r.nginx.error_log(tail=200)
+    # The canary was up (its readiness check, against the rogue CA, passed) and the fleet
+    # keeps answering: only the unverifiable backend is refused.
+    assert (await _hello(r.target()))["x-greeter-cluster"] in r.config.clusters
+
+
 # -- disruptions under load ------------------------------------------------------------------
-async def test_rolling_drain_under_load_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend_tls", [False, True], ids=["h2c", "backend-tls"])
+async def test_rolling_drain_under_load_loses_nothing(tmp_path: Path, backend_tls: bool) -> None:
     require_tool("nginx", "apt-get install -y nginx-light")
     rate = 200.0
-    async with Rehearsal(_config(tmp_path)) as r:
+    async with Rehearsal(_config(tmp_path, backend_tls=backend_tls)) as r:
         result = await scenarios.rolling_drain(r, rps=rate)
         summary = result.summary()
         assert all(b.restarts == 1 for b in r.backends)
@@ -212,10 +309,11 @@ async def test_rolling_drain_under_load_loses_nothing(tmp_path: Path) -> None:
     assert set(summary["by_cluster"]) == set(r.config.clusters)
 
 
-async def test_cluster_outage_is_bounded(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend_tls", [False, True], ids=["h2c", "backend-tls"])
+async def test_cluster_outage_is_bounded(tmp_path: Path, backend_tls: bool) -> None:
     require_tool("nginx", "apt-get install -y nginx-light")
     rate, after = 200.0, 4.0
-    async with Rehearsal(_config(tmp_path)) as r:
+    async with Rehearsal(_config(tmp_path, backend_tls=backend_tls)) as r:
         result = await scenarios.cluster_outage(r, "cluster-b", rps=rate, after=after)
         assert all(b.alive for b in r.backends)  # revived afterwards
     s = result.summary()

@@ -30,7 +30,9 @@ def register(subparsers: Any) -> None:
         description="Start two clusters of Greeter backends, a canary and an nginx gateway "
         "(TLS for grpc.example.com, HTTP/2, grpc_pass), print how to reach them and wait for "
         "Ctrl-C; or, with --scenario, run a rolling drain or a cluster outage under traffic "
-        "and report every failed call. Needs nginx (apt-get install -y nginx-light).",
+        "and report every failed call. With --backend-tls the backends serve TLS with "
+        "certificates from a fleet CA and nginx verifies them (grpc_pass grpcs://). "
+        "Needs nginx (apt-get install -y nginx-light).",
     )
     p.exit_code = EXIT_BAD_ARGS
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="gateway port (0: any free)")
@@ -43,6 +45,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--fail-timeout", type=float, default=2.0, help="nginx fail_timeout, s")
     p.add_argument(
         "--connect-timeout", type=float, default=1.0, help="nginx grpc_connect_timeout, s"
+    )
+    p.add_argument(
+        "--backend-tls",
+        action="store_true",
+        help="TLS from nginx to the backends, verified against a fleet CA (the chart's "
+        "tls.enabled behind a gateway that originates TLS)",
     )
     p.add_argument("--scenario", choices=SCENARIOS, help="run this scenario, report, and exit")
     p.add_argument("--rps", type=float, default=250.0, help="scenario traffic rate")
@@ -64,6 +72,7 @@ def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
         auth_tokens=tuple(args.auth_token),
         fail_timeout=args.fail_timeout,
         connect_timeout=args.connect_timeout,
+        backend_tls=args.backend_tls,
         keep_workdir=args.keep,
         nginx=args.nginx,
     )
@@ -73,6 +82,12 @@ def print_banner(r: Rehearsal) -> None:
     print(f"gateway: https://{r.address} (TLS for grpc.example.com, self-signed: {r.cert})")
     for b in r.backends + r.canary:
         print(f"  {b.cluster:<12} {b.pod:<24} {b.address}")
+    if r.config.backend_tls:
+        names = ", ".join(sorted({b.server_name for b in r.backends + r.canary}))
+        print(
+            f"backends: TLS, certificates from the fleet CA {r.fleet_ca} for {names}; "
+            "nginx verifies them (grpc_pass grpcs://, grpc_ssl_verify on)"
+        )
     print(f"work folder: {r.workdir} (nginx.conf, logs)")
     print("try:")
     for command in r.commands():

@@ -25,7 +25,16 @@ import grpc
 
 from greeter import certs
 from greeter.client import Target
-from greeter.rehearse.nginx import CANARY_HEADER, CANARY_VALUE, HOST, Gateway, Nginx
+from greeter.rehearse.nginx import (
+    BACKEND_HOST,
+    CANARY_BACKEND_HOST,
+    CANARY_HEADER,
+    CANARY_VALUE,
+    HOST,
+    BackendTLS,
+    Gateway,
+    Nginx,
+)
 
 DEFAULT_PORT = 8443
 CANARY_POD = "greeter-canary-0"
@@ -35,6 +44,11 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _service_names(name: str) -> list[str]:
+    """A Service's in-cluster DNS names: ``svc.ns.svc`` and ``svc.ns.svc.cluster.local``."""
+    return [name, f"{name}.cluster.local"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,9 @@ class RehearsalConfig:
     # Gateway knobs (see Gateway): passive health and connect timeout.
     fail_timeout: float = 2.0
     connect_timeout: float = 1.0
+    # TLS to the backends: each serves a certificate from a fleet CA made for this rehearsal,
+    # and nginx verifies it (grpc_pass grpcs://), as gateways do with the chart's tls.enabled.
+    backend_tls: bool = False
     workdir: Path | None = None
     keep_workdir: bool = False
     # The nginx binary ("" finds it on PATH or in /usr/sbin).
@@ -81,6 +98,10 @@ class Backend:
     command: list[str]
     env: dict[str, str]
     log: Path
+    # With TLS: the CA that signed the backend's certificate and the name it carries; the
+    # readiness check verifies both, as the gateway does.
+    ca: Path | None = None
+    server_name: str = ""
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     restarts: int = 0
 
@@ -121,12 +142,22 @@ class Backend:
                 start_new_session=True,
             )
 
+    def channel(self) -> grpc.aio.Channel:
+        """A direct channel to the backend (TLS verified against its CA when it has one)."""
+        if self.ca is None:
+            return grpc.aio.insecure_channel(self.address)
+        return grpc.aio.secure_channel(
+            self.address,
+            grpc.ssl_channel_credentials(self.ca.read_bytes()),
+            options=[("grpc.ssl_target_name_override", self.server_name)],
+        )
+
     async def wait_ready(self, timeout: float = 60.0) -> None:
         """Until the backend's health check answers SERVING (bounded)."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         deadline = time.monotonic() + timeout
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        async with self.channel() as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if self.proc is None or self.proc.poll() is not None:
@@ -187,6 +218,11 @@ class Rehearsal:
     def cert(self) -> Path:
         return self.workdir / "tls" / "tls.crt"
 
+    @property
+    def fleet_ca(self) -> Path:
+        """The CA of the backends' certificates (with ``backend_tls``)."""
+        return self.workdir / "tls" / "fleet" / "ca.crt"
+
     def target(self, *metadata: tuple[str, str], canary: bool = False) -> Target:
         """A client target for the gateway, verified against the rehearsal's certificate."""
         md = list(metadata)
@@ -234,7 +270,7 @@ class Rehearsal:
     ) -> None:
         await self.stop()
 
-    def _backend(self, cluster: str, pod: str) -> Backend:
+    def _backend(self, cluster: str, pod: str, pair: certs.Pair | None, name: str) -> Backend:
         c = self.config
         sock = self.workdir / "sockets" / f"{pod}.sock"
         command = [
@@ -255,11 +291,14 @@ class Rehearsal:
         ]
         if c.auth_tokens:
             command += ["--auth-enabled=true", f"--auth-tokens={','.join(c.auth_tokens)}"]
+        if pair is not None:
+            command += [f"--tls-cert={pair.cert}", f"--tls-key={pair.key}"]
         command += list(c.server_args)
         # Nothing from the caller's GREETER_* environment leaks into the backends.
         env = {k: v for k, v in os.environ.items() if not k.startswith("GREETER_")}
         log = self.workdir / "logs" / f"{pod}.log"
-        return Backend(cluster, pod, sock, command, env, log)
+        ca = self.fleet_ca if pair is not None else None
+        return Backend(cluster, pod, sock, command, env, log, ca=ca, server_name=name)
 
     async def start(self) -> None:
         from greeter.rehearse.nginx import find_nginx
@@ -274,11 +313,25 @@ class Rehearsal:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         (self.workdir / "sockets").mkdir(parents=True, exist_ok=True)
         pair = certs.make_leaf(self.workdir / "tls", "tls", [HOST, "localhost", "127.0.0.1"])
+        # With backend TLS: a fleet CA, and one certificate per Service (every pod of a release
+        # mounts the same Secret), named as the gateway addresses the Service in the cluster.
+        fleet_pair = canary_pair = None
+        canary_name = CANARY_BACKEND_HOST if c.canary else BACKEND_HOST
+        if c.backend_tls:
+            folder = self.fleet_ca.parent
+            ca = certs.make_ca(folder, "greeter rehearsal fleet CA")
+            fleet_pair = certs.make_leaf(folder, "grpc-service", _service_names(BACKEND_HOST), ca)
+            canary_pair = certs.make_leaf(
+                folder, "grpc-service-canary", _service_names(CANARY_BACKEND_HOST), ca
+            )
         for cluster in c.clusters:
             for index in range(c.pods_per_cluster):
-                self.backends.append(self._backend(cluster, f"{cluster}-greeter-{index}"))
+                pod = f"{cluster}-greeter-{index}"
+                self.backends.append(self._backend(cluster, pod, fleet_pair, BACKEND_HOST))
         if c.canary:
-            self.canary.append(self._backend(c.clusters[0], CANARY_POD))
+            self.canary.append(
+                self._backend(c.clusters[0], CANARY_POD, canary_pair, CANARY_BACKEND_HOST)
+            )
         everyone = self.backends + self.canary
         for backend in everyone:
             backend.spawn()
@@ -291,6 +344,9 @@ class Rehearsal:
             key=pair.key,
             fail_timeout=c.fail_timeout,
             connect_timeout=c.connect_timeout,
+            backend_tls=(
+                BackendTLS(self.fleet_ca, BACKEND_HOST, canary_name) if c.backend_tls else None
+            ),
         )
         self.nginx = Nginx(gateway, self.workdir / "nginx", binary)
         await asyncio.to_thread(self.nginx.start)
