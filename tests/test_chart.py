@@ -290,6 +290,8 @@ FEATURES = {
     "autoscaling": ("HorizontalPodAutoscaler",),
     "networkpolicy": ("NetworkPolicy",),
     "servicemonitor": ("ServiceMonitor",),
+    "prometheusrule": ("PrometheusRule",),
+    "grafanadashboard": ("ConfigMap",),
     "auth": ("Secret",),
     "albingress": ("Ingress",),
     "nginxingress": ("Ingress",),
