@@ -90,8 +90,14 @@ async def test_exceptions_and_malformed_bodies_are_counted():
         raw = channel.unary_unary("/helloworld.Greeter/SayHello")
         with pytest.raises(grpc.aio.AioRpcError):
             await raw(b"\xff\xff\xff")
-        samples = scrape(server.metrics_port)
-    unary = labels("SayHello", "unary")
+        unary = labels("SayHello", "unary")
+        # counted once the server has finished the call, which may be just after the client
+        # saw its status: wait, bounded
+        samples = await until(
+            lambda: scrape(server.metrics_port),
+            lambda got: value(got, "grpc_server_handling_seconds_count", **unary) > 0,
+            every=0.05,
+        )
     assert value(samples, "grpc_server_handled_total", grpc_code="InvalidArgument", **unary) == 1
 
 

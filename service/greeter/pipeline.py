@@ -59,6 +59,11 @@ class CallRecord(NamedTuple):
     received: int
     sent: int
     context: grpc.aio.ServicerContext
+    # The client's address, when the wrapper took it while the call was alive. A streaming
+    # handler's generator can be closed after grpc has freed the call (the client reset the
+    # stream and grpc dropped the generator, which the loop then finalizes): context.peer()
+    # then reads freed memory and the process segfaults. None: ask the context.
+    peer: str | None = None
 
 
 Metadata = Sequence[tuple[str, Any]]
@@ -172,8 +177,9 @@ class _Chain:
         start: float,
         received: int,
         sent: int,
+        peer: str | None = None,
     ) -> None:
-        record = CallRecord(self.method, code, _now() - start, received, sent, context)
+        record = CallRecord(self.method, code, _now() - start, received, sent, context, peer)
         for after in self.afters:
             after(record)
 
@@ -241,6 +247,8 @@ def _wrap_stream_response(chain: _Chain, behavior: Callable[..., Any]) -> Callab
         code = _OK
         sent = 0
         received = _ONE
+        # Taken now: the finally below may run after grpc freed the call (see CallRecord).
+        peer = context.peer() if chain.afters else None
         if streaming_in:
             received = _Counter()
             request = _received(request, received, context)
@@ -257,7 +265,7 @@ def _wrap_stream_response(chain: _Chain, behavior: Callable[..., Any]) -> Callab
             raise
         finally:
             if chain.afters:
-                chain.run_afters(context, code, start, received.n, sent)
+                chain.run_afters(context, code, start, received.n, sent, peer)
 
     return handler
 

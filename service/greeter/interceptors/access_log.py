@@ -78,7 +78,7 @@ class AccessLog:
                     "method": path,
                     "code": call.code.name,
                     "duration_ms": round(call.duration * 1000, 3),
-                    "peer": ctx.peer(),
+                    "peer": ctx.peer() if call.peer is None else call.peer,
                     "authority": _authority(ctx),
                     "received": call.received,
                     "sent": call.sent,
