@@ -18,6 +18,7 @@ from greeter._proto.grpc.reflection.v1 import reflection_pb2_grpc as v1_grpc
 EXPECTED = {
     "helloworld.Greeter",
     "grpc.health.v1.Health",
+    "greeter.v1.Readiness",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
 }

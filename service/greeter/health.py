@@ -1,8 +1,14 @@
-"""grpc.health.v1.Health: Check and Watch, with a drain-aware shutdown.
+"""grpc.health.v1.Health: Check and Watch, with a drain-aware shutdown; and
+greeter.v1.Readiness, the same state as a gRPC status code.
 
 Unlike the stock asyncio servicer, Watch streams end (UNAVAILABLE) when the
 server stops accepting calls, so they do not hold the shutdown for the whole
 grace period.
+
+Health/Check answers NOT_SERVING with status OK, which a checker that reads only
+the status code (ALB's gRPC health checks) takes for healthy. Readiness/Check
+reads the same statuses and answers NOT_SERVING with UNAVAILABLE instead, so it
+flips at the very moment Health/Check does.
 """
 
 from __future__ import annotations
@@ -13,7 +19,10 @@ from collections.abc import AsyncIterator, Iterable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from greeter._proto.greeter.v1 import readiness_pb2, readiness_pb2_grpc
+
 SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+READINESS_SERVICE_NAME = readiness_pb2.DESCRIPTOR.services_by_name["Readiness"].full_name
 Status = health_pb2.HealthCheckResponse.ServingStatus
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -33,6 +42,10 @@ class Health(health_pb2_grpc.HealthServicer):
 
     def status(self, service: str = "") -> int | None:
         return self._status.get(service)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
 
     def set_all(self, status: int) -> None:
         if self._draining:
@@ -82,3 +95,26 @@ class Health(health_pb2_grpc.HealthServicer):
             if self._closed:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
             await changed.wait()
+
+
+_READY = readiness_pb2.CheckResponse(status=readiness_pb2.CheckResponse.SERVING)
+
+
+class Readiness(readiness_pb2_grpc.ReadinessServicer):
+    """greeter.v1.Readiness/Check: OK while SERVING, UNAVAILABLE while not, NOT_FOUND for
+    a service ``health`` does not know. An empty request asks about the whole server."""
+
+    def __init__(self, health: Health) -> None:
+        self._health = health
+
+    async def Check(
+        self, request: readiness_pb2.CheckRequest, context: grpc.aio.ServicerContext
+    ) -> readiness_pb2.CheckResponse:
+        status = self._health.status(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        if status != SERVING:
+            state = "draining" if self._health.draining else "not ready"
+            name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{state}: {name}")
+        return _READY

@@ -26,7 +26,8 @@ import grpc
 
 from greeter import health, ports, reflection
 from greeter._proto import helloworld_pb2_grpc
-from greeter.health import SERVING, Health
+from greeter._proto.greeter.v1 import readiness_pb2_grpc
+from greeter.health import SERVING, Health, Readiness
 from greeter.interceptors import AccessLog, Auth, Faults, Identity, MetadataLimit, Metrics
 from greeter.metrics import MetricsEndpoint, ServerMetrics
 from greeter.pipeline import Interceptor, Registrar
@@ -125,9 +126,9 @@ def interceptors(
     chain.append(Identity(identity))
     chain.append(MetadataLimit(settings.max_metadata_size))
     if settings.auth_enabled:
-        exempt = set()
-        if "health" in settings.auth_exempt:
-            exempt.add(health.SERVICE_NAME)
+        exempt: set[str] = set()
+        if "health" in settings.auth_exempt:  # both health services: checkers send no token
+            exempt.update((health.SERVICE_NAME, health.READINESS_SERVICE_NAME))
         if "reflection" in settings.auth_exempt:
             exempt.update(reflection.SERVICE_NAMES)
         chain.append(Auth(auth_tokens(settings), exempt))
@@ -183,8 +184,13 @@ class GreeterServer:
         from grpc_health.v1 import health_pb2_grpc
 
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
+        # The same health, as a status code (ALB's gRPC health checks read only that).
+        readiness_pb2_grpc.add_ReadinessServicer_to_server(Readiness(self.health), registrar)
         if s.reflection:
-            reflection.add_reflection(registrar, [GREETER_SERVICE, health.SERVICE_NAME])
+            reflection.add_reflection(
+                registrar,
+                [GREETER_SERVICE, health.SERVICE_NAME, health.READINESS_SERVICE_NAME],
+            )
         chain = interceptors(s, self.metrics, self.worker)
         # grpc's poller and I/O threads, and the metrics thread, are started in here (all
         # of them by the time the servers exist; starting them starts no more). No await

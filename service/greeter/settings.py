@@ -205,7 +205,9 @@ class Settings:
         "", "file of tokens, one per line: TOKEN [METHOD ...]", parse_str
     )
     auth_exempt: tuple[str, ...] = _setting(
-        ("health", "reflection"), "services that need no token: health, reflection", parse_list
+        ("health", "reflection"),
+        "services that need no token: health (Health and Readiness), reflection",
+        parse_list,
     )
     # -- fault injection --
     fault_enabled: bool = _setting(
