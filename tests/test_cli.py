@@ -70,6 +70,11 @@ def test_health_exit_codes(spawn_server):
     assert greeter("health", proc.address).returncode == 0
     assert greeter("health", proc.address, "--service", "helloworld.Greeter").returncode == 0
     assert greeter("health", proc.address, "--service", "nope").returncode == 3
+    ready = greeter("health", proc.address, "--readiness")
+    assert (ready.returncode, ready.stdout) == (0, "status: SERVING\n"), ready.stderr
+    unknown = greeter("health", proc.address, "--readiness", "--service", "nope")
+    assert unknown.returncode == 3
+    assert "NOT_FOUND" in unknown.stderr
     assert greeter("health", proc.address, "--bogus-flag").returncode == 1
     unreachable = greeter("health", f"127.0.0.1:{free_port()}", "--connect-timeout", "1")
     assert unreachable.returncode == 2
@@ -84,6 +89,10 @@ def test_health_not_serving_while_draining(spawn_server):
             break
     assert result.returncode == 4
     assert "NOT_SERVING" in result.stderr
+    # the drain is 10 s long: the readiness path is still answered, with UNAVAILABLE
+    ready = greeter("health", proc.address, "--readiness", "-t", "2")
+    assert ready.returncode == 4, ready.stderr
+    assert "UNAVAILABLE: draining: NOT_SERVING" in ready.stderr
 
 
 @pytest.mark.parametrize("command", ["serve", "call", "health"])

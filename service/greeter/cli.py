@@ -3,6 +3,7 @@
 greeter serve  [--port 50051 ...]          run the server
 greeter call   ADDRESS [--name N] ...      one call; prints the reply and who served it
 greeter health ADDRESS [--service S] ...   grpc-health-probe compatible exit codes
+                                           (--readiness: greeter.v1.Readiness/Check)
 greeter load   ADDRESS [-c -n -z --rps...] load test, with the spread over backends
 """
 
@@ -81,6 +82,12 @@ def build_parser() -> Parser:
     health.exit_code = HEALTH_BAD_ARGS
     add_target_arguments(health)
     health.add_argument("--service", default="", help="service to check ('' = the server)")
+    health.add_argument(
+        "--readiness",
+        action="store_true",
+        help="ask /greeter.v1.Readiness/Check (NOT_SERVING as the status code UNAVAILABLE, "
+        "what ALB's gRPC health checks see) instead of grpc.health.v1.Health/Check",
+    )
     health.add_argument("-t", "--timeout", type=float, default=5.0, help="deadline, seconds")
     health.add_argument("--connect-timeout", type=float, default=5.0, help="seconds")
     health.set_defaults(func=cmd_health)
@@ -184,9 +191,12 @@ def ssl_errors() -> type[Exception]:
 
 
 # -- health --------------------------------------------------------------------------
-async def _health(target: Target, service: str, timeout: float, connect_timeout: float) -> int:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+Metadata = tuple[tuple[str, str], ...] | None
 
+
+async def _health(
+    target: Target, service: str, timeout: float, connect_timeout: float, readiness: bool = False
+) -> int:
     from greeter.client import open_channel
 
     try:
@@ -205,21 +215,50 @@ async def _health(target: Target, service: str, timeout: float, connect_timeout:
                 file=sys.stderr,
             )
             return HEALTH_CONNECT
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = await stub.Check(
-                health_pb2.HealthCheckRequest(service=service),
-                timeout=timeout,
-                metadata=target.metadata or None,
-            )
-        except grpc.aio.AioRpcError as exc:
-            print(f"error: health rpc failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return HEALTH_RPC
+        check = _readiness_check if readiness else _health_check
+        return await check(channel, service, timeout, target.metadata or None)
+
+
+async def _health_check(
+    channel: grpc.aio.Channel, service: str, timeout: float, metadata: Metadata
+) -> int:
+    """grpc.health.v1.Health/Check: the status is in the reply."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    stub = health_pb2_grpc.HealthStub(channel)
+    try:
+        reply = await stub.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout, metadata=metadata
+        )
+    except grpc.aio.AioRpcError as exc:
+        print(f"error: health rpc failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return HEALTH_RPC
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     if reply.status != health_pb2.HealthCheckResponse.SERVING:
         print(f"service unhealthy (responded with {status})", file=sys.stderr)
         return HEALTH_NOT_SERVING
     print(f"status: {status}")
+    return HEALTH_SERVING
+
+
+async def _readiness_check(
+    channel: grpc.aio.Channel, service: str, timeout: float, metadata: Metadata
+) -> int:
+    """greeter.v1.Readiness/Check: the status is the call's code (UNAVAILABLE = not serving)."""
+    from greeter._proto.greeter.v1 import readiness_pb2, readiness_pb2_grpc
+
+    stub = readiness_pb2_grpc.ReadinessStub(channel)
+    try:
+        reply = await stub.Check(
+            readiness_pb2.CheckRequest(service=service), timeout=timeout, metadata=metadata
+        )
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() is grpc.StatusCode.UNAVAILABLE:
+            print(f"service unhealthy (UNAVAILABLE: {exc.details()})", file=sys.stderr)
+            return HEALTH_NOT_SERVING
+        print(f"error: readiness rpc failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return HEALTH_RPC
+    print(f"status: {readiness_pb2.CheckResponse.ServingStatus.Name(reply.status)}")
     return HEALTH_SERVING
 
 
@@ -232,7 +271,9 @@ def cmd_health(args: argparse.Namespace) -> int:
     if args.timeout <= 0 or args.connect_timeout <= 0:
         print("error: timeouts must be positive", file=sys.stderr)
         return HEALTH_BAD_ARGS
-    return asyncio.run(_health(target, args.service, args.timeout, args.connect_timeout))
+    return asyncio.run(
+        _health(target, args.service, args.timeout, args.connect_timeout, args.readiness)
+    )
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
