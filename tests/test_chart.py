@@ -780,6 +780,19 @@ def test_alb_health_checks_that_miss_the_drain_are_refused(
     assert "server.drainDelay" in error
 
 
+def test_alb_health_checks_need_no_token(render: Any, tmp_path: Path) -> None:
+    """ALB's checks send no bearer token: with auth on, health (which covers
+    greeter.v1.Readiness) must stay exempt."""
+    auth = ["--set", "auth.enabled=true", "--set", "auth.tokens[0]=t"]
+    error = helm_template_error(
+        tmp_path, "--set", "albIngress.enabled=true", *auth, "--set", "auth.exempt=reflection"
+    )
+    assert 'needs "health" in auth.exempt' in error
+    values = {"albIngress": {"enabled": True}, "auth": {"enabled": True, "tokens": ["t"]}}
+    annotations = ds.one(render(values), "Ingress")["metadata"]["annotations"]
+    assert annotations[ALB_HC + "healthcheck-path"] == "/greeter.v1.Readiness/Check"
+
+
 def test_alb_health_check_timing_follows_the_drain_delay(render: Any) -> None:
     """A longer drain delay admits slower checks; the relation is exact at the boundary."""
     values = {
