@@ -7,13 +7,19 @@ validated against its schema for each Kubernetes version the chart claims.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
+import socket
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import deploy_support as ds
+import grpc
 import pytest
 import yaml
 
@@ -300,9 +306,17 @@ FEATURES = {
 }
 
 
+# Each gateway that can speak TLS to the pods, with tls.enabled: its ci/ values file.
+TLS_GATEWAYS = {
+    "tls-nginxingress": "nginxingress",
+    "tls-emissary": "emissary",
+    "tls-grpcroute": "grpcroute",
+}
+
+
 def test_every_ci_values_file_is_a_feature() -> None:
     names = {p.name.removesuffix("-values.yaml") for p in CI_VALUES}
-    assert names == set(FEATURES) | {"tls", "fault"}
+    assert names == set(FEATURES) | set(TLS_GATEWAYS) | {"tls", "fault"}
 
 
 @pytest.mark.parametrize("feature", sorted(FEATURES))
@@ -378,6 +392,435 @@ def test_service_monitor_scrapes_the_metrics_port(render: Any) -> None:
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     service_ports = {p["name"] for p in ds.one(objects, "Service")["spec"]["ports"]}
     assert "metrics" in service_ports
+
+
+def helm_template_error(tmp: Path, *args: str) -> str:
+    """helm template must refuse these values: its error message."""
+    result = _helm(["template", "greeter", str(ds.CHART), "-n", "gateway-demo", *args], tmp)
+    assert result.returncode != 0, "helm accepted values it should refuse"
+    return result.stderr
+
+
+# --- TLS to the pods, per gateway ---
+
+
+def grpc_port(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    service = ds.one(objects, "Service")
+    [port] = [p for p in service["spec"]["ports"] if p["name"] == "grpc"]
+    return port
+
+
+def speaks_tls_to_the_pods(obj: dict[str, Any]) -> bool | None:
+    """Whether a gateway object tells its gateway to speak TLS to the pods; None for objects
+    that do not reach the pods (the Deployment, the terminating TLSContext...)."""
+    kind = obj["kind"]
+    annotations = obj["metadata"].get("annotations", {})
+    if kind == "Service":
+        return grpc_port([obj])["appProtocol"] == "https"
+    if kind == "Ingress" and "nginx.ingress.kubernetes.io/backend-protocol" in annotations:
+        return annotations["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPCS"
+    if kind == "Ingress":
+        # ALB: its gRPC server groups are cleartext; the chart refuses ALB with TLS.
+        return annotations["alb.ingress.kubernetes.io/backend-protocol"] != "grpc"
+    if kind == "Mapping":
+        return obj["spec"]["service"].startswith("https://") and "tls" in obj["spec"]
+    if kind == "GRPCRoute":
+        # The route itself has no TLS field: a BackendTLSPolicy on its backend Service does.
+        return None
+    if kind == "BackendTLSPolicy":
+        return True
+    return None
+
+
+def tls_objects(objects: list[dict[str, Any]]) -> dict[str, bool]:
+    verdicts = {f"{o['kind']}/{o['metadata']['name']}": speaks_tls_to_the_pods(o) for o in objects}
+    return {k: v for k, v in verdicts.items() if v is not None}
+
+
+@pytest.mark.parametrize("name", sorted(TLS_GATEWAYS))
+def test_tls_reaches_the_pods_through_every_object(name: str, render: Any) -> None:
+    objects = render(ci_values(name))
+    verdicts = tls_objects(objects)
+    assert len(verdicts) >= 2, verdicts  # the Service and the gateway's own object
+    assert all(verdicts.values()), verdicts
+    assert "GREETER_TLS_CERT" in env_of(objects)
+
+
+@pytest.mark.parametrize("name", sorted(set(TLS_GATEWAYS.values()) | {"albingress"}))
+def test_without_tls_every_gateway_stays_cleartext(name: str, render: Any) -> None:
+    """The non-TLS defaults are unchanged: h2c Service, GRPC, grpc, no BackendTLSPolicy."""
+    objects = render(ci_values(name))
+    verdicts = tls_objects(objects)
+    assert verdicts
+    assert not any(verdicts.values()), verdicts
+    assert grpc_port(objects)["appProtocol"] == "kubernetes.io/h2c"
+    assert "BackendTLSPolicy" not in {o["kind"] for o in objects}
+    assert "GREETER_TLS_CERT" not in env_of(objects)
+
+
+def test_every_tls_gateway_at_once(render: Any) -> None:
+    """The issue's command, minus ALB: every object it renders speaks TLS to the pods."""
+    values = {
+        "tls": {"enabled": True, "serverName": "grpc.example.com"},
+        "nginxIngress": {"enabled": True},
+        "emissary": {"enabled": True},
+        "grpcRoute": {"enabled": True, "backendTLS": {"systemCA": True}},
+    }
+    verdicts = tls_objects(render(values))
+    assert set(verdicts) == {
+        "Service/grpc-service",
+        "Ingress/grpc-service-nginx",
+        "Mapping/grpc-service",
+        "BackendTLSPolicy/grpc-service",
+    }
+    assert all(verdicts.values()), verdicts
+
+
+def test_service_app_protocol_follows_tls(render: Any, tmp_path: Path) -> None:
+    assert grpc_port(render({}))["appProtocol"] == "kubernetes.io/h2c"
+    assert grpc_port(render({"tls": {"enabled": True}}))["appProtocol"] == "https"
+    custom = {"tls": {"enabled": True}, "service": {"appProtocol": "example.com/grpcs"}}
+    assert grpc_port(render(custom))["appProtocol"] == "example.com/grpcs"
+    error = helm_template_error(
+        tmp_path, "--set", "tls.enabled=true", "--set", "service.appProtocol=kubernetes.io/h2c"
+    )
+    assert "service.appProtocol kubernetes.io/h2c" in error
+
+
+def test_alb_refuses_tls_to_the_pods(tmp_path: Path) -> None:
+    """ALB has no gRPC-over-TLS backend protocol: a clear error, not a cleartext Ingress."""
+    error = helm_template_error(
+        tmp_path, "--set", "albIngress.enabled=true", "--set", "tls.enabled=true"
+    )
+    assert "albIngress.enabled with tls.enabled" in error
+    assert "cleartext" in error
+
+
+def test_nginx_ingress_speaks_grpcs_and_verifies_the_pods(render: Any, tmp_path: Path) -> None:
+    values = ci_values("tls-nginxingress")
+    annotations = ds.one(render(values), "Ingress")["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPCS"
+    snippet = annotations["nginx.ingress.kubernetes.io/configuration-snippet"].splitlines()
+    backend = values["nginxIngress"]["backendTLS"]
+    assert snippet == [
+        "grpc_ssl_verify on;",
+        f"grpc_ssl_trusted_certificate {backend['trustedCertificate']};",
+        f"grpc_ssl_name {values['tls']['serverName']};",
+        "grpc_ssl_server_name on;",
+        "grpc_ssl_verify_depth 2;",
+    ]
+    # proxy-ssl-* would only make proxy_ssl_* directives, which grpc_pass ignores.
+    assert not [k for k in annotations if "proxy-ssl" in k]
+    # Without verify: GRPCS, and no snippet (nothing the controller must allow).
+    plain = render({"tls": {"enabled": True}, "nginxIngress": {"enabled": True}})
+    annotations = ds.one(plain, "Ingress")["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPCS"
+    assert "nginx.ingress.kubernetes.io/configuration-snippet" not in annotations
+    # tls.serverName defaults to the Service's cluster name.
+    verified = {
+        "tls": {"enabled": True},
+        "nginxIngress": ci_values("tls-nginxingress")["nginxIngress"],
+    }
+    snippet_text = ds.one(render(verified), "Ingress")["metadata"]["annotations"][
+        "nginx.ingress.kubernetes.io/configuration-snippet"
+    ]
+    assert "grpc_ssl_name grpc-service.gateway-demo.svc;" in snippet_text
+    error = helm_template_error(
+        tmp_path,
+        *("--set", "tls.enabled=true", "--set", "nginxIngress.enabled=true"),
+        *("--set", "nginxIngress.backendTLS.verify=true"),
+    )
+    assert "nginxIngress.backendTLS.trustedCertificate" in error
+    error = helm_template_error(
+        tmp_path,
+        *("--set", "tls.enabled=true", "--set", "tls.clientCA=true"),
+        *("--set", "nginxIngress.enabled=true"),
+    )
+    assert "nginxIngress.enabled with tls.clientCA" in error
+
+
+NGINX_CONF = """daemon off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    server {{
+        listen 127.0.0.1:{port} http2;
+        location / {{
+            grpc_pass grpcs://127.0.0.1:{backend};
+{snippet}
+        }}
+    }}
+}}
+"""
+
+
+def nginx_snippet(render: Any, ca: Path, server_name: str) -> str:
+    """The configuration-snippet the chart renders for ingress-nginx with verification on."""
+    values = ci_values("tls-nginxingress")
+    values["tls"]["serverName"] = server_name
+    values["nginxIngress"]["backendTLS"]["trustedCertificate"] = str(ca)
+    ingress = ds.one(render(values), "Ingress")
+    snippet: str = ingress["metadata"]["annotations"][
+        "nginx.ingress.kubernetes.io/configuration-snippet"
+    ]
+    return snippet
+
+
+@contextlib.contextmanager
+def nginx_in_front(nginx: str, prefix: Path, snippet: str, backend: int) -> Iterator[int]:
+    """A real nginx whose location is ingress-nginx's for GRPCS (grpc_pass grpcs://) plus the
+    snippet, listening on a free port (yielded); stopped on exit."""
+    from conftest import free_port
+
+    prefix.mkdir(parents=True)
+    port = free_port()
+    body = "\n".join(" " * 12 + line for line in snippet.splitlines())
+    conf = prefix / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, backend=backend, snippet=body))
+    proc = subprocess.Popen(
+        [nginx, "-p", str(prefix), "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        for _ in range(200):  # up to ~20 s for nginx to listen
+            assert proc.poll() is None, (prefix / "error.log").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def say_hello(port: int) -> grpc.StatusCode:
+    from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = helloworld_pb2_grpc.GreeterStub(channel)
+        try:
+            await stub.SayHello(helloworld_pb2.HelloRequest(name="tls"), timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_ingress_nginx_snippet_verifies_the_pods_for_real(render: Any, tmp_path: Path) -> None:
+    """The rendered grpc_ssl_* snippet, in a real nginx doing ingress-nginx's grpc_pass grpcs://
+    in front of a real TLS Greeter: the call passes when the pod's certificate is signed by the
+    trusted CA for tls.serverName, and is refused (UNAVAILABLE) for another name."""
+    nginx = ds.tool("nginx")
+    from conftest import free_port, running
+    from greeter.certs import make_ca, make_leaf
+
+    name = "grpc-service.gateway-demo.svc"
+    ca = make_ca(tmp_path / "ca")
+    leaf = make_leaf(tmp_path / "pod", "tls", [name], ca=ca)
+    good = nginx_snippet(render, ca.cert, name)
+    wrong_name = nginx_snippet(render, ca.cert, "other.gateway-demo.svc")
+    backend = free_port()
+
+    async def calls(ports: list[int]) -> list[grpc.StatusCode]:
+        async with running(port=backend, tls_cert=str(leaf.cert), tls_key=str(leaf.key)):
+            return [await say_hello(port) for port in ports]
+
+    with (
+        nginx_in_front(nginx, tmp_path / "good", good, backend) as good_port,
+        nginx_in_front(nginx, tmp_path / "bad", wrong_name, backend) as bad_port,
+    ):
+        ok, refused = asyncio.run(calls([good_port, bad_port]))
+    assert ok == grpc.StatusCode.OK, (tmp_path / "good" / "error.log").read_text()
+    refused_log = (tmp_path / "bad" / "error.log").read_text()
+    assert refused == grpc.StatusCode.UNAVAILABLE, refused_log
+    assert "upstream SSL certificate does not match" in refused_log
+
+
+def test_emissary_originates_tls_with_alpn_h2(render: Any, tmp_path: Path) -> None:
+    """The seed's "Originating TLS with gRPC service": service over https, and the Mapping's
+    tls: names a TLSContext that offers ALPN h2 (and here a client certificate for mTLS)."""
+    values = ci_values("tls-emissary")
+    objects = render(values)
+    mapping = ds.one(objects, "Mapping")
+    assert mapping["spec"]["service"] == "https://grpc-service.gateway-demo:50051"
+    assert mapping["spec"]["grpc"] is True
+    contexts = {c["metadata"]["name"]: c for c in ds.by_kind(objects, "TLSContext")}
+    origination = contexts[mapping["spec"]["tls"]]
+    assert origination["spec"]["alpn_protocols"] == "h2"
+    assert "hosts" not in origination["spec"], "an origination context must not terminate"
+    assert origination["spec"]["sni"] == "grpc-service.gateway-demo.svc"
+    assert origination["spec"]["secret"] == values["emissary"]["originationSecret"]
+    # The terminating context (client side) is unchanged.
+    [terminating] = [c for name, c in contexts.items() if name != mapping["spec"]["tls"]]
+    assert terminating["spec"]["hosts"] == ["grpc.example.com"]
+    assert terminating["spec"]["alpn_protocols"] == "h2"
+    # Without a client certificate the pods' mTLS would refuse Emissary: a clear error.
+    error = helm_template_error(
+        tmp_path,
+        *("--set", "tls.enabled=true", "--set", "tls.clientCA=true"),
+        *("--set", "emissary.enabled=true"),
+    )
+    assert "emissary.originationSecret" in error
+    # TLS without mTLS needs no client certificate.
+    plain = render({"tls": {"enabled": True}, "emissary": {"enabled": True}})
+    [origination] = [c for c in ds.by_kind(plain, "TLSContext") if "hosts" not in c["spec"]]
+    assert "secret" not in origination["spec"]
+
+
+def test_emissary_without_tls_has_no_origination(render: Any) -> None:
+    objects = render(ci_values("emissary"))
+    mapping = ds.one(objects, "Mapping")
+    assert "tls" not in mapping["spec"]
+    assert not mapping["spec"]["service"].startswith("https://")
+    assert len(ds.by_kind(objects, "TLSContext")) == 1
+
+
+def test_grpcroute_backend_tls_policy(render: Any, tmp_path: Path) -> None:
+    values = ci_values("tls-grpcroute")
+    objects = render(values)
+    policy = ds.one(objects, "BackendTLSPolicy")
+    route = ds.one(objects, "GRPCRoute")
+    service = ds.one(objects, "Service")
+    [target] = policy["spec"]["targetRefs"]
+    # The policy targets the Service (and port) the route's rules send to.
+    backends = {b["name"] for rule in route["spec"]["rules"] for b in rule["backendRefs"]}
+    assert target == {"group": "", "kind": "Service", "name": "grpc-service", "sectionName": "grpc"}
+    assert target["name"] in backends
+    assert target["name"] == service["metadata"]["name"]
+    assert grpc_port(objects)["name"] == target["sectionName"]
+    validation = policy["spec"]["validation"]
+    assert validation["hostname"] == values["tls"]["serverName"]
+    assert validation["caCertificateRefs"] == [
+        {"group": "", "kind": "ConfigMap", "name": values["grpcRoute"]["backendTLS"]["caConfigMap"]}
+    ]
+    system = render(
+        {"tls": {"enabled": True}, "grpcRoute": {"enabled": True, "backendTLS": {"systemCA": True}}}
+    )
+    validation = ds.one(system, "BackendTLSPolicy")["spec"]["validation"]
+    assert validation == {
+        "hostname": "grpc-service.gateway-demo.svc",
+        "wellKnownCACertificates": "System",
+    }
+    assert ds.validate_all(system, ["1.30.0"]) == []
+    # Neither CA, or both: a clear error.
+    route_tls = ("--set", "tls.enabled=true", "--set", "grpcRoute.enabled=true")
+    both = ["--set", "grpcRoute.backendTLS.caConfigMap=grpc-ca"]
+    both += ["--set", "grpcRoute.backendTLS.systemCA=true"]
+    for extra in ([], both):
+        error = helm_template_error(tmp_path, *route_tls, *extra)
+        assert "exactly one of grpcRoute.backendTLS.caConfigMap" in error
+
+
+# --- ALB health checks that see the drain ---
+
+ALB_HC = "alb.ingress.kubernetes.io/"
+
+
+def alb_drain_seconds(annotations: dict[str, str]) -> int:
+    """Worst case from the pod going UNAVAILABLE to ALB marking it unhealthy."""
+    return int(annotations[ALB_HC + "healthcheck-interval-seconds"]) * int(
+        annotations[ALB_HC + "unhealthy-threshold-count"]
+    ) + int(annotations[ALB_HC + "healthcheck-timeout-seconds"])
+
+
+def test_alb_health_checks_call_the_readiness_path(render: Any) -> None:
+    objects = render(ci_values("albingress"))
+    annotations = ds.one(objects, "Ingress")["metadata"]["annotations"]
+    assert annotations[ALB_HC + "healthcheck-enabled"] == "true"
+    assert annotations[ALB_HC + "healthcheck-protocol"] == "GRPC"
+    assert annotations[ALB_HC + "healthcheck-method"] == "POST"
+    assert annotations[ALB_HC + "healthcheck-path"] == "/greeter.v1.Readiness/Check"
+    assert annotations[ALB_HC + "healthcheck-code"] == "0"
+    # Inside ALB's documented ranges.
+    assert 1 <= int(annotations[ALB_HC + "healthcheck-interval-seconds"]) <= 50
+    assert 1 <= int(annotations[ALB_HC + "healthcheck-timeout-seconds"]) <= 300
+    for key in ("healthy-threshold-count", "unhealthy-threshold-count"):
+        assert 2 <= int(annotations[ALB_HC + key]) <= 10
+    # ALB sees the drain well inside the drain delay: 1 x 2 + 1 = 3 s, + 1 s margin <= 5 s.
+    drain = float(env_of(objects)["GREETER_DRAIN_DELAY"])
+    margin = yaml.safe_load((ds.CHART / "values.yaml").read_text())["albIngress"]["healthCheck"][
+        "marginSeconds"
+    ]
+    assert alb_drain_seconds(annotations) + margin <= drain
+    off = render({"albIngress": {"enabled": True, "healthCheck": {"enabled": False}}})
+    annotations = ds.one(off, "Ingress")["metadata"]["annotations"]
+    assert not [k for k in annotations if "healthcheck" in k or "threshold" in k]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ["albIngress.healthCheck.intervalSeconds=2"],  # 2 x 2 + 1 + 1 = 6 > 5
+        ["albIngress.healthCheck.unhealthyThreshold=4"],  # 1 x 4 + 1 + 1 = 6 > 5
+        ["albIngress.healthCheck.timeoutSeconds=3"],  # 1 x 2 + 3 + 1 = 6 > 5
+        ["server.drainDelay=3"],  # 1 x 2 + 1 + 1 = 4 > 3
+        ["albIngress.healthCheck.marginSeconds=3"],  # 1 x 2 + 1 + 3 = 6 > 5
+    ],
+    ids=lambda s: s[0],
+)
+def test_alb_health_checks_that_miss_the_drain_are_refused(
+    settings: list[str], tmp_path: Path
+) -> None:
+    args = ["--set", "albIngress.enabled=true"]
+    for setting in settings:
+        args += ["--set", setting]
+    error = helm_template_error(tmp_path, *args)
+    assert "albIngress.healthCheck" in error
+    assert "server.drainDelay" in error
+
+
+def test_alb_health_checks_need_no_token(render: Any, tmp_path: Path) -> None:
+    """ALB's checks send no bearer token: with auth on, health (which covers
+    greeter.v1.Readiness) must stay exempt."""
+    auth = ["--set", "auth.enabled=true", "--set", "auth.tokens[0]=t"]
+    error = helm_template_error(
+        tmp_path, "--set", "albIngress.enabled=true", *auth, "--set", "auth.exempt=reflection"
+    )
+    assert 'needs "health" in auth.exempt' in error
+    values = {"albIngress": {"enabled": True}, "auth": {"enabled": True, "tokens": ["t"]}}
+    annotations = ds.one(render(values), "Ingress")["metadata"]["annotations"]
+    assert annotations[ALB_HC + "healthcheck-path"] == "/greeter.v1.Readiness/Check"
+
+
+def test_alb_health_check_timing_follows_the_drain_delay(render: Any) -> None:
+    """A longer drain delay admits slower checks; the relation is exact at the boundary."""
+    values = {
+        "albIngress": {"enabled": True, "healthCheck": {"intervalSeconds": 2}},
+        "server": {"drainDelay": 6},
+    }
+    annotations = ds.one(render(values), "Ingress")["metadata"]["annotations"]
+    assert alb_drain_seconds(annotations) + 1 == 6
+    # Without the ALB Ingress nothing is checked: a short drain delay is the user's choice.
+    assert ds.by_kind(render({"server": {"drainDelay": 1}}), "Ingress") == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("albIngress.healthCheck.intervalSeconds=0", "intervalSeconds"),
+        ("albIngress.healthCheck.intervalSeconds=51", "intervalSeconds"),
+        ("albIngress.healthCheck.unhealthyThreshold=1", "unhealthyThreshold"),
+        ("albIngress.healthCheck.healthyThreshold=11", "healthyThreshold"),
+        ("albIngress.healthCheck.code=OK", "code"),
+        ("albIngress.healthCheck.path=grpc.health.v1.Health", "path"),
+        ("albIngress.healthCheck.protocol=HTTP", "additional properties 'protocol'"),
+    ],
+)
+def test_alb_health_check_values_are_checked(setting: str, complaint: str, tmp_path: Path) -> None:
+    result = _helm(["lint", "--strict", str(ds.CHART), "--set", setting], tmp_path)
+    assert result.returncode != 0
+    assert complaint in result.stdout + result.stderr
 
 
 def test_alb_ingress_speaks_grpc_on_https_443(render: Any) -> None:
@@ -541,6 +984,39 @@ def test_checkov_chart(tmp_path: Path) -> None:
         at = lines.index(f"  - {check_id}")
         assert lines[at - 1].strip().startswith("#"), check_id
         assert check_id in "\n".join(lines[max(0, at - 6) : at]), check_id
+
+
+def test_checkov_every_ci_values_file(tmp_path: Path) -> None:
+    """checkov -d chart renders the defaults only: every ci/ combination (the TLS gateways
+    included) is rendered by helm and scanned as Kubernetes manifests, with the same skips."""
+    rendered = tmp_path / "rendered"
+    rendered.mkdir()
+    for values in CI_VALUES:
+        args = ["template", "greeter", str(ds.CHART), "-n", "gateway-demo", "-f", str(values)]
+        result = _helm(args, tmp_path)
+        assert result.returncode == 0, result.stderr
+        (rendered / values.name).write_text(result.stdout)
+    config = ds.CHART / ".checkov.yaml"
+    out = _checkov(
+        ["-d", str(rendered), "--framework", "kubernetes", "--config-file", str(config)], tmp_path
+    )
+    results = [report.get("results", {}) for report in out["reports"]]
+    failed = [
+        f"{c['check_id']} {c['check_name']} ({c['resource']}, {c['file_path']})"
+        for r in results
+        for c in r.get("failed_checks", [])
+    ]
+    scanned = {Path(c["file_path"]).name for r in results for c in r.get("passed_checks", [])}
+    assert scanned == {p.name for p in CI_VALUES}, "checkov skipped some renderings"
+    assert failed == []
+    configured = set(yaml.safe_load(config.read_text())["skip-check"])
+    unexplained = [
+        c["check_id"]
+        for r in results
+        for c in r.get("skipped_checks", [])
+        if c["check_id"] not in configured and not c["check_result"].get("suppress_comment")
+    ]
+    assert unexplained == [], "every skip needs a reason"
 
 
 def test_checkov_dockerfile(tmp_path: Path) -> None:

@@ -165,6 +165,130 @@ def test_fleet_ingress_matches_the_chart_service(tmp_path: Path) -> None:
     }
 
 
+HEALTH_CHECK_KEYS = (
+    "healthcheck-enabled",
+    "healthcheck-protocol",
+    "healthcheck-method",
+    "healthcheck-path",
+    "healthcheck-code",
+    "healthcheck-interval-seconds",
+    "healthcheck-timeout-seconds",
+    "healthy-threshold-count",
+    "unhealthy-threshold-count",
+)
+ALB = "alb.ingress.kubernetes.io/"
+
+
+def fleet_ingress() -> dict[str, Any]:
+    return next(o for o in all_gitops_objects() if o["kind"] == "Ingress")
+
+
+def argocd_render(cluster: dict[str, str], tmp: Path, *extra: dict[str, Any]) -> list[Any]:
+    """The chart as Argo CD renders it for one cluster, with extra values on top."""
+    app = generate_application(cluster)
+    helm = app["spec"]["source"]["helm"]
+    return ds.render(
+        [helm["valuesObject"], *extra],
+        release=helm["releaseName"],
+        namespace=app["spec"]["destination"]["namespace"],
+        tmp=tmp,
+    )
+
+
+def test_fleet_ingress_health_checks_match_the_chart_and_the_drain(tmp_path: Path) -> None:
+    """The fleet Ingress's ALB gRPC health checks equal the chart's albIngress.healthCheck
+    defaults, and ALB sees a draining pod within the drain delay the fleet's pods get."""
+    annotations = fleet_ingress()["metadata"]["annotations"]
+    fleet = {key: annotations[ALB + key] for key in HEALTH_CHECK_KEYS}
+    assert fleet["healthcheck-enabled"] == "true"
+    assert fleet["healthcheck-protocol"] == "GRPC"
+    assert fleet["healthcheck-method"] == "POST"
+    assert fleet["healthcheck-path"] == "/greeter.v1.Readiness/Check"
+    assert fleet["healthcheck-code"] == "0"
+    cluster = ds.EXAMPLE_CLUSTERS[0]
+    objects = argocd_render(cluster, tmp_path, {"albIngress": {"enabled": True}})
+    chart_ingress = ds.one(objects, "Ingress")["metadata"]["annotations"]
+    assert fleet == {key: chart_ingress[ALB + key] for key in HEALTH_CHECK_KEYS}
+    env = {
+        e["name"]: e.get("value")
+        for e in ds.one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    drain = float(env["GREETER_DRAIN_DELAY"])
+    seen = int(fleet["healthcheck-interval-seconds"]) * int(fleet["unhealthy-threshold-count"])
+    seen += int(fleet["healthcheck-timeout-seconds"])
+    margin = yaml.safe_load((ds.CHART / "values.yaml").read_text())["albIngress"]["healthCheck"][
+        "marginSeconds"
+    ]
+    assert seen + margin <= drain, f"ALB sees the drain after {seen} s, the drain lasts {drain} s"
+
+
+def pod_hop_problems(objects: list[dict[str, Any]], ingress: dict[str, Any]) -> list[str]:
+    """What the fleet Ingress's backend protocol says about the pods, against the pods the
+    chart renders: ALB's grpc server groups are cleartext, so the pods must be too."""
+    protocol = ingress["metadata"]["annotations"][ALB + "backend-protocol"]
+    container = ds.one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    pods_tls = any(e["name"] == "GREETER_TLS_CERT" for e in container["env"])
+    service = ds.one(objects, "Service")
+    [port] = [p for p in service["spec"]["ports"] if p["name"] == "grpc"]
+    problems = []
+    if protocol != "grpc":
+        problems.append(f"backend-protocol {protocol}: gRPC through ALB needs grpc")
+    if pods_tls:
+        problems.append("the pods serve TLS, but ALB's grpc server groups speak cleartext")
+    if port["appProtocol"] != "kubernetes.io/h2c":
+        problems.append(f"the Service port says {port['appProtocol']}, not kubernetes.io/h2c")
+    return problems
+
+
+def test_fleet_pods_speak_what_the_fleet_ingress_sends(tmp_path: Path) -> None:
+    ingress = fleet_ingress()
+    for cluster in ds.EXAMPLE_CLUSTERS:
+        assert pod_hop_problems(argocd_render(cluster, tmp_path), ingress) == []
+    # The check is real: an ApplicationSet that turned TLS on in the pods is caught.
+    with_tls = argocd_render(ds.EXAMPLE_CLUSTERS[0], tmp_path, {"tls": {"enabled": True}})
+    problems = pod_hop_problems(with_tls, ingress)
+    assert any("the pods serve TLS" in p for p in problems), problems
+    assert any("https" in p for p in problems), problems
+
+
+def readme_values_variant() -> dict[str, Any]:
+    """The ApplicationSet valuesObject the README offers for the ALB-to-pod hop."""
+    text = (ds.GITOPS / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    [block] = [b for b in blocks if b.startswith("valuesObject:")]
+    data: dict[str, Any] = yaml.safe_load(block)["valuesObject"]
+    return data
+
+
+def test_readme_network_policy_variant_admits_only_the_alb(tmp_path: Path) -> None:
+    variant = readme_values_variant()
+    appset_values = appset()["spec"]["template"]["spec"]["source"]["helm"]["valuesObject"]
+    assert variant["cluster"] == appset_values["cluster"], "the variant must keep cluster.name"
+    cluster = ds.EXAMPLE_CLUSTERS[1]
+    filled = fill_template(variant, {"name": cluster["name"]})
+    objects = argocd_render(cluster, tmp_path, filled)
+    assert ds.validate_all(objects, ["1.27.0", "1.34.0"]) == []
+    policy = ds.one(objects, "NetworkPolicy")
+    [grpc_rule] = [r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == "grpc"]
+    assert grpc_rule["from"] == variant["networkPolicy"]["gateway"]["from"]
+    assert all(set(peer) == {"ipBlock"} for peer in grpc_rule["from"])
+    assert pod_hop_problems(objects, fleet_ingress()) == []
+
+
+def test_readme_explains_tls_and_health_checks() -> None:
+    text = (ds.GITOPS / "README.md").read_text()
+    for needle in (
+        "/greeter.v1.Readiness/Check",
+        "grpc.health.v1.Health/Check",
+        "1 x 2 + 1 = **3 s**",
+        "server.drainDelay",
+        "GRPCS",
+        "BackendTLSPolicy",
+        "alpn",
+    ):
+        assert needle.lower() in text.lower(), needle
+
+
 def test_albconfig_has_https_443_and_marked_placeholders() -> None:
     albconfig = next(o for o in all_gitops_objects() if o["kind"] == "AlbConfig")
     assert {"port": 443, "protocol": "HTTPS"} in albconfig["spec"]["listeners"]

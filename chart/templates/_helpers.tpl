@@ -29,6 +29,33 @@ Name of the Service (and of the DNS name clients dial).
 {{- default (include "greeter.fullname" .) .Values.service.name | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/*
+appProtocol of the gRPC Service port. Without TLS the pods speak cleartext HTTP/2 with prior
+knowledge: kubernetes.io/h2c (KEP-3726). With TLS they speak HTTP/2 inside TLS, chosen by ALPN
+h2; Kubernetes defines no h2-over-TLS name, so the port says https (the IANA name of HTTP over
+TLS), which gateways that read appProtocol take as "originate TLS". An explicit
+service.appProtocol wins, except kubernetes.io/h2c with TLS, which would send cleartext to a
+TLS port.
+*/}}
+{{- define "greeter.appProtocol" -}}
+{{- if .Values.service.appProtocol }}
+{{- if and .Values.tls.enabled (eq .Values.service.appProtocol "kubernetes.io/h2c") }}
+{{- fail "service.appProtocol kubernetes.io/h2c says cleartext HTTP/2, but with tls.enabled the pods serve TLS only: leave service.appProtocol empty (it becomes https) or name the TLS protocol your gateway expects" }}
+{{- end }}
+{{- .Values.service.appProtocol }}
+{{- else if .Values.tls.enabled }}https
+{{- else }}kubernetes.io/h2c
+{{- end }}
+{{- end }}
+
+{{/*
+The DNS name gateways check in the pods' certificate and send as SNI: tls.serverName, else the
+Service's cluster name.
+*/}}
+{{- define "greeter.tlsServerName" -}}
+{{- default (printf "%s.%s.svc" (include "greeter.serviceName" .) .Release.Namespace) .Values.tls.serverName }}
+{{- end }}
+
 {{- define "greeter.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
