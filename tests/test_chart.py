@@ -392,6 +392,20 @@ def test_service_monitor_scrapes_the_metrics_port(render: Any) -> None:
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     service_ports = {p["name"] for p in ds.one(objects, "Service")["spec"]["ports"]}
     assert "metrics" in service_ports
+    # no cluster name, no cluster label: it would be empty
+    assert "relabelings" not in monitor["spec"]["endpoints"][0]
+
+
+def test_service_monitor_labels_every_series_with_the_cluster(render: Any) -> None:
+    # The alert rules and the dashboard group by `cluster`; the scrape puts it on every series.
+    values = {**ci_values("servicemonitor"), "cluster": {"name": "ack-hangzhou"}}
+    (endpoint,) = ds.one(render(values), "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["relabelings"] == [
+        {"action": "replace", "targetLabel": "cluster", "replacement": "ack-hangzhou"}
+    ]
+    values["serviceMonitor"] = {**values["serviceMonitor"], "clusterLabel": ""}
+    (endpoint,) = ds.one(render(values), "ServiceMonitor")["spec"]["endpoints"]
+    assert "relabelings" not in endpoint
 
 
 def helm_template_error(tmp: Path, *args: str) -> str:
