@@ -1,7 +1,9 @@
 """Shared fixtures: real servers on 127.0.0.1, real channels, real tools.
 
 ``running`` starts a real Greeter in the test's event loop; ``spawn_server``
-starts one as a separate ``greeter serve`` process (for signals and exit codes).
+starts one as a separate ``greeter serve`` process (for signals and exit codes);
+``greeter_image`` builds the Dockerfile's image once per test run for every test
+that runs it (test_image.py, test_pod.py).
 ``require_tool`` skips a test when a tool is missing on a developer machine,
 but fails it in CI (``CI=true``), where .ci/run must have installed it.
 """
@@ -21,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import deploy_support
 import grpc
 import hypothesis
 import pytest
@@ -272,3 +275,14 @@ def spawn_server(tmp_path: Path) -> Iterator[object]:
         if proc.proc.poll() is None:
             proc.proc.kill()
         proc.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def greeter_image() -> Iterator[deploy_support.BuiltImage]:
+    """The image built from the Dockerfile (buildah, debootstrap base): one build per test run,
+    shared by every test that needs it, removed at the end."""
+    podman = deploy_support.tool("podman")
+    env = deploy_support.container_env()
+    image = deploy_support.build_image(env)
+    yield image
+    deploy_support.run([podman, "rmi", "-f", image.name], env=env, timeout=120)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import yaml
@@ -255,6 +255,8 @@ def validate_all(objects: Sequence[dict[str, Any]], versions: Sequence[str]) -> 
 
 
 def run(cmd: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run a tool to completion and capture its output; never waits unbounded (5 min default)."""
+    kwargs.setdefault("timeout", 300)
     kwargs.setdefault("capture_output", True)
     kwargs.setdefault("text", True)
     kwargs.setdefault("check", False)
@@ -270,6 +272,18 @@ def python() -> str:
 CONTAINERS = CACHE / "containers"
 BASE_IMAGE = "localhost/greeter-base:bookworm"
 BASE_PACKAGES = "python3,python3-venv"
+IMAGE = "localhost/greeter:test"
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+# pytest's time limit for a test that may build the image: the debootstrap base (a few minutes
+# the first time) and the build (vfs storage is slow) both fall in the first test that asks.
+BUILD_TEST_TIMEOUT = 1800
+
+
+class BuiltImage(NamedTuple):
+    """An image in the local container storage, and the environment podman needs to use it."""
+
+    name: str
+    env: dict[str, str]
 
 
 def container_env() -> dict[str, str]:
@@ -298,7 +312,7 @@ def container_env() -> dict[str, str]:
 def ensure_base_image(env: dict[str, str]) -> str:
     """A Debian bookworm base with python3 + venv, made by debootstrap (no registry needed)."""
     podman = tool("podman")
-    if run([podman, "image", "exists", BASE_IMAGE], env=env).returncode == 0:
+    if run([podman, "image", "exists", BASE_IMAGE], env=env, timeout=60).returncode == 0:
         return BASE_IMAGE
     debootstrap = shutil.which("debootstrap") or (
         "/usr/sbin/debootstrap" if Path("/usr/sbin/debootstrap").exists() else None
@@ -333,8 +347,40 @@ def ensure_base_image(env: dict[str, str]) -> str:
             capture_output=True,
             text=True,
             check=False,
+            timeout=600,
         )
     assert tar.returncode == 0, "tar of the base rootfs failed"
     assert imported.returncode == 0, imported.stderr
     shutil.rmtree(rootfs)
     return BASE_IMAGE
+
+
+def build_image(env: dict[str, str], tag: str = IMAGE) -> BuiltImage:
+    """Build the repository's Dockerfile with buildah, on the debootstrap base.
+
+    A few minutes with vfs storage: the ``greeter_image`` session fixture in conftest.py calls
+    this once per test run, and every test that needs the image shares that build.
+    """
+    buildah = tool("buildah")
+    base = ensure_base_image(env)
+    cmd = [
+        buildah,
+        "bud",
+        "--isolation",
+        "chroot",
+        "--format",
+        "docker",
+        "--layers=false",
+        "--build-arg",
+        f"BASE_IMAGE={base}",
+        "--build-arg",
+        "REVISION=test",
+        "-t",
+        tag,
+    ]
+    if HOST_CA.exists():
+        # Outbound HTTPS may be re-signed here: lend pip the machine's CA bundle, build time only.
+        cmd += ["-v", f"{HOST_CA}:/etc/ssl/certs/build-ca.crt:ro"]
+    result = run([*cmd, str(ROOT)], env=env, timeout=1200)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return BuiltImage(tag, env)

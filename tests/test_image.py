@@ -2,7 +2,8 @@
 registry is reachable) and really run (podman): health SERVING, SayHello answered, reflection
 lists the services, SIGTERM ends it with exit 0 within the grace period.
 
-One build per run (module-scoped fixture); it takes a few minutes with vfs storage.
+One build per run (the session fixture ``greeter_image`` in conftest.py, shared with
+test_pod.py); it takes a few minutes with vfs storage.
 """
 
 from __future__ import annotations
@@ -11,17 +12,14 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import deploy_support as ds
 import pytest
 
-pytestmark = pytest.mark.slow
+# The first test may build the image (and its base): a longer time limit than pytest's default.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(ds.BUILD_TEST_TIMEOUT)]
 
-IMAGE = "localhost/greeter:test"
-HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 DRAIN_DELAY = 1.0
 GRACE_PERIOD = 5.0
 
@@ -33,37 +31,7 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
-def image() -> Iterator[tuple[str, dict[str, str]]]:
-    buildah = ds.tool("buildah")
-    ds.tool("podman")
-    env = ds.container_env()
-    base = ds.ensure_base_image(env)
-    cmd = [
-        buildah,
-        "bud",
-        "--isolation",
-        "chroot",
-        "--format",
-        "docker",
-        "--layers=false",
-        "--build-arg",
-        f"BASE_IMAGE={base}",
-        "--build-arg",
-        "REVISION=test",
-        "-t",
-        IMAGE,
-    ]
-    if HOST_CA.exists():
-        # Outbound HTTPS may be re-signed here: lend pip the machine's CA bundle, build time only.
-        cmd += ["-v", f"{HOST_CA}:/etc/ssl/certs/build-ca.crt:ro"]
-    result = ds.run([*cmd, str(ds.ROOT)], env=env, timeout=1200)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    yield IMAGE, env
-    ds.run([ds.tool("podman"), "rmi", "-f", IMAGE], env=env, timeout=120)
-
-
-def inspect(image: tuple[str, dict[str, str]]) -> dict[str, Any]:
+def inspect(image: ds.BuiltImage) -> dict[str, Any]:
     name, env = image
     result = ds.run([ds.tool("podman"), "image", "inspect", name], env=env)
     assert result.returncode == 0, result.stderr
@@ -71,8 +39,8 @@ def inspect(image: tuple[str, dict[str, str]]) -> dict[str, Any]:
     return data[0]
 
 
-def test_image_metadata(image: tuple[str, dict[str, str]]) -> None:
-    info = inspect(image)
+def test_image_metadata(greeter_image: ds.BuiltImage) -> None:
+    info = inspect(greeter_image)
     config = info["Config"]
     assert config["Entrypoint"] == ["greeter"]
     assert config["Cmd"] == ["serve"]
@@ -90,8 +58,8 @@ def test_image_metadata(image: tuple[str, dict[str, str]]) -> None:
     assert health["Test"][:3] == ["CMD", "greeter", "health"]
 
 
-def test_final_stage_has_no_build_leftovers(image: tuple[str, dict[str, str]]) -> None:
-    name, env = image
+def test_final_stage_has_no_build_leftovers(greeter_image: ds.BuiltImage) -> None:
+    name, env = greeter_image
     script = (
         "import os, sys\n"
         "bad = [p for p in ('/src', '/root/.cache/pip', '/opt/greeter/bin/pip') "
@@ -120,7 +88,7 @@ def _greeter(*args: str, timeout: float = 30) -> Any:
     return ds.run([ds.python(), "-m", "greeter", *args], timeout=timeout)
 
 
-def test_image_serves_and_drains(image: tuple[str, dict[str, str]]) -> None:
+def test_image_serves_and_drains(greeter_image: ds.BuiltImage) -> None:
     pytest.importorskip("greeter.cli")
     import grpc
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -129,7 +97,7 @@ def test_image_serves_and_drains(image: tuple[str, dict[str, str]]) -> None:
 
     from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
 
-    name, env = image
+    name, env = greeter_image
     podman = ds.tool("podman")
     port = free_port()
     container = f"greeter-test-{os.getpid()}"
