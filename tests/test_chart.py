@@ -196,6 +196,16 @@ def test_probes_use_greeter_health_when_tls_is_on(render: Any) -> None:
         assert command[:3] == ["greeter", "health", "localhost:50051"]
         assert "--tls" in command
         assert "grpc" not in container[probe]
+        # ci/tls requires client certificates: the probe presents the pod's own pair.
+        at = command.index("--cert")
+        assert command[at : at + 4] == [
+            "--cert",
+            "/etc/greeter/tls/tls.crt",
+            "--key",
+            "/etc/greeter/tls/tls.key",
+        ]
+    container = container_of(render({"tls": {"enabled": True}}))
+    assert "--cert" not in container["readinessProbe"]["exec"]["command"]
 
 
 @pytest.mark.parametrize(

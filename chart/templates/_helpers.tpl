@@ -196,7 +196,9 @@ is mapped here and nowhere else.
 
 {{/*
 One probe on the gRPC health service. The kubelet's native gRPC probe speaks cleartext only, so
-with TLS on the probe runs `greeter health` in the container instead.
+with TLS on the probe runs `greeter health` in the container instead. With tls.clientCA the server
+refuses a client without a certificate, so the probe presents the pod's own tls.crt (which must
+then allow client authentication too).
 */}}
 {{- define "greeter.probe" -}}
 {{- $root := index . 0 }}
@@ -209,6 +211,12 @@ exec:
     - {{ printf "localhost:%v" $root.Values.server.port | quote }}
     - --tls
     - --insecure
+    {{- if $root.Values.tls.clientCA }}
+    - --cert
+    - {{ printf "%s/tls.crt" (include "greeter.tlsDir" $root) | quote }}
+    - --key
+    - {{ printf "%s/tls.key" (include "greeter.tlsDir" $root) | quote }}
+    {{- end }}
     - --service
     - {{ $root.Values.probes.service | quote }}
     - -t

@@ -78,8 +78,13 @@ def make_leaf(
     ca: Pair | None = None,
     client: bool = False,
     days: int = 30,
+    also_client: bool = False,
 ) -> Pair:
-    """A server (or client) certificate for ``hosts``, signed by ``ca`` or self-signed."""
+    """A server (or client) certificate for ``hosts``, signed by ``ca`` or self-signed.
+
+    ``also_client`` makes a server certificate that may authenticate as a client too, as the
+    chart's probes need when they present the pod's own certificate to an mTLS server.
+    """
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = []
     for host in hosts:
@@ -93,13 +98,15 @@ def make_leaf(
         issuer = ca_cert.subject
     else:
         signer, issuer = key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
-    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
+    if also_client and not client:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     cert = (
         _builder(hosts[0], issuer, days)
         .public_key(key.public_key())
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=ca is None, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .sign(signer, hashes.SHA256())  # type: ignore[arg-type]
     )
     return _write(folder, stem, cert, key)
