@@ -46,7 +46,8 @@ NAMESPACE = "gateway-demo"
 CLUSTER = "podman-cluster"
 # What the test puts where Kubernetes would put the node's name (see for_podman).
 NODE = "podman-node"
-# The Service's DNS name: what a gateway in the cluster dials, and the TLS certificate's name.
+# The name gateways verify the pods' certificate for: the chart's default tls.serverName, the
+# Service's DNS name.
 SERVICE_DNS = f"grpc-service.{NAMESPACE}.svc"
 START_TIMEOUT = 120.0
 
