@@ -135,7 +135,10 @@ def failure(section: dict[str, Any]) -> str | None:
             f"calls were served by other clusters than {want['name']} ({strays})"
         )
     if section["decision"] == "off":
-        worst = min(section["clusters"], key=lambda row: row["p_value"])
+        unnamed = [row for row in section["clusters"] if row["expected_share"] == 0]
+        off = [row for row in section["clusters"] if not row["within"]]
+        # a cluster that should see nothing is the clearest sign; else the worst fit
+        worst = (unnamed or sorted(off, key=lambda row: row["p_value"]))[0]
         if worst["expected_share"] == 0:
             expect = "which the expectation does not name"
         else:
