@@ -20,7 +20,13 @@ from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
 from greeter.client import TargetError
 from greeter.interceptors.faults import MAX_DELAY_MS, parse_delay_ms, parse_status
 from greeter.load.cli import add_arguments, config_from_args
-from greeter.load.config import ConfigError, LoadConfig, parse_duration, parse_threshold
+from greeter.load.config import (
+    ConfigError,
+    LoadConfig,
+    parse_duration,
+    parse_split,
+    parse_threshold,
+)
 from greeter.settings import Settings, SettingsError, describe, env_name
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
@@ -349,6 +355,11 @@ LOAD_FLAGS = {
     "-d": st.sampled_from(['{"name":"x"}', "[]", "{", "null"]),
     "-m": st.sampled_from(["k:v", "authorization:Bearer t", "novalue", '{"a":"b"}', "{"]),
     "--authority": st.sampled_from(["", "grpc.example.com"]),
+    "--expect-split": st.sampled_from(
+        ["a=80,b=20", "a=100", "a=50,a=50", "a=80,b=30", "a=nan,b=100", "a", "", "a=-5,b=105"]
+    ),
+    "--expect-cluster": st.sampled_from(["cluster-a", "", "a b", "a=1"]),
+    "--split-confidence": st.sampled_from(["0.99", "99%", "1", "0", "nan", "x", "-0.5"]),
 }
 
 
@@ -377,6 +388,34 @@ def test_load_flags_give_a_config_or_a_usage_error(argv: list[str]) -> None:
     assert config.connections <= config.concurrency
     assert config.timeout > 0
     assert config.total is None or config.total >= 1
+    assert 0 < config.split_confidence < 1
+    if config.expect_split is not None:
+        assert abs(sum(share for _, share in config.expect_split) - 100) <= 1e-6
+        assert config.expect_cluster is None
+
+
+@settings(max_examples=500)
+@given(
+    st.one_of(
+        st.text(),
+        st.lists(
+            st.tuples(
+                st.sampled_from(["a", "b", "c", "cluster-a", "", " x "]),
+                st.one_of(numbers, st.sampled_from(["25", "50", "100", "50%", "nan", "inf"])),
+            ),
+            max_size=4,
+        ).map(lambda pairs: ",".join(f"{name}={value}" for name, value in pairs)),
+    )
+)
+def test_parse_split_adds_up_to_100_or_value_error(text: str) -> None:
+    try:
+        split = parse_split(text)
+    except ValueError:
+        return
+    assert split
+    assert abs(sum(share for _, share in split) - 100) <= 1e-6
+    assert len({name for name, _ in split}) == len(split)
+    assert all(0 <= share <= 100 and name.strip() == name for name, share in split)
 
 
 @settings(max_examples=500)

@@ -24,7 +24,9 @@ from greeter.load.config import (
     LoadConfig,
     call_name,
     default_procs,
+    parse_confidence,
     parse_duration,
+    parse_split,
     parse_threshold,
 )
 from greeter.load.engine import ConnectError
@@ -32,9 +34,10 @@ from greeter.load.report import EXIT_BAD_ARGS, EXIT_CONNECT, EXIT_FAILED, Report
 from greeter.load.runner import run_load
 
 FORMATS = ("summary", "json", "csv", "html")
-EPILOG = """exit codes: 0 ok; 1 a threshold missed, --max-error-rate exceeded or no call
-succeeded; 2 bad arguments; 3 could not connect; 130 interrupted (the partial report
-is printed first). See docs/load.md."""
+EPILOG = """exit codes: 0 ok; 1 a threshold missed, --max-error-rate exceeded, the split
+off or undecided (--expect-split, --expect-cluster) or no call succeeded; 2 bad
+arguments; 3 could not connect; 130 interrupted (the partial report is printed first).
+See docs/load.md."""
 
 
 def _duration(text: str) -> float:
@@ -193,6 +196,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="STAT=LIMIT",
         help="fail (exit 1) if a latency is above, e.g. p99=250ms (repeatable)",
     )
+    out.add_argument(
+        "--expect-split",
+        default=None,
+        metavar="NAME=PCT,...",
+        help="fail (exit 1) unless successful calls spread over clusters as given, e.g. "
+        "cluster-a=80,cluster-b=20 (an exact test per cluster; see docs/load.md)",
+    )
+    out.add_argument(
+        "--expect-cluster",
+        default=None,
+        metavar="NAME",
+        help="fail (exit 1) unless every successful call was served by cluster NAME",
+    )
+    out.add_argument(
+        "--split-confidence",
+        default=None,
+        metavar="C",
+        help="confidence of the split gate, 0.99 (default) or 99%%",
+    )
     out.add_argument("-q", "--quiet", action="store_true", help="no live progress")
     out.add_argument("--uvloop", action="store_true", help="run the client on uvloop")
     out.add_argument(
@@ -214,6 +236,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
     except ValueError as exc:
         raise ConfigError(f"--max-latency: {exc}") from None
     schedule_rate = args.load_schedule != "const"
+    expect_split, confidence = _split_args(args)
     return LoadConfig(
         target=target,
         call=args.call,
@@ -236,10 +259,34 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         percentiles=args.percentiles,
         max_error_rate=args.max_error_rate,
         thresholds=thresholds,
+        expect_split=expect_split,
+        expect_cluster=args.expect_cluster,
+        split_confidence=confidence,
         progress=not args.quiet and sys.stderr.isatty(),
         uvloop=args.uvloop,
         engine=args.engine,
     )
+
+
+def _split_args(
+    args: argparse.Namespace,
+) -> tuple[tuple[tuple[str, float], ...] | None, float]:
+    """--expect-split parsed, and --split-confidence (which needs a split gate)."""
+    expect_split = None
+    if args.expect_split is not None:
+        try:
+            expect_split = parse_split(args.expect_split)
+        except ValueError as exc:
+            raise ConfigError(f"--expect-split: {exc}") from None
+    if args.split_confidence is None:
+        return expect_split, 0.99
+    if expect_split is None and args.expect_cluster is None:
+        raise ConfigError("--split-confidence: needs --expect-split or --expect-cluster")
+    try:
+        confidence = parse_confidence(args.split_confidence)
+    except ValueError as exc:
+        raise ConfigError(f"--split-confidence: {exc}") from None
+    return expect_split, confidence
 
 
 class ProgressLine:

@@ -92,6 +92,59 @@ def parse_threshold(text: str) -> Threshold:
     return Threshold(stat, seconds * 1e3)
 
 
+SPLIT_NAME = re.compile(r"[^\s=,]+")
+
+
+def parse_split(text: str) -> tuple[tuple[str, float], ...]:
+    """``cluster-a=80,cluster-b=20`` → ((cluster-a, 80.0), (cluster-b, 20.0)): cluster
+    names (as ``x-greeter-cluster`` gives them) with percentages that add up to 100."""
+    parts = [part.strip() for part in text.split(",")]
+    if not text.strip() or any(not part for part in parts):
+        raise ValueError(f"{text!r} must look like cluster-a=80,cluster-b=20")
+    shares: list[tuple[str, float]] = []
+    for part in parts:
+        name, sep, value = (piece.strip() for piece in part.partition("="))
+        if not sep or not SPLIT_NAME.fullmatch(name):
+            raise ValueError(f"{part!r} must look like NAME=PERCENT, e.g. cluster-a=80")
+        try:
+            share = float(value.removesuffix("%"))
+        except ValueError:
+            raise ValueError(f"{part!r}: {value!r} is not a percentage") from None
+        shares.append((name, share))
+    split = tuple(shares)
+    problem = split_problem(split)
+    if problem:
+        raise ValueError(problem)
+    return split
+
+
+def split_problem(split: tuple[tuple[str, float], ...]) -> str | None:
+    """What is wrong with an expected split, or None."""
+    names = [name for name, _ in split]
+    if not split:
+        return "names no cluster"
+    duplicate = next((name for name in names if names.count(name) > 1), None)
+    if duplicate is not None:
+        return f"names cluster {duplicate!r} twice"
+    for name, share in split:
+        if not math.isfinite(share) or not 0 <= share <= 100:
+            return f"{name}={share:g} is not a percentage between 0 and 100"
+    total = sum(share for _, share in split)
+    if abs(total - 100) > 1e-6:
+        return f"shares add up to {total:g}, not 100"
+    return None
+
+
+def parse_confidence(text: str) -> float:
+    """``0.99`` or ``99%`` → 0.99."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a confidence like 0.99 or 99%") from None
+    return value
+
+
 def default_procs() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
@@ -125,6 +178,10 @@ class LoadConfig:
     percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
     max_error_rate: float | None = None  # a fraction 0..1
     thresholds: tuple[Threshold, ...] = ()
+    # The split gate: expected percent per cluster, or one cluster for every call.
+    expect_split: tuple[tuple[str, float], ...] | None = None
+    expect_cluster: str | None = None
+    split_confidence: float = 0.99
     progress: bool = False
     uvloop: bool = False
     engine: str = "auto"
@@ -192,6 +249,27 @@ class LoadConfig:
                 bad.append(("--engine", f"h2 cannot run this load: {why}"))
         if self.max_error_rate is not None and not 0 <= self.max_error_rate <= 1:
             bad.append(("--max-error-rate", "must be a fraction between 0 and 1 (or a percent)"))
+        bad.extend(self._split_problems())
+        return bad
+
+    def _split_problems(self) -> list[tuple[str, str]]:
+        bad: list[tuple[str, str]] = []
+        if self.expect_split is not None:
+            problem = split_problem(self.expect_split)
+            if problem:
+                bad.append(("--expect-split", problem))
+        if self.expect_cluster is not None and not SPLIT_NAME.fullmatch(self.expect_cluster):
+            bad.append(("--expect-cluster", f"{self.expect_cluster!r} is not a cluster name"))
+        if self.expect_split is not None and self.expect_cluster is not None:
+            bad.append(
+                (
+                    "--expect-cluster",
+                    "cannot be combined with --expect-split "
+                    f"(--expect-split {self.expect_cluster}=100 is the statistical form)",
+                )
+            )
+        if not (isinstance(self.split_confidence, float | int) and 0 < self.split_confidence < 1):
+            bad.append(("--split-confidence", "must be between 0 and 1 (exclusive), e.g. 0.99"))
         return bad
 
     @property

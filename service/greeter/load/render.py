@@ -73,7 +73,11 @@ def summary(report: Report) -> str:
         add("Thresholds:")
         for t in d["thresholds"]:
             verdict = "ok" if t["passed"] else "FAILED"
-            add(f"  {t['name']:<16} {t['value']:g} (limit {t['limit']:g})  {verdict}")
+            op = f"{t['op']} " if "op" in t else ""
+            add(f"  {t['name']:<16} {t['value']:g} (limit {op}{t['limit']:g})  {verdict}")
+    if "split" in d:
+        add("")
+        out.extend(_split_summary(d["split"]))
     for failure in report.failures:
         add(f"FAILED: {failure}")
     return "\n".join(out) + "\n"
@@ -103,6 +107,36 @@ def _table(rows: dict[str, dict[str, Any]], title: str, pcts: list[str]) -> str:
     return "\n".join(text)
 
 
+def _split_summary(section: dict[str, Any]) -> list[str]:
+    """The split gate's table: expected and observed share, and the interval."""
+    title = "Cluster" if section["kind"] == "cluster" else "Split"
+    lines = [
+        f"{title} ({section['decision']}; {section['calls']} successful calls, "
+        f"{section['calls_needed']} needed; intervals at {section['interval_confidence']:.4g}, "
+        f"{section['comparisons']} comparison(s)):"
+    ]
+    rows = [["cluster", "expected", "observed", "count", "interval", "p-value", ""]]
+    for row in section["clusters"]:
+        rows.append(
+            [
+                row["name"],
+                f"{row['expected_share']:.1%}",
+                f"{row['share']:.1%}",
+                str(row["count"]),
+                f"{row['low']:.1%}-{row['high']:.1%}",
+                f"{row['p_value']:.3g}",
+                "ok" if row["within"] else "OFF",
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        rest = (c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True))
+        cells = [r[0].ljust(widths[0]), *rest]
+        lines.append("  " + "  ".join(cells).rstrip())
+    return lines
+
+
+SPLIT_CSV_FIELDS = ("expected_share", "share_low", "share_high")
 CSV_FIELDS = ("kind", "name", "count", "share", "errors", "min_ms", "mean_ms", "max_ms")
 
 
@@ -113,7 +147,8 @@ def to_csv(report: Report) -> str:
     pcts = _pct_keys(d["latency_ms"])
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([*CSV_FIELDS, *(f"{p}_ms" for p in pcts)])
+    gate = d.get("split")
+    writer.writerow([*CSV_FIELDS, *(f"{p}_ms" for p in pcts), *(SPLIT_CSV_FIELDS if gate else ())])
 
     def row(kind: str, name: str, count: int, share: float, errors: int, lat: dict) -> None:
         writer.writerow(
@@ -137,7 +172,27 @@ def to_csv(report: Report) -> str:
     for code, n in d["status_codes"].items():
         share = round(n / d["count"], 6) if d["count"] else 0.0
         row("status", code, n, share, 0 if code == "OK" else n, {})
+    if gate:
+        _split_csv(writer, gate, len(CSV_FIELDS) - 4 + len(pcts))
     return buf.getvalue()
+
+
+def _split_csv(writer: Any, section: dict[str, Any], blanks: int) -> None:
+    """kind ``split`` (or ``cluster``) rows: successful calls and observed share per
+    cluster, the errors and latency columns empty, then expected share and interval."""
+    for r in section["clusters"]:
+        writer.writerow(
+            [
+                section["kind"],
+                r["name"],
+                r["count"],
+                r["share"],
+                *([""] * blanks),
+                r["expected_share"],
+                r["low"],
+                r["high"],
+            ]
+        )
 
 
 def _svg_chart(report: Report, width: int = 720, height: int = 260) -> str:
@@ -210,5 +265,28 @@ Started {esc(d["started_at"])}.</p>
 <h2>Status codes</h2><table>{codes}</table>
 <h2>By cluster</h2>{table(d["by_cluster"], "cluster")}
 <h2>By pod</h2>{table(d["by_pod"], "pod")}
-</body></html>
+{_split_html(d.get("split"))}</body></html>
 """
+
+
+def _split_html(section: dict[str, Any] | None) -> str:
+    """The split gate's verdict and table, when one ran."""
+    if not section:
+        return ""
+    esc = html.escape
+    head = "".join(
+        f"<th>{h}</th>" for h in ("cluster", "expected", "observed", "count", "interval", "p-value")
+    )
+    body = "".join(
+        f"<tr><td>{esc(r['name'])}</td><td>{r['expected_share']:.1%}</td>"
+        f"<td>{r['share']:.1%}</td><td>{r['count']}</td>"
+        f"<td>{r['low']:.1%} &ndash; {r['high']:.1%}</td><td>{r['p_value']:.3g}</td></tr>"
+        for r in section["clusters"]
+    )
+    return (
+        f"<h2>{'Cluster' if section['kind'] == 'cluster' else 'Split'}: "
+        f"{esc(section['decision'])}</h2>\n<p>{section['calls']} successful calls "
+        f"({section['calls_needed']} needed to see a {section['detect']:.0%} deviation with "
+        f"power {section['power']:.0%}); intervals at {section['interval_confidence']:.4g}; "
+        f"{esc(section['method'])}.</p>\n<table><tr>{head}</tr>{body}</table>\n"
+    )

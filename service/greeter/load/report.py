@@ -10,13 +10,15 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from greeter.load import split
 from greeter.load.config import LoadConfig, percentile_name
 from greeter.load.engine import Recorder, resolved_engine
 from greeter.load.histogram import Histogram, bucket_bounds
 
 SCHEMA_ID = "greeter-load-report/v1"
 EXIT_OK = 0
-EXIT_FAILED = 1  # a threshold was missed, --max-error-rate exceeded, or no call succeeded
+EXIT_FAILED = 1  # a threshold was missed, --max-error-rate exceeded, the split is off or
+# undecided (--expect-split, --expect-cluster), or no call succeeded
 EXIT_BAD_ARGS = 2
 EXIT_CONNECT = 3
 EXIT_INTERRUPTED = 130  # Ctrl-C: the partial report is printed first
@@ -205,7 +207,28 @@ def _check(config: LoadConfig, report: Report) -> list[dict[str, Any]]:
         )
         if not passed:
             report.failures.append(f"latency {t.stat} {value:g} ms exceeds {t.limit_ms:g} ms")
+    checks.extend(_check_split(config, report))
     return checks
+
+
+def _check_split(config: LoadConfig, report: Report) -> list[dict[str, Any]]:
+    """--expect-split / --expect-cluster: the report's ``split`` section, and its entry
+    among the thresholds (``split``: the smallest corrected p-value, which must be at
+    least 1 - confidence; ``cluster``: the share of successful calls the named cluster
+    served, which must be 1)."""
+    gate = split.check(config, report.data)
+    if gate is None:
+        return []
+    section, failure = gate
+    report.data["split"] = section
+    if failure is not None:
+        report.failures.append(failure)
+    if section["kind"] == "cluster":
+        limit, value = 1.0, section["clusters"][0]["share"]
+    else:
+        limit, value = round(1.0 - config.split_confidence, 12), section["p_value"]
+    entry = {"name": section["kind"], "limit": limit, "value": value, "passed": failure is None}
+    return [{**entry, "op": ">="}]
 
 
 def _top_error(data: dict[str, Any]) -> str:
