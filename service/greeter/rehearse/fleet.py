@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,6 +26,7 @@ import grpc
 
 from greeter import certs
 from greeter.client import Target
+from greeter.rehearse import policy
 from greeter.rehearse.nginx import (
     BACKEND_HOST,
     CANARY_BACKEND_HOST,
@@ -38,6 +40,8 @@ from greeter.rehearse.nginx import (
 
 DEFAULT_PORT = 8443
 CANARY_POD = "greeter-canary-0"
+# Cluster names become pod names, nginx upstream names and header values: DNS labels.
+_CLUSTER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def free_port() -> int:
@@ -75,12 +79,36 @@ class RehearsalConfig:
     keep_workdir: bool = False
     # The nginx binary ("" finds it on PATH or in /usr/sbin).
     nginx: str = ""
+    # Traffic policies (greeter.rehearse.policy): each cluster's percent of the fleet's calls
+    # (empty: round robin over every backend); a header routing calls to the cluster it names
+    # ("": none); standby clusters, whose backends take calls only while no active one can.
+    weights: tuple[tuple[str, int], ...] = ()
+    route_header: str = ""
+    standby: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is not a valid port")
         if len(self.clusters) < 1 or len(set(self.clusters)) != len(self.clusters):
             raise ValueError("clusters must be one or more distinct names")
+        for name in self.clusters:
+            if not _CLUSTER_NAME.match(name):
+                raise ValueError(
+                    f"clusters: {name!r} is not a DNS label (lower-case letters, digits, '-')"
+                )
+        if self.weights:
+            shares = dict(self.weights)
+            if len(shares) != len(self.weights):
+                raise ValueError("weights: a cluster is given twice")
+            policy.check_weights(shares, self.clusters)
+            if self.standby:
+                raise ValueError(
+                    "weights and standby exclude each other: a standby cluster takes no "
+                    "share, only the calls no active cluster can take"
+                )
+        if self.route_header:
+            policy.check_route_header(self.route_header)
+        policy.check_standby(self.standby, self.clusters)
         if self.pods_per_cluster < 1:
             raise ValueError("pods_per_cluster must be at least 1")
         for name in ("drain_delay", "grace_period", "fail_timeout", "connect_timeout"):
@@ -234,6 +262,16 @@ class Rehearsal:
             address=self.address, cacert=str(self.cert), authority=HOST, metadata=tuple(md)
         )
 
+    def pod_weights(self) -> dict[str, int]:
+        """nginx ``weight=`` of each fleet backend by pod (all 1 without ``weights``)."""
+        c = self.config
+        if not c.weights:
+            return {b.pod: 1 for b in self.backends}
+        per_pod = policy.pod_weights(
+            dict(c.weights), {name: len(self.cluster(name)) for name in c.clusters}
+        )
+        return {b.pod: per_pod[b.cluster] for b in self.backends}
+
     def commands(self) -> list[str]:
         """Ready-to-paste commands against the running gateway."""
         a = self.address
@@ -241,6 +279,12 @@ class Rehearsal:
         if self.config.auth_tokens:
             auth = f" -m 'authorization:Bearer {self.config.auth_tokens[0]}'"
         grpcurl_auth = auth.replace(" -m ", " -H ")
+        routed = []
+        if self.config.route_header:
+            routed.append(
+                f"greeter call {a} --insecure --authority {HOST}{auth} "
+                f"-m {self.config.route_header}:{self.config.clusters[-1]}"
+            )
         return [
             f"grpcurl -insecure -authority {HOST} {a} list",
             f'grpcurl -insecure -authority {HOST}{grpcurl_auth} -d \'{{"name": "you"}}\' '
@@ -248,6 +292,7 @@ class Rehearsal:
             f"greeter call {a} --insecure --authority {HOST}{auth}",
             f"greeter call {a} --insecure --authority {HOST}{auth} "
             f"-m {CANARY_HEADER}:{CANARY_VALUE}",
+            *routed,
             f"greeter call {a} --insecure --authority {HOST}{auth} --method SayHelloStreamReply",
             f"greeter health {a} --insecure --authority {HOST}",
             f"greeter load {a} --insecure --authority {HOST}{auth} -c 8 -z 10s --rps 200",
@@ -336,6 +381,7 @@ class Rehearsal:
         for backend in everyone:
             backend.spawn()
         await asyncio.gather(*(b.wait_ready() for b in everyone))
+        weights = self.pod_weights()
         gateway = Gateway(
             port=c.port or free_port(),
             fleet=[b.upstream for b in self.backends],
@@ -347,6 +393,10 @@ class Rehearsal:
             backend_tls=(
                 BackendTLS(self.fleet_ca, BACKEND_HOST, canary_name) if c.backend_tls else None
             ),
+            weights={b.upstream: weights[b.pod] for b in self.backends},
+            backup=[b.upstream for b in self.backends if b.cluster in c.standby],
+            route_header=policy.check_route_header(c.route_header) if c.route_header else "",
+            members={name: [b.upstream for b in self.cluster(name)] for name in c.clusters},
         )
         self.nginx = Nginx(gateway, self.workdir / "nginx", binary)
         await asyncio.to_thread(self.nginx.start)

@@ -13,7 +13,10 @@ describe, and the directive that plays each part here:
 - ``proxy-read-timeout`` / ``proxy-send-timeout`` 3600: ``grpc_read_timeout`` /
   ``grpc_send_timeout``;
 - the GRPCRoute's canary rule (``x-canary: "true"`` on ``helloworld.Greeter``): a ``map`` on
-  ``$http_x_canary`` choosing the upstream inside ``location /helloworld.Greeter/``.
+  ``$http_x_canary`` choosing the upstream inside ``location /helloworld.Greeter/``;
+- the fleet's traffic policies (:mod:`greeter.rehearse.policy`): per-cluster weights as
+  ``weight=`` on each server, routing by a header to one cluster's own upstream, a standby
+  cluster as ``backup`` servers.
 
 The drain and outage parts (passive health, retry of calls that never reached a backend, client
 keep-alive limits) are explained in docs/rehearsal.md.
@@ -28,9 +31,11 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from greeter.rehearse.policy import header_variable
 
 INSTALL_HINT = "install it with: apt-get install -y nginx-light"
 HOST = "grpc.example.com"
@@ -99,15 +104,42 @@ class Gateway:
     upstream_keepalive: int = 0
     # TLS to the backends (grpcs); None: cleartext HTTP/2 (grpc).
     backend_tls: BackendTLS | None = None
+    # Traffic policies (greeter.rehearse.policy). nginx weight of a fleet backend by address
+    # (absent: 1; 0: ``down``, no share of the weighted traffic).
+    weights: Mapping[str, int] = field(default_factory=dict)
+    # Fleet backends that only take calls while no other fleet backend is available (standby).
+    backup: Sequence[str] = ()
+    # A request header whose value names a cluster: such calls go to that cluster only
+    # (``members``: the cluster's backends); "" for no header routing.
+    route_header: str = ""
+    members: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
 def _ms(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
-def _upstream(name: str, addresses: Sequence[str], g: Gateway) -> str:
-    health = f"max_fails={g.max_fails} fail_timeout={max(1, round(g.fail_timeout))}s"
-    servers = "\n".join(f"        server {address} {health};" for address in addresses)
+def member_upstream(cluster: str) -> str:
+    """The upstream group of one cluster's backends (header routing)."""
+    return f"member-{cluster}"
+
+
+def _server(address: str, g: Gateway, policies: bool) -> str:
+    params = [f"max_fails={g.max_fails}", f"fail_timeout={max(1, round(g.fail_timeout))}s"]
+    if policies:
+        weight = g.weights.get(address, 1)
+        if weight == 0:
+            params.append("down")
+        elif weight != 1:
+            params.insert(0, f"weight={weight}")
+        if address in g.backup:
+            params.append("backup")
+    return f"        server {address} {' '.join(params)};"
+
+
+def _upstream(name: str, addresses: Sequence[str], g: Gateway, policies: bool = True) -> str:
+    """An upstream group; with ``policies`` its servers carry the weights and backup flags."""
+    servers = "\n".join(_server(address, g, policies) for address in addresses)
     keepalive = ""
     if g.upstream_keepalive:
         keepalive = (
@@ -153,12 +185,40 @@ def _backend_tls(g: Gateway) -> str:
 """
 
 
+def _route_map(g: Gateway) -> str:
+    if not g.route_header:
+        return ""
+    clusters = "\n".join(
+        f'        "{cluster}" {member_upstream(cluster)};' for cluster in g.members
+    )
+    return f"""
+    # Header routing ({g.route_header}: <cluster>): that cluster's backends only. No header, or
+    # a value naming no cluster: the weighted fleet, as an ALB forwarding rule whose header
+    # condition does not match falls through to the default action.
+    map {header_variable(g.route_header)} $greeter_fleet {{
+{clusters}
+        default fleet;
+    }}
+"""
+
+
+def _member_upstreams(g: Gateway) -> str:
+    if not g.route_header:
+        return ""
+    return "".join(
+        "\n" + _upstream(member_upstream(cluster), addresses, g, policies=False)
+        for cluster, addresses in g.members.items()
+    )
+
+
 def render(g: Gateway, prefix: Path) -> str:
     """The nginx.conf for ``nginx -p PREFIX -c nginx.conf``: unprivileged, in the foreground."""
     # Started as root, nginx would run its workers as nobody, who may not open the backends'
     # sockets in a private work folder: keep the workers as the user who started it.
     user = "user root;\n" if os.geteuid() == 0 else ""
     scheme = "grpc" if g.backend_tls is None else "grpcs"
+    # Without header routing the fleet is the "fleet" upstream, else the header's choice.
+    fleet = "$greeter_fleet" if g.route_header else "fleet"
     canary_name = ""
     if g.backend_tls is not None:
         canary_name = "\n            grpc_ssl_name $greeter_backend_name;"
@@ -196,13 +256,15 @@ http {{
     # The GRPCRoute's canary rule: {CANARY_HEADER}: "{CANARY_VALUE}" selects the canary.
     map $http_x_canary $greeter_upstream {{
         "{CANARY_VALUE}" canary;
-        default fleet;
+        default {fleet};
     }}
-
+{_route_map(g)}
 {_backend_tls_map(g)}
-    # The ALB multi-cluster Ingress: every member cluster's grpc-service behind one rule.
+    # The ALB multi-cluster Ingress: every member cluster's grpc-service behind one rule
+    # (with weights: weight= per backend so each cluster's total is its share; a standby
+    # cluster's backends are backup servers, used only while no active one is available).
 {_upstream("fleet", g.fleet, g)}
-{_upstream("canary", g.canary, g)}
+{_upstream("canary", g.canary, g)}{_member_upstreams(g)}
     # Any other host name: ingress-nginx's default backend (404, UNIMPLEMENTED to gRPC).
     server {{
         listen 127.0.0.1:{g.port} ssl http2 default_server;
@@ -235,7 +297,7 @@ http {{
             grpc_pass {scheme}://$greeter_upstream;{canary_name}
         }}
         location / {{
-            grpc_pass {scheme}://fleet;
+            grpc_pass {scheme}://{fleet};
         }}
     }}
 }}
