@@ -11,6 +11,7 @@ import signal
 import sys
 from typing import Any
 
+from greeter.rehearse import policy
 from greeter.rehearse.fleet import DEFAULT_PORT, Rehearsal, RehearsalConfig
 from greeter.rehearse.nginx import NginxError
 
@@ -20,7 +21,7 @@ EXIT_OK = 0
 EXIT_LOSS = 1  # a scenario lost more calls than it may
 EXIT_BAD_ARGS = 2
 EXIT_STARTUP = 3  # nginx missing or rejected, a backend would not start
-SCENARIOS = ("drain", "outage")
+SCENARIOS = ("drain", "outage", "failover")
 
 
 def register(subparsers: Any) -> None:
@@ -29,9 +30,11 @@ def register(subparsers: Any) -> None:
         help="run two clusters of Greeters behind a real nginx gateway on 127.0.0.1",
         description="Start two clusters of Greeter backends, a canary and an nginx gateway "
         "(TLS for grpc.example.com, HTTP/2, grpc_pass), print how to reach them and wait for "
-        "Ctrl-C; or, with --scenario, run a rolling drain or a cluster outage under traffic "
-        "and report every failed call. With --backend-tls the backends serve TLS with "
-        "certificates from a fleet CA and nginx verifies them (grpc_pass grpcs://). "
+        "Ctrl-C; or, with --scenario, run a rolling drain, a cluster outage or an "
+        "active/standby failover under traffic and report every failed call. --weights, "
+        "--route-header and --standby set the fleet's traffic policies. With --backend-tls "
+        "the backends serve TLS with certificates from a fleet CA and nginx verifies them "
+        "(grpc_pass grpcs://). "
         "Needs nginx (apt-get install -y nginx-light).",
     )
     p.exit_code = EXIT_BAD_ARGS
@@ -52,6 +55,24 @@ def register(subparsers: Any) -> None:
         help="TLS from nginx to the backends, verified against a fleet CA (the chart's "
         "tls.enabled behind a gateway that originates TLS)",
     )
+    p.add_argument(
+        "--weights",
+        default="",
+        help="each cluster's percent of the calls, e.g. cluster-a=80,cluster-b=20 (nginx "
+        "weight= spread over each cluster's pods)",
+    )
+    p.add_argument(
+        "--route-header",
+        default="",
+        help="calls with this header naming a cluster (NAME: cluster-b) go to that cluster only",
+    )
+    p.add_argument(
+        "--standby",
+        action="append",
+        default=[],
+        help="a standby cluster (nginx backup servers): calls only while no active backend "
+        "can take them (--scenario failover: the last cluster unless given)",
+    )
     p.add_argument("--scenario", choices=SCENARIOS, help="run this scenario, report, and exit")
     p.add_argument("--rps", type=float, default=250.0, help="scenario traffic rate")
     p.add_argument("--max-failed", type=int, default=None, help="failed calls allowed (drain: 0)")
@@ -62,9 +83,13 @@ def register(subparsers: Any) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
+    clusters = tuple(c.strip() for c in args.clusters.split(",") if c.strip())
+    standby = tuple(args.standby)
+    if args.scenario == "failover" and not standby and clusters:
+        standby = clusters[-1:]
     return RehearsalConfig(
         port=args.port,
-        clusters=tuple(c.strip() for c in args.clusters.split(",") if c.strip()),
+        clusters=clusters,
         pods_per_cluster=args.pods,
         canary=not args.no_canary,
         drain_delay=args.drain_delay,
@@ -75,6 +100,9 @@ def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
         backend_tls=args.backend_tls,
         keep_workdir=args.keep,
         nginx=args.nginx,
+        weights=tuple(policy.parse_weights(args.weights).items()) if args.weights else (),
+        route_header=args.route_header,
+        standby=standby,
     )
 
 
@@ -88,6 +116,14 @@ def print_banner(r: Rehearsal) -> None:
             f"backends: TLS, certificates from the fleet CA {r.fleet_ca} for {names}; "
             "nginx verifies them (grpc_pass grpcs://, grpc_ssl_verify on)"
         )
+    c = r.config
+    if c.weights:
+        pods = ", ".join(f"{pod} weight={w}" for pod, w in r.pod_weights().items())
+        print(f"weights: {', '.join(f'{n}={w}%' for n, w in c.weights)} ({pods})")
+    if c.route_header:
+        print(f"route header: {c.route_header}: <cluster> sends a call to that cluster only")
+    if c.standby:
+        print(f"standby: {', '.join(c.standby)} (nginx backup servers)")
     print(f"work folder: {r.workdir} (nginx.conf, logs)")
     print("try:")
     for command in r.commands():
@@ -114,7 +150,41 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
             )
         else:
             lines.append(f"  no failed calls (kill at {summary['kill_at_s']}s)")
+    if "phases" in summary:  # the failover: where the calls went
+        lines += failover_lines(summary)
     lines += [f"  failed: {sample}" for sample in summary.get("failure_samples", [])]
+    return lines
+
+
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.1f}%"
+
+
+def failover_lines(summary: dict[str, Any]) -> list[str]:
+    standby, active = ", ".join(summary["standby"]), ", ".join(summary["active"])
+    lines = []
+    for key, what in (
+        ("before_kill", "before the kill"),
+        ("active_down", f"while {active} was down"),
+        ("returned", f"{summary['return_bound_s']:g}s after {active} was SERVING"),
+    ):
+        phase = summary["phases"][key]
+        lines.append(
+            f"  {what} (sent {phase['sent_from_s']}-{phase['sent_to_s']}s): "
+            f"{phase['count']} calls, failed {phase['failed']}, by cluster {phase['by_cluster']}"
+        )
+    returned = summary["returned_at_s"]
+    lines.append(
+        f"  standby {standby}: share {_percent(summary['standby_share_before_kill'])} before "
+        f"the kill, {_percent(summary['standby_share_after_kill'])} while {active} was down"
+    )
+    lines.append(
+        f"  {active}: restarted at {summary['reviving_at_s']}s, SERVING at "
+        f"{summary['revived_at_s']}s, first call again at "
+        f"{'-' if returned is None else f'{returned}s'}, share "
+        f"{_percent(summary['active_share_after_return'])} from "
+        f"{summary['phases']['returned']['sent_from_s']}s"
+    )
     return lines
 
 
@@ -152,7 +222,10 @@ async def _main(args: argparse.Namespace, config: RehearsalConfig) -> int:
             work = scenarios.rolling_drain(rehearsal, rps=args.rps)
             allowed = 0 if args.max_failed is None else args.max_failed
         else:
-            work = scenarios.cluster_outage(rehearsal, rps=args.rps)
+            if args.scenario == "failover":
+                work = scenarios.cluster_failover(rehearsal, rps=args.rps)
+            else:
+                work = scenarios.cluster_outage(rehearsal, rps=args.rps)
             allowed = scenarios.OUTAGE_MAX_FAILED if args.max_failed is None else args.max_failed
         task = asyncio.ensure_future(work)
         waiter = asyncio.ensure_future(stop.wait())

@@ -1,8 +1,10 @@
-"""Disruptions under steady traffic through the gateway: a rolling drain and a cluster outage.
+"""Disruptions under steady traffic through the gateway: a rolling drain, a cluster outage and
+an active/standby failover.
 
-Both return a :class:`ScenarioResult` whose ``summary()`` has ``count``, ``failed``,
+Each returns a :class:`ScenarioResult` whose ``summary()`` has ``count``, ``failed``,
 ``status_codes``, ``by_cluster``, ``by_pod`` and a timeline of what was done when.
-docs/rehearsal.md explains why the drain loses nothing and what bounds the outage.
+docs/rehearsal.md explains why the drain loses nothing and what bounds the outage and the
+failover.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from greeter.rehearse.fleet import Rehearsal
+from greeter.rehearse.fleet import Backend, Rehearsal
 from greeter.rehearse.traffic import LoadRun, Traffic, TrafficReport, load_summary
 
 logger = logging.getLogger(__name__)
@@ -144,6 +148,41 @@ async def rolling_drain(
     return ScenarioResult("rolling-drain", traffic, timeline.events)
 
 
+async def _start_probe(traffic: Traffic, runner: asyncio.Task[TrafficReport]) -> None:
+    """Until the probe sends its first call (bounded); raises what stopped it, if anything."""
+    # The scenario's clock counts from the first call, not from the (slower on a busy
+    # machine) connect.
+    running = asyncio.create_task(traffic.running.wait())
+    await asyncio.wait(
+        {runner, running}, timeout=TRAFFIC_START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+    )
+    running.cancel()
+    if runner.done():
+        runner.result()  # raises what stopped it
+    if not traffic.running.is_set():
+        raise RuntimeError(f"the traffic did not start within {TRAFFIC_START_TIMEOUT_S:g}s")
+
+
+async def _abandon_probe(traffic: Traffic, runner: asyncio.Task[TrafficReport]) -> None:
+    traffic.stop()
+    if not traffic.running.is_set():
+        runner.cancel()  # still connecting, where stop() does not reach it
+    await asyncio.gather(runner, return_exceptions=True)
+
+
+async def _kill(
+    rehearsal: Rehearsal, victims: list[Backend], timeline: _Timeline, **what: Any
+) -> tuple[float, float, list[str]]:
+    """SIGKILL ``victims``: (when the signal went out, when they had exited, survivors)."""
+    kill_at = time.perf_counter()
+    timeline.mark("sigkill", **what, pods=[b.pod for b in victims])
+    await rehearsal.kill(victims)
+    dead_at = time.perf_counter()
+    survivors = [b.pod for b in victims if b.alive]
+    timeline.mark("killed", **what, survivors=survivors)
+    return kill_at, dead_at, survivors
+
+
 async def cluster_outage(
     rehearsal: Rehearsal,
     cluster: str | None = None,
@@ -166,30 +205,13 @@ async def cluster_outage(
     timeline = _Timeline()
     runner = asyncio.create_task(traffic.run())
     try:
-        # ``before`` counts from the first call, not from the (slower on a busy machine) connect.
-        running = asyncio.create_task(traffic.running.wait())
-        await asyncio.wait(
-            {runner, running}, timeout=TRAFFIC_START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
-        )
-        running.cancel()
-        if runner.done():
-            runner.result()  # raises what stopped it
-        if not traffic.running.is_set():
-            raise RuntimeError(f"the traffic did not start within {TRAFFIC_START_TIMEOUT_S:g}s")
+        await _start_probe(traffic, runner)
         timeline.mark("traffic running", rps=rps)
         await asyncio.sleep(before)
-        kill_at = time.perf_counter()
-        timeline.mark("sigkill", cluster=name, pods=[b.pod for b in victims])
-        await rehearsal.kill(victims)
-        dead_at = time.perf_counter()
-        survivors = [b.pod for b in victims if b.alive]
-        timeline.mark("killed", cluster=name, survivors=survivors)
+        kill_at, dead_at, survivors = await _kill(rehearsal, victims, timeline, cluster=name)
         await asyncio.sleep(after)
     except BaseException:
-        traffic.stop()
-        if not traffic.running.is_set():
-            runner.cancel()  # still connecting, where stop() does not reach it
-        await asyncio.gather(runner, return_exceptions=True)
+        await _abandon_probe(traffic, runner)
         raise
     traffic.stop()
     report = await runner
@@ -221,3 +243,128 @@ def outage_summary(
         1 for o in report.outcomes if o.code == "OK" and o.sent > dead_s
     )
     return summary
+
+
+def return_bound(fail_timeout: float) -> float:
+    """Seconds after the active backends are SERVING again by which nginx sends them calls:
+    a backend it marked failed is tried again once ``fail_timeout`` has passed since its last
+    failure, on nginx's clock of whole seconds (hence the extra second)."""
+    return max(1, round(fail_timeout)) + 1.0
+
+
+async def cluster_failover(
+    rehearsal: Rehearsal,
+    rps: float = 250.0,
+    before: float = 2.0,
+    after: float = 5.0,
+    back: float | None = None,
+    concurrency: int = 16,
+) -> ScenarioResult:
+    """Active/standby: SIGKILL every backend of the active clusters under traffic, so the
+    standby's (nginx ``backup`` servers) take the calls; then bring the active ones back and
+    keep the traffic on for ``back`` seconds (default: :func:`return_bound` + 3) to show it
+    returning to them, since nginx stops using backup servers once a primary is available.
+
+    The summary is the outage's (failed calls, when they were sent) with the traffic's split
+    in three phases, by when each call was sent: before the kill, from the moment the active
+    backends had exited until they were started again, and from :func:`return_bound` after
+    they were SERVING again.
+    """
+    c = rehearsal.config
+    if not c.standby:
+        raise ValueError("the failover needs a standby cluster (standby / --standby)")
+    active_clusters = [name for name in c.clusters if name not in c.standby]
+    victims = [b for b in rehearsal.backends if b.cluster in active_clusters]
+    bound = return_bound(c.fail_timeout)
+    back = bound + 3.0 if back is None else back
+    traffic = Traffic(rehearsal.target(), rps, concurrency=concurrency)
+    timeline = _Timeline()
+    runner = asyncio.create_task(traffic.run())
+    try:
+        await _start_probe(traffic, runner)
+        timeline.mark("traffic running", rps=rps, active=active_clusters, standby=list(c.standby))
+        await asyncio.sleep(before)
+        kill_at, dead_at, survivors = await _kill(
+            rehearsal, victims, timeline, clusters=active_clusters
+        )
+        await asyncio.sleep(after)
+        reviving_at = time.perf_counter()
+        timeline.mark("reviving", clusters=active_clusters)
+        await rehearsal.revive(victims)
+        revived_at = time.perf_counter()
+        timeline.mark("revived", clusters=active_clusters)
+        await asyncio.sleep(back)
+    except BaseException:
+        await _abandon_probe(traffic, runner)
+        raise
+    traffic.stop()
+    report = await runner
+    timeline.mark("traffic stopped")
+    t0 = traffic.started
+    summary = outage_summary(report, kill_at - t0, dead_at - t0, survivors)
+    summary.update(
+        failover_summary(
+            report,
+            active_clusters,
+            c.standby,
+            (kill_at - t0, dead_at - t0, reviving_at - t0, revived_at - t0),
+            bound,
+        )
+    )
+    return ScenarioResult("cluster-failover", summary, timeline.events)
+
+
+def _phase(report: TrafficReport, since: float, until: float) -> dict[str, Any]:
+    """The calls sent in ``(since, until]`` (seconds since the traffic started)."""
+    calls = [o for o in report.outcomes if since < o.sent <= until]
+    return {
+        "sent_from_s": round(max(since, 0.0), 3),
+        "sent_to_s": round(min(until, report.duration), 3),
+        "count": len(calls),
+        "failed": sum(1 for o in calls if o.code != "OK"),
+        "by_cluster": dict(Counter(o.cluster for o in calls if o.code == "OK")),
+    }
+
+
+def _share(phase: dict[str, Any], clusters: Collection[str]) -> float | None:
+    by_cluster: dict[str, int] = phase["by_cluster"]
+    ok = sum(by_cluster.values())
+    if not ok:
+        return None
+    return round(sum(n for name, n in by_cluster.items() if name in clusters) / ok, 4)
+
+
+def failover_summary(
+    report: TrafficReport,
+    active: Collection[str],
+    standby: Collection[str],
+    times: tuple[float, float, float, float],
+    bound_s: float,
+) -> dict[str, Any]:
+    """What the failover did to the split. ``times`` since the traffic started: the SIGKILL,
+    the active backends gone, their restart begun, all of them SERVING again."""
+    kill_s, dead_s, reviving_s, revived_s = times
+    phases = {
+        "before_kill": _phase(report, float("-inf"), kill_s),
+        "active_down": _phase(report, dead_s, reviving_s),
+        "returned": _phase(report, revived_s + bound_s, float("inf")),
+    }
+    back = [
+        o.sent
+        for o in report.outcomes
+        if o.sent > reviving_s and o.code == "OK" and o.cluster in active
+    ]
+    return {
+        "active": list(active),
+        "standby": list(standby),
+        "reviving_at_s": round(reviving_s, 3),
+        "revived_at_s": round(revived_s, 3),
+        "return_bound_s": bound_s,
+        "phases": phases,
+        "standby_share_before_kill": _share(phases["before_kill"], standby),
+        "standby_share_after_kill": _share(phases["active_down"], standby),
+        "active_share_after_return": _share(phases["returned"], active),
+        # When an active cluster served its first call again: the restarted backends take
+        # calls as soon as they listen, before the rehearsal has seen them SERVING.
+        "returned_at_s": round(min(back), 3) if back else None,
+    }
