@@ -2,12 +2,15 @@
 
 Each test starts its own rehearsal (two clusters of two backends, a canary, nginx with TLS
 for grpc.example.com) and talks to it only through the gateway, with real gRPC clients. The
-backend-TLS tests run the same fleet with TLS from nginx to the backends (``--backend-tls``).
+backend-TLS tests run the same fleet with TLS from nginx to the backends (``--backend-tls``);
+the policy tests with per-cluster weights and header routing, or a standby cluster.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -23,6 +26,7 @@ from greeter import certs
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
 from greeter._proto.grpc.reflection.v1 import reflection_pb2 as v1_pb2
 from greeter._proto.grpc.reflection.v1 import reflection_pb2_grpc as v1_grpc
+from greeter.cli import main
 from greeter.client import Target, identity_of, open_channel
 from greeter.rehearse import scenarios
 from greeter.rehearse.cli import report_lines
@@ -35,11 +39,13 @@ from greeter.rehearse.nginx import (
     Gateway,
     render,
 )
+from greeter.rehearse.policy import pod_weights
 from greeter.rehearse.traffic import Outcome, TrafficReport
 from tests.conftest import ROOT, require_tool
 
 TOKEN = "rehearsal-token"
 GREETER = helloworld_pb2.DESCRIPTOR.services_by_name["Greeter"].full_name
+ROUTE_HEADER = "x-cluster"
 
 
 def _config(tmp_path: Path, **overrides: object) -> RehearsalConfig:
@@ -57,6 +63,17 @@ def _config(tmp_path: Path, **overrides: object) -> RehearsalConfig:
 async def rehearsal(tmp_path: Path) -> AsyncIterator[Rehearsal]:
     require_tool("nginx", "apt-get install -y nginx-light")
     async with Rehearsal(_config(tmp_path, auth_tokens=(TOKEN,))) as r:
+        yield r
+
+
+@pytest.fixture
+async def policy_rehearsal(tmp_path: Path) -> AsyncIterator[Rehearsal]:
+    """`greeter rehearse --weights cluster-a=80,cluster-b=20 --route-header x-cluster`."""
+    require_tool("nginx", "apt-get install -y nginx-light")
+    config = _config(
+        tmp_path, weights=(("cluster-a", 80), ("cluster-b", 20)), route_header=ROUTE_HEADER
+    )
+    async with Rehearsal(config) as r:
         yield r
 
 
@@ -354,3 +371,231 @@ def test_outage_report_says_no_failed_calls_when_none_failed() -> None:
             assert "last failed call sent 0.02s after the kill" in text, text
         else:
             assert "  no failed calls (kill at 2.0s)" in text.splitlines(), text
+
+
+# -- traffic policies: weights, header routing, active/standby -------------------------------
+def test_policy_config_weights_header_routing_and_standby(tmp_path: Path) -> None:
+    a, b = ["unix:/a0.sock", "unix:/a1.sock"], ["unix:/b0.sock", "unix:/b1.sock"]
+    weighted = Gateway(
+        port=8443,
+        fleet=a + b,
+        canary=["unix:/c.sock"],
+        cert=Path("c"),
+        key=Path("k"),
+        weights={a[0]: 4, a[1]: 4, b[0]: 1, b[1]: 0},
+        route_header=ROUTE_HEADER,
+        members={"cluster-a": a, "cluster-b": b},
+    )
+    conf = render(weighted, tmp_path)
+    assert f"server {a[0]} weight=4 max_fails=1 fail_timeout=2s;" in conf
+    assert f"server {b[0]} max_fails=1 fail_timeout=2s;" in conf  # weight 1 is nginx's default
+    assert f"server {b[1]} max_fails=1 fail_timeout=2s down;" in conf  # share 0
+    assert "map $http_x_cluster $greeter_fleet {" in conf
+    assert '"cluster-b" member-cluster-b;' in conf
+    assert "upstream member-cluster-b {" in conf
+    assert "default $greeter_fleet;" in conf  # the canary map falls back to the header's choice
+    assert "grpc_pass grpc://$greeter_fleet;" in conf
+    # The per-cluster groups are plain round robin: no weights, no backup.
+    member_b = conf.split("upstream member-cluster-b {")[1].split("}")[0]
+    assert "weight=" not in member_b
+    assert "down" not in member_b
+
+    standby = Gateway(port=8443, fleet=a + b, canary=[], cert=Path("c"), key=Path("k"), backup=b)
+    conf = render(standby, tmp_path)
+    assert f"server {b[0]} max_fails=1 fail_timeout=2s backup;" in conf
+    assert f"server {a[0]} max_fails=1 fail_timeout=2s;" in conf
+    assert "$greeter_fleet" not in conf  # no header routing: the fleet group as before
+    assert "grpc_pass grpc://fleet;" in conf
+
+
+def test_pod_weights_keep_each_clusters_total() -> None:
+    assert pod_weights({"a": 80, "b": 20}, {"a": 2, "b": 2}) == {"a": 4, "b": 1}
+    assert pod_weights({"a": 37, "b": 63}, {"a": 3, "b": 2}) == {"a": 74, "b": 189}
+    assert pod_weights({"a": 100, "b": 0}, {"a": 2, "b": 3}) == {"a": 1, "b": 0}
+    for pods_a in range(1, 6):
+        for pods_b in range(1, 6):
+            for share in (0, 1, 20, 33, 50, 80, 99, 100):
+                shares, pods = {"a": share, "b": 100 - share}, {"a": pods_a, "b": pods_b}
+                w = pod_weights(shares, pods)
+                # Cluster totals in the ratio of the shares, exactly, in whole weights.
+                assert w["a"] * pods_a * shares["b"] == w["b"] * pods_b * shares["a"], (
+                    shares,
+                    pods,
+                )
+                assert min(w.values()) >= 0
+                assert max(w.values()) >= 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--weights", "cluster-a=80,cluster-c=20"], "cluster-c is not a cluster"),
+        (["--weights", "cluster-a=70,cluster-b=20"], "add up to 90, not 100"),
+        (["--weights", "cluster-a=100"], "no share for cluster-b"),
+        (["--weights", "cluster-a=0,cluster-b=0"], "add up to 0, not 100"),
+        (["--weights", "cluster-a=120,cluster-b=-20"], "must be 0-100"),
+        (["--weights", "cluster-a:80"], "expected CLUSTER=PERCENT"),
+        (["--weights", "cluster-a=eighty,cluster-b=20"], "not a whole percent"),
+        (["--route-header", "x_cluster"], "route_header 'x_cluster'"),
+        (["--route-header", "x-canary"], "reserved"),
+        (["--route-header", "grpc-cluster"], "reserved"),
+        (["--standby", "cluster-c"], "cluster-c is not a cluster"),
+        (["--standby", "cluster-a", "--standby", "cluster-b"], "at least one cluster"),
+        (["--scenario", "failover", "--weights", "cluster-a=50,cluster-b=50"], "exclude"),
+        (["--clusters", "Cluster_A,b"], "not a DNS label"),
+    ],
+)
+def test_bad_policies_exit_2_naming_the_setting(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Refused before anything starts: no nginx is needed (a missing one would exit 3).
+    code = main(["rehearse", "--nginx", str(tmp_path / "no-nginx"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err, err
+
+
+def _load(r: Rehearsal, *flags: str) -> list[str]:
+    """`greeter load` through the rehearsal's gateway, JSON report on stdout."""
+    md = [a for k, v in r.target().metadata for a in ("-m", f"{k}:{v}")]
+    return [sys.executable, "-m", "greeter", "load", r.address, "--insecure",
+            "--authority", HOST, *md, "-c", "8", "--connections", "2", "--procs", "1",
+            "-O", "json", "-q", *flags]  # fmt: skip
+
+
+def _by_cluster(report: dict[str, object]) -> dict[str, int]:
+    table = report["by_cluster"]
+    assert isinstance(table, dict)
+    return {name: int(row["count"]) for name, row in table.items()}
+
+
+def _log_binomial_tail(n: int, k: int, p: float) -> float:
+    """ln P(X >= k) for X ~ Binomial(n, p), summed exactly in log space."""
+    terms = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+        + i * math.log(p) + (n - i) * math.log1p(-p)
+        for i in range(k, n + 1)
+    ]  # fmt: skip
+    top = max(terms)
+    return top + math.log(sum(math.exp(t - top) for t in terms))
+
+
+async def test_weighted_split_and_header_routing_through_the_gateway(
+    policy_rehearsal: Rehearsal,
+) -> None:
+    r = policy_rehearsal
+    assert r.pod_weights() == {
+        "cluster-a-greeter-0": 4, "cluster-a-greeter-1": 4,
+        "cluster-b-greeter-0": 1, "cluster-b-greeter-1": 1,
+    }  # fmt: skip
+    # Unmarked calls and calls routed to cluster-b at the same time: the routed ones have
+    # their own upstream group, so they neither leak elsewhere nor disturb the weighted split.
+    n, routed_n = 3000, 600
+    loads = [
+        await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
+        for command in (
+            _load(r, "-n", str(n)),
+            _load(r, "-n", str(routed_n), "-m", f"{ROUTE_HEADER}:cluster-b"),
+        )
+    ]
+    reports = []
+    for proc in loads:
+        out, _ = await asyncio.wait_for(proc.communicate(), 180)
+        assert proc.returncode == 0, out
+        reports.append(json.loads(out))
+    split, to_b = reports
+    assert split["status_codes"] == {"OK": n}, split["status_codes"]
+    assert to_b["status_codes"] == {"OK": routed_n}, to_b["status_codes"]
+    assert _by_cluster(to_b) == {"cluster-b": routed_n}
+
+    # The weighted split, judged as a binomial sample: cluster-a's count within z = 3.29
+    # standard deviations (99.9%) of 80% of the calls. Power: were the gateway splitting 50/50,
+    # the chance of a count this high is below 1e-9 (computed exactly for this n below).
+    observed = _by_cluster(split)
+    assert set(observed) == {"cluster-a", "cluster-b"}, observed
+    p, z = 0.8, 3.29
+    margin = z * math.sqrt(n * p * (1 - p))
+    assert abs(observed["cluster-a"] - p * n) <= margin, observed
+    lowest_accepted = math.ceil(p * n - margin)
+    assert _log_binomial_tail(n, lowest_accepted, 0.5) < math.log(1e-9)
+    # Over a cycle nginx's smooth weighted round robin (one worker) is exact per backend.
+    pods = {name: int(row["count"]) for name, row in split["by_pod"].items()}
+    assert pods["cluster-a-greeter-0"] == pytest.approx(pods["cluster-a-greeter-1"], abs=10)
+
+    # Sequential calls: every marked call in its cluster, either way round, in any case.
+    for cluster, value in (("cluster-a", "cluster-a"), ("cluster-b", "CLUSTER-B")):
+        target = r.target((ROUTE_HEADER, value))
+        served = {(await _hello(target))["x-greeter-cluster"] for _ in range(12)}
+        assert served == {cluster}, (value, served)
+    # A value naming no cluster falls through to the weighted fleet (as an ALB forwarding rule
+    # whose header condition does not match): any 10 calls in a row reach both clusters.
+    unknown = r.target((ROUTE_HEADER, "cluster-z"))
+    served = {(await _hello(unknown))["x-greeter-cluster"] for _ in range(20)}
+    assert served == {"cluster-a", "cluster-b"}
+    # The canary rule comes first on helloworld.Greeter, header or not.
+    both = r.target((ROUTE_HEADER, "cluster-b"), canary=True)
+    assert (await _hello(both))["x-greeter-pod"] == CANARY_POD
+
+
+async def test_failover_to_the_standby_and_back(tmp_path: Path) -> None:
+    require_tool("nginx", "apt-get install -y nginx-light")
+    rate, after = 200.0, 4.0
+    async with Rehearsal(_config(tmp_path, standby=("cluster-b",))) as r:
+        conf = (r.workdir / "nginx" / "nginx.conf").read_text()
+        for backend in r.cluster("cluster-b"):
+            assert f"server {backend.upstream} max_fails=1 fail_timeout=2s backup;" in conf
+        result = await scenarios.cluster_failover(r, rps=rate, after=after)
+        assert all(b.alive for b in r.backends)  # the active cluster is back
+    s = result.summary()
+    before, down, returned = (s["phases"][k] for k in ("before_kill", "active_down", "returned"))
+    assert s["active"] == ["cluster-a"], s
+    assert s["standby"] == ["cluster-b"], s
+    assert s["survivors"] == [], s  # both cluster-a backends were dead
+    # Active/standby: the standby took nothing while the active cluster was up...
+    assert set(before["by_cluster"]) == {"cluster-a"}, before
+    assert s["standby_share_before_kill"] == 0.0, s
+    # ...every call sent once the active backends were gone, until they were restarted...
+    assert s["standby_share_after_kill"] == 1.0, s
+    assert down["failed"] == 0, down
+    assert down["count"] >= 0.4 * rate * after, down  # the traffic went on
+    # ...and the calls that failed were the ones already sent to the killed backends, as in
+    # the outage: none sent after they were gone, none later than the window after the kill.
+    assert s["failed"] <= scenarios.FAILOVER_MAX_FAILED, s
+    assert s["failures_sent_after_dead"] == 0, s
+    if s["failed"]:
+        assert s["last_failure_sent_after_kill_s"] <= scenarios.OUTAGE_MAX_WINDOW_S, s
+    # Back: nginx stops using backup servers once an active one is available again, at the
+    # latest fail_timeout (+1 s, nginx's clock is in seconds) after they were SERVING.
+    assert s["returned_at_s"] is not None, s
+    assert s["returned_at_s"] <= s["revived_at_s"] + s["return_bound_s"], s
+    assert returned["count"] >= 0.4 * rate * 3.0, returned  # 3 s of traffic after the bound
+    assert returned["failed"] == 0, returned
+    assert s["active_share_after_return"] == 1.0, s
+    assert set(returned["by_cluster"]) == {"cluster-a"}, returned
+
+
+def test_failover_report_names_the_phases_and_shares() -> None:
+    """The human report of a failover, from a probe's records (no "None" when all is well)."""
+    calls = [
+        Outcome(
+            0.1 * i + 0.01,
+            "OK",
+            sent=0.1 * i,
+            cluster="cluster-b" if 21 <= i <= 60 else "cluster-a",
+        )
+        for i in range(1, 80)
+    ]
+    report = TrafficReport(outcomes=calls, duration=8.0)
+    summary = scenarios.outage_summary(report, 2.0, 2.05, [])
+    summary.update(
+        scenarios.failover_summary(
+            report, ["cluster-a"], ("cluster-b",), (2.0, 2.05, 6.0, 6.05), 1.0
+        )
+    )
+    text = "\n".join(
+        report_lines(scenarios.ScenarioResult("cluster-failover", summary, []).summary())
+    )
+    assert "None" not in text, text
+    assert "standby cluster-b: share 0.0% before the kill, 100.0% while cluster-a was down" in text
+    assert "first call again at 6.1s, share 100.0% from 7.05s" in text, text
+    assert summary["phases"]["active_down"]["by_cluster"] == {"cluster-b": 40}

@@ -224,9 +224,11 @@ async def _main(args: argparse.Namespace, config: RehearsalConfig) -> int:
         else:
             if args.scenario == "failover":
                 work = scenarios.cluster_failover(rehearsal, rps=args.rps)
+                allowed = scenarios.FAILOVER_MAX_FAILED
             else:
                 work = scenarios.cluster_outage(rehearsal, rps=args.rps)
-            allowed = scenarios.OUTAGE_MAX_FAILED if args.max_failed is None else args.max_failed
+                allowed = scenarios.OUTAGE_MAX_FAILED
+            allowed = allowed if args.max_failed is None else args.max_failed
         task = asyncio.ensure_future(work)
         waiter = asyncio.ensure_future(stop.wait())
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)

@@ -30,6 +30,9 @@ OUTAGE_MAX_FAILED = 10
 # ...and every one of them was sent before the killed backends were gone, and at most this many
 # seconds after the SIGKILL (a call sent later never goes to a dead backend, or is retried).
 OUTAGE_MAX_WINDOW_S = 1.0
+# The failover kills the active clusters, which take every call (the outage's victims take
+# half): the same rule, so twice the calls that may already be on their way to them.
+FAILOVER_MAX_FAILED = 2 * OUTAGE_MAX_FAILED
 # How long the traffic may take to start (a `greeter load` process: start-up and connect).
 TRAFFIC_START_TIMEOUT_S = 60.0
 
