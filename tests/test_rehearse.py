@@ -406,6 +406,8 @@ def test_policy_config_weights_header_routing_and_standby(tmp_path: Path) -> Non
     assert f"server {a[0]} max_fails=1 fail_timeout=2s;" in conf
     assert "$greeter_fleet" not in conf  # no header routing: the fleet group as before
     assert "grpc_pass grpc://fleet;" in conf
+    # The header as gRPC sends metadata keys: lower case.
+    assert RehearsalConfig(route_header="X-Cluster").route_header == ROUTE_HEADER
 
 
 def test_pod_weights_keep_each_clusters_total() -> None:

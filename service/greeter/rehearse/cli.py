@@ -240,6 +240,8 @@ async def _main(args: argparse.Namespace, config: RehearsalConfig) -> int:
             return 130
         summary = task.result().summary()
         print_report(summary, args.json)
+        if args.scenario == "failover" and summary["failures_sent_after_dead"]:
+            return EXIT_LOSS  # the standby did not take every call once the active was gone
         return EXIT_OK if summary["failed"] <= allowed else EXIT_LOSS
 
 

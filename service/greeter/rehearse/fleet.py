@@ -106,8 +106,8 @@ class RehearsalConfig:
                     "weights and standby exclude each other: a standby cluster takes no "
                     "share, only the calls no active cluster can take"
                 )
-        if self.route_header:
-            policy.check_route_header(self.route_header)
+        if self.route_header:  # as gRPC metadata carries it: lower case
+            object.__setattr__(self, "route_header", policy.check_route_header(self.route_header))
         policy.check_standby(self.standby, self.clusters)
         if self.pods_per_cluster < 1:
             raise ValueError("pods_per_cluster must be at least 1")
@@ -395,7 +395,7 @@ class Rehearsal:
             ),
             weights={b.upstream: weights[b.pod] for b in self.backends},
             backup=[b.upstream for b in self.backends if b.cluster in c.standby],
-            route_header=policy.check_route_header(c.route_header) if c.route_header else "",
+            route_header=c.route_header,
             members={name: [b.upstream for b in self.cluster(name)] for name in c.clusters},
         )
         self.nginx = Nginx(gateway, self.workdir / "nginx", binary)

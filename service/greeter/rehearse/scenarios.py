@@ -30,9 +30,13 @@ OUTAGE_MAX_FAILED = 10
 # ...and every one of them was sent before the killed backends were gone, and at most this many
 # seconds after the SIGKILL (a call sent later never goes to a dead backend, or is retried).
 OUTAGE_MAX_WINDOW_S = 1.0
-# The failover kills the active clusters, which take every call (the outage's victims take
-# half): the same rule, so twice the calls that may already be on their way to them.
-FAILOVER_MAX_FAILED = 2 * OUTAGE_MAX_FAILED
+# Calls the scenarios' probe keeps in flight at most.
+PROBE_CONCURRENCY = 16
+# The failover kills the active clusters, which take *every* call (the outage's victims take
+# half): every call in flight at the SIGKILL may be lost (at most the probe's concurrency),
+# plus the outage's allowance for calls that reach the victims while they die. As in the
+# outage, a failed call sent after they were gone fails the run (the standby must take it).
+FAILOVER_MAX_FAILED = PROBE_CONCURRENCY + OUTAGE_MAX_FAILED
 # How long the traffic may take to start (a `greeter load` process: start-up and connect).
 TRAFFIC_START_TIMEOUT_S = 60.0
 
@@ -261,7 +265,7 @@ async def cluster_failover(
     before: float = 2.0,
     after: float = 5.0,
     back: float | None = None,
-    concurrency: int = 16,
+    concurrency: int = PROBE_CONCURRENCY,
 ) -> ScenarioResult:
     """Active/standby: SIGKILL every backend of the active clusters under traffic, so the
     standby's (nginx ``backup`` servers) take the calls; then bring the active ones back and
