@@ -600,4 +600,5 @@ def test_failover_report_names_the_phases_and_shares() -> None:
     assert "None" not in text, text
     assert "standby cluster-b: share 0.0% before the kill, 100.0% while cluster-a was down" in text
     assert "first call again at 6.1s, share 100.0% from 7.05s" in text, text
+    assert "before the kill (ended 0.0-2.0s): 19 calls, failed 0" in text, text
     assert summary["phases"]["active_down"]["by_cluster"] == {"cluster-b": 40}

@@ -170,7 +170,7 @@ def failover_lines(summary: dict[str, Any]) -> list[str]:
     ):
         phase = summary["phases"][key]
         lines.append(
-            f"  {what} (sent {phase['sent_from_s']}-{phase['sent_to_s']}s): "
+            f"  {what} ({phase['calls']} {phase['from_s']}-{phase['to_s']}s): "
             f"{phase['count']} calls, failed {phase['failed']}, by cluster {phase['by_cluster']}"
         )
     returned = summary["returned_at_s"]
@@ -183,7 +183,7 @@ def failover_lines(summary: dict[str, Any]) -> list[str]:
         f"{summary['revived_at_s']}s, first call again at "
         f"{'-' if returned is None else f'{returned}s'}, share "
         f"{_percent(summary['active_share_after_return'])} from "
-        f"{summary['phases']['returned']['sent_from_s']}s"
+        f"{summary['phases']['returned']['from_s']}s"
     )
     return lines
 

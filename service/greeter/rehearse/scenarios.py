@@ -273,9 +273,9 @@ async def cluster_failover(
     returning to them, since nginx stops using backup servers once a primary is available.
 
     The summary is the outage's (failed calls, when they were sent) with the traffic's split
-    in three phases, by when each call was sent: before the kill, from the moment the active
-    backends had exited until they were started again, and from :func:`return_bound` after
-    they were SERVING again.
+    in three phases: the calls that ended before the kill, and by when each call was sent,
+    from the moment the active backends had exited until they were started again, and from
+    :func:`return_bound` after they were SERVING again.
     """
     c = rehearsal.config
     if not c.standby:
@@ -321,12 +321,14 @@ async def cluster_failover(
     return ScenarioResult("cluster-failover", summary, timeline.events)
 
 
-def _phase(report: TrafficReport, since: float, until: float) -> dict[str, Any]:
-    """The calls sent in ``(since, until]`` (seconds since the traffic started)."""
-    calls = [o for o in report.outcomes if since < o.sent <= until]
+def _phase(report: TrafficReport, since: float, until: float, by: str = "sent") -> dict[str, Any]:
+    """The calls ``by`` ("sent", or "ended": answered or failed) in ``(since, until]``
+    (seconds since the traffic started)."""
+    calls = [o for o in report.outcomes if since < (o.sent if by == "sent" else o.at) <= until]
     return {
-        "sent_from_s": round(max(since, 0.0), 3),
-        "sent_to_s": round(min(until, report.duration), 3),
+        "calls": by,
+        "from_s": round(max(since, 0.0), 3),
+        "to_s": round(min(until, report.duration), 3),
         "count": len(calls),
         "failed": sum(1 for o in calls if o.code != "OK"),
         "by_cluster": dict(Counter(o.cluster for o in calls if o.code == "OK")),
@@ -352,7 +354,9 @@ def failover_summary(
     the active backends gone, their restart begun, all of them SERVING again."""
     kill_s, dead_s, reviving_s, revived_s = times
     phases = {
-        "before_kill": _phase(report, float("-inf"), kill_s),
+        # Ended before the SIGKILL: picked while every active backend was up. (A call sent
+        # just before it may reach nginx after it, and rightly go to the standby.)
+        "before_kill": _phase(report, float("-inf"), kill_s, by="ended"),
         "active_down": _phase(report, dead_s, reviving_s),
         "returned": _phase(report, revived_s + bound_s, float("inf")),
     }
