@@ -28,6 +28,7 @@ from greeter._proto.grpc.reflection.v1 import reflection_pb2 as v1_pb2
 from greeter._proto.grpc.reflection.v1 import reflection_pb2_grpc as v1_grpc
 from greeter.cli import main
 from greeter.client import Target, identity_of, open_channel
+from greeter.load.stats import clopper_pearson
 from greeter.rehearse import scenarios
 from greeter.rehearse.cli import report_lines
 from greeter.rehearse.fleet import CANARY_POD, Rehearsal, RehearsalConfig
@@ -492,12 +493,21 @@ async def test_weighted_split_and_header_routing_through_the_gateway(
     }  # fmt: skip
     # Unmarked calls and calls routed to cluster-b at the same time: the routed ones have
     # their own upstream group, so they neither leak elsewhere nor disturb the weighted split.
+    # Both judged by greeter load's own gates (exit 0 when they hold).
     n, routed_n = 3000, 600
     loads = [
         await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
         for command in (
-            _load(r, "-n", str(n)),
-            _load(r, "-n", str(routed_n), "-m", f"{ROUTE_HEADER}:cluster-b"),
+            _load(r, "-n", str(n), "--expect-split", "cluster-a=80,cluster-b=20"),
+            _load(
+                r,
+                "-n",
+                str(routed_n),
+                "-m",
+                f"{ROUTE_HEADER}:cluster-b",
+                "--expect-cluster",
+                "cluster-b",
+            ),
         )
     ]
     reports = []
@@ -507,22 +517,35 @@ async def test_weighted_split_and_header_routing_through_the_gateway(
         reports.append(json.loads(out))
     split, to_b = reports
     assert split["status_codes"] == {"OK": n}, split["status_codes"]
+    assert split["split"]["decision"] == "pass", split["split"]
     assert to_b["status_codes"] == {"OK": routed_n}, to_b["status_codes"]
+    assert to_b["split"]["decision"] == "pass", to_b["split"]
     assert _by_cluster(to_b) == {"cluster-b": routed_n}
-
-    # The weighted split, judged as a binomial sample: cluster-a's count within z = 3.29
-    # standard deviations (99.9%) of 80% of the calls. Power: were the gateway splitting 50/50,
-    # the chance of a count this high is below 1e-9 (computed exactly for this n below).
+    # Over a cycle nginx's smooth weighted round robin (one balancer state) is exact per
+    # backend, so the split is 80/20 to within a cycle (10 calls), far inside the gate.
     observed = _by_cluster(split)
-    assert set(observed) == {"cluster-a", "cluster-b"}, observed
-    p, z = 0.8, 3.29
-    margin = z * math.sqrt(n * p * (1 - p))
-    assert abs(observed["cluster-a"] - p * n) <= margin, observed
-    lowest_accepted = math.ceil(p * n - margin)
-    assert _log_binomial_tail(n, lowest_accepted, 0.5) < math.log(1e-9)
-    # Over a cycle nginx's smooth weighted round robin (one worker) is exact per backend.
+    assert observed["cluster-a"] == pytest.approx(0.8 * n, abs=10), observed
     pods = {name: int(row["count"]) for name, row in split["by_pod"].items()}
     assert pods["cluster-a-greeter-0"] == pytest.approx(pods["cluster-a-greeter-1"], abs=10)
+
+    # Power: the gate accepts cluster-a's count k only when 80% lies within its Clopper-Pearson
+    # interval (at the report's interval confidence). The smallest such k for these n calls,
+    # and the chance that a gateway splitting 50/50 reaches it: below 1e-9 (exactly computed).
+    level = float(split["split"]["interval_confidence"])
+    k = int(0.8 * n)
+    while k > 0 and clopper_pearson(k - 1, n, level)[1] >= 0.8:
+        k -= 1
+    assert k > n // 2
+    assert _log_binomial_tail(n, k, 0.5) < math.log(1e-9), k
+
+    # The same gateway, judged against the wrong split: greeter load exits 1, split "off".
+    wrong = await asyncio.create_subprocess_exec(
+        *_load(r, "-n", "1000", "--expect-split", "cluster-a=50,cluster-b=50"),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(wrong.communicate(), 180)
+    assert wrong.returncode == 1, out
+    assert json.loads(out)["split"]["decision"] == "off"
 
     # Sequential calls: every marked call in its cluster, either way round, in any case.
     for cluster, value in (("cluster-a", "cluster-a"), ("cluster-b", "CLUSTER-B")):
