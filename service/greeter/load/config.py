@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from greeter.client import Target
+from greeter.load.timeline import DEFAULT_INTERVAL, MIN_INTERVAL
 
 # Each call kind: the full method path and the request message it sends.
 CALLS = {
@@ -185,6 +186,7 @@ class LoadConfig:
     progress: bool = False
     uvloop: bool = False
     engine: str = "auto"
+    timeline_interval: float = DEFAULT_INTERVAL  # seconds per timeline bucket
 
     def __post_init__(self) -> None:
         for name, problem in self._problems():
@@ -250,6 +252,7 @@ class LoadConfig:
         if self.max_error_rate is not None and not 0 <= self.max_error_rate <= 1:
             bad.append(("--max-error-rate", "must be a fraction between 0 and 1 (or a percent)"))
         bad.extend(self._split_problems())
+        bad.extend(self._timeline_problems())
         return bad
 
     def _split_problems(self) -> list[tuple[str, str]]:
@@ -271,6 +274,12 @@ class LoadConfig:
         if not (isinstance(self.split_confidence, float | int) and 0 < self.split_confidence < 1):
             bad.append(("--split-confidence", "must be between 0 and 1 (exclusive), e.g. 0.99"))
         return bad
+
+    def _timeline_problems(self) -> list[tuple[str, str]]:
+        interval = self.timeline_interval
+        if not (math.isfinite(interval) and interval >= MIN_INTERVAL):
+            return [("--timeline-interval", f"must be at least {MIN_INTERVAL * 1000:g}ms")]
+        return []
 
     @property
     def open_loop(self) -> bool:

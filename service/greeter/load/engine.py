@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from greeter.client import TargetError, channel_options, credentials, plaintext_
 from greeter.load import h2engine
 from greeter.load.config import CALLS, LoadConfig
 from greeter.load.histogram import Histogram
+from greeter.load.timeline import Timeline
 from greeter.threads import helper_threads
 
 CLUSTER_KEY = "x-greeter-cluster"
@@ -56,6 +58,24 @@ class Recorder:
         self.backends: dict[tuple[str, str], Backend] = {}
         self.replies = 0  # response messages received (streams count each one)
         self.first_us = 0  # stream calls: time to the first reply
+        self.timeline: Timeline | None = None
+        self.timeline_edge = math.inf  # when the timeline's current bucket ends
+
+    def track(self, start: float, interval: float) -> None:
+        """Keep a timeline: buckets of ``interval`` seconds from ``start`` (perf_counter)."""
+        self.timeline = Timeline(start, interval)
+        self.timeline_edge = self.timeline.next_edge()
+
+    def roll_timeline(self, now: float) -> None:
+        """A call finished at ``now``, at or past ``timeline_edge``: close the bucket."""
+        if self.timeline is not None:
+            self.timeline_edge = self.timeline.roll(self, now)
+
+    def close_timeline(self) -> None:
+        """No call finishes any more: close the timeline's last bucket."""
+        if self.timeline is not None:
+            self.timeline.close(self)
+        self.timeline_edge = math.inf
 
     @property
     def count(self) -> int:
@@ -89,6 +109,14 @@ class Recorder:
             mine.hist.merge(b.hist)
             mine.errors += b.errors
         self.replies += other.replies
+        self._merge_timeline(other)
+
+    def _merge_timeline(self, other: Recorder) -> None:
+        if other.timeline is None:
+            return
+        if self.timeline is None:
+            self.timeline = Timeline(other.timeline.start, other.timeline.interval)
+        self.timeline.merge(other.timeline)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +128,7 @@ class Recorder:
                 [cluster, pod, b.hist.to_dict(), b.errors]
                 for (cluster, pod), b in self.backends.items()
             ],
+            "timeline": None if self.timeline is None else self.timeline.to_dict(),
         }
 
     @classmethod
@@ -111,6 +140,8 @@ class Recorder:
         rec.replies = int(data["replies"])
         for cluster, pod, hist, errors in data["backends"]:
             rec.backends[(cluster, pod)] = Backend(Histogram.from_dict(hist), int(errors))
+        if data.get("timeline") is not None:
+            rec.timeline = Timeline.from_dict(data["timeline"])
         return rec
 
 
@@ -190,7 +221,10 @@ _perf = time.perf_counter
 
 def record(rec: Recorder, began: float, code: str, cluster: str, pod: str, details: str) -> None:
     """One finished call: latency since ``began``, status, serving identity, error."""
-    us = int((_perf() - began) * 1e6)
+    now = _perf()
+    if now >= rec.timeline_edge:  # the only per-call cost of the timeline
+        rec.roll_timeline(now)
+    us = int((now - began) * 1e6)
     rec.hist.record(us)
     rec.status[code] = rec.status.get(code, 0) + 1
     backend = rec.backend(cluster, pod)

@@ -11,7 +11,7 @@ the sum are kept exactly beside the buckets.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 SUB_BITS = 10
@@ -38,6 +38,23 @@ def bucket_bounds(index: int) -> tuple[int, int]:
     shift = (index - _SUB) // _HALF + 1
     top = (index - _SUB) % _HALF + _HALF
     return top << shift, ((top + 1) << shift) - 1
+
+
+def percentile_of(
+    buckets: Iterable[tuple[int, int]], count: int, percent: float, low: int, high: int
+) -> int:
+    """The value at ``percent`` (0-100) of ``count`` values held in ``buckets`` ((index,
+    count) pairs, lowest first): the highest value of the bucket holding that rank, clamped
+    to ``low`` and ``high`` (the exact min and max when known). 0 when there are none."""
+    if not count:
+        return 0
+    rank = max(1, -(-count * percent // 100))  # ceil, at least the first value
+    seen = 0
+    for index, n in buckets:
+        seen += n
+        if seen >= rank:
+            return max(low, min(high, bucket_bounds(index)[1]))
+    return high
 
 
 class Histogram:
@@ -86,16 +103,7 @@ class Histogram:
     def percentile(self, percent: float) -> int:
         """The value at ``percent`` (0-100): the highest value of the bucket holding
         that rank, clamped to the exact min and max."""
-        if not self.count:
-            return 0
-        rank = max(1, -(-self.count * percent // 100))  # ceil, at least the first value
-        seen = 0
-        for index, n in enumerate(self.counts):
-            if n:
-                seen += n
-                if seen >= rank:
-                    return max(self.min, min(self.max, bucket_bounds(index)[1]))
-        return self.max
+        return percentile_of(self.buckets(), self.count, percent, self.min, self.max)
 
     def buckets(self) -> Iterator[tuple[int, int]]:
         """(bucket index, count) for the non-empty buckets, lowest first."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from greeter.load import split
+from greeter.load import split, timeline
 from greeter.load.config import LoadConfig, percentile_name
 from greeter.load.engine import Recorder, resolved_engine
 from greeter.load.histogram import Histogram, bucket_bounds
@@ -149,6 +149,7 @@ def build_report(
             "lb_policy": target.lb_policy or None,
             "metadata_keys": sorted({k for k, _ in target.metadata}),
             "engine": resolved_engine(config),
+            "timeline_interval_s": config.timeline_interval,
         },
         "interrupted": interrupted,
         "count": count,
@@ -165,6 +166,7 @@ def build_report(
         "by_cluster": _backend_table(clusters, count, percentiles),
         "by_pod": _backend_table(pods, count, percentiles),
         "hdr": hist.to_dict(),
+        "timeline": timeline.report(rec.timeline, duration, config.timeline_interval),
     }
     report = Report(data)
     data["thresholds"] = _check(config, report)

@@ -89,6 +89,7 @@ async def _measure(run: Run, start: float, on_tick: Callable[[Recorder, float], 
     """The ``load`` phase, from ``start``, with a progress tick every PROGRESS_EVERY."""
     config = run.config
     rec = Recorder()
+    rec.track(start, config.timeline_interval)
     end = _end_of(config, start)
 
     async def ticks() -> None:
@@ -101,6 +102,7 @@ async def _measure(run: Run, start: float, on_tick: Callable[[Recorder, float], 
         await run.phase(start, config.total, end, rec, DRAIN)
     finally:
         ticker.cancel()
+    rec.close_timeline()
     finished = run.stopped_at or time.perf_counter()
     if end is not None:
         finished = min(finished, end)

@@ -1,0 +1,202 @@
+"""The run over time: per-interval buckets of calls, status codes, latency and backends.
+
+Recording stays off the per-call path. A :class:`Timeline` keeps a copy of the recorder's
+cumulative counters (status codes, calls per backend, the latency histogram's counts) as
+they were at the last interval edge; ``engine.record`` only compares the call's finishing
+time with the next edge, and the first call to finish past it makes the timeline close the
+bucket: the difference between the counters now and the copy is everything that finished
+in that interval, exactly (latency as sparse histogram buckets, so per-bucket percentiles
+come from the same HDR layout and rule as the totals). Intervals in which no call finished
+are empty buckets, so bucket ``i`` always starts ``i * interval`` seconds into the run.
+
+Every process of a ``--procs`` run buckets from the same common start, so timelines merge
+bucket by bucket, as the histograms and per-backend counts do.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from greeter.load.histogram import BUCKETS, bucket_bounds, bucket_of, percentile_of
+
+if TYPE_CHECKING:
+    from greeter.load.engine import Recorder
+
+DEFAULT_INTERVAL = 1.0  # seconds
+MIN_INTERVAL = 0.01  # closing a bucket costs up to a few hundred µs: at most 100 a second
+_EDGE_SLACK = 1e-6  # a run lasting a whole number of intervals, give or take float rounding
+K = TypeVar("K")
+
+
+def _add(mine: dict[K, int], theirs: dict[K, int]) -> None:
+    for key, n in theirs.items():
+        mine[key] = mine.get(key, 0) + n
+
+
+@dataclass
+class Bucket:
+    """What finished in one interval."""
+
+    latency: dict[int, int] = field(default_factory=dict)  # histogram bucket index -> calls
+    status: dict[str, int] = field(default_factory=dict)
+    backends: dict[tuple[str, str], int] = field(default_factory=dict)  # (cluster, pod) -> calls
+
+    @property
+    def count(self) -> int:
+        return sum(self.status.values())
+
+    def add(self, other: Bucket) -> None:
+        _add(self.latency, other.latency)
+        _add(self.status, other.status)
+        _add(self.backends, other.backends)
+
+    def percentile_us(self, percent: float) -> int:
+        """The latency at ``percent`` of this bucket's calls, by the totals' histogram rule;
+        the bucket's exact min and max are not kept, so its lowest and highest histogram
+        buckets' bounds stand in for them (exact below 1024 µs, within 0.2 % above)."""
+        pairs = sorted(self.latency.items())
+        if not pairs:
+            return 0
+        low, high = bucket_bounds(pairs[0][0])[0], bucket_bounds(pairs[-1][0])[1]
+        return percentile_of(pairs, sum(n for _, n in pairs), percent, low, high)
+
+    def to_list(self) -> list[Any]:
+        return [
+            [[i, n] for i, n in sorted(self.latency.items())],
+            dict(self.status),
+            [[cluster, pod, n] for (cluster, pod), n in self.backends.items()],
+        ]
+
+    @classmethod
+    def from_list(cls, data: list[Any]) -> Bucket:
+        latency, status, backends = data
+        return cls(
+            {int(i): int(n) for i, n in latency},
+            {str(k): int(v) for k, v in status.items()},
+            {(str(c), str(p)): int(n) for c, p, n in backends},
+        )
+
+
+class Timeline:
+    """Closed buckets of one recorder (or of several, merged), from ``start`` (a
+    ``time.perf_counter()`` value) in steps of ``interval`` seconds."""
+
+    def __init__(self, start: float, interval: float) -> None:
+        self.start = start
+        self.interval = interval
+        self.buckets: list[Bucket] = []
+        # The recorder's cumulative counters at the last edge.
+        self._hist = [0] * BUCKETS
+        self._count = 0
+        self._status: dict[str, int] = {}
+        self._backends: dict[tuple[str, str], int] = {}
+
+    def next_edge(self) -> float:
+        """When the bucket being filled ends."""
+        return self.start + (len(self.buckets) + 1) * self.interval
+
+    def roll(self, rec: Recorder, now: float) -> float:
+        """A call finishes at ``now``, past the edge: close the bucket being filled, add
+        empty ones for intervals without a finished call, return the next edge."""
+        self.buckets.append(self._take(rec))
+        edge = self.next_edge()
+        while now >= edge:
+            self.buckets.append(Bucket())
+            edge = self.next_edge()
+        return edge
+
+    def close(self, rec: Recorder) -> None:
+        """The run is over: close the bucket being filled."""
+        self.buckets.append(self._take(rec))
+
+    def _take(self, rec: Recorder) -> Bucket:
+        """What ``rec`` recorded since the last edge, as a bucket; the copy moves up."""
+        bucket = Bucket()
+        hist = rec.hist
+        if hist.count == self._count:
+            return bucket
+        self._count = hist.count
+        lo, hi = bucket_of(hist.min), bucket_of(hist.max) + 1
+        now_counts, then_counts = hist.counts[lo:hi], self._hist[lo:hi]
+        pairs = enumerate(zip(now_counts, then_counts, strict=True), lo)
+        bucket.latency = {index: a - b for index, (a, b) in pairs if a != b}
+        self._hist[lo:hi] = now_counts
+        seen = self._status
+        for code, n in rec.status.items():
+            if n != seen.get(code, 0):
+                bucket.status[code] = n - seen.get(code, 0)
+                seen[code] = n
+        backends = self._backends
+        for key, backend in rec.backends.items():
+            n = backend.hist.count
+            if n != backends.get(key, 0):
+                bucket.backends[key] = n - backends.get(key, 0)
+                backends[key] = n
+        return bucket
+
+    def merge(self, other: Timeline) -> None:
+        """Add ``other``'s buckets to these, bucket by bucket (same start and interval)."""
+        if not math.isclose(other.interval, self.interval):
+            raise ValueError("timelines with different intervals do not merge")
+        for index, bucket in enumerate(other.buckets):
+            if index == len(self.buckets):
+                self.buckets.append(Bucket())
+            self.buckets[index].add(bucket)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"interval": self.interval, "buckets": [b.to_list() for b in self.buckets]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Timeline:
+        timeline = cls(0.0, float(data["interval"]))
+        timeline.buckets = [Bucket.from_list(b) for b in data["buckets"]]
+        return timeline
+
+
+def _ms(us: int) -> float:
+    return round(us / 1000, 3)
+
+
+def buckets_for(duration: float, interval: float) -> int:
+    """How many buckets a run of ``duration`` seconds covers (at least one)."""
+    return max(1, math.ceil(duration / interval - _EDGE_SLACK))
+
+
+def report(timeline: Timeline | None, duration: float, interval: float) -> list[dict[str, Any]]:
+    """The ``timeline`` of the JSON report: one entry per interval of the run's
+    ``duration``. Calls still in flight at the end, which finish in the drain after it, are
+    counted in the last bucket (as they are in the totals)."""
+    n = buckets_for(duration, interval)
+    found = timeline.buckets if timeline is not None else []
+    buckets = [Bucket() for _ in range(n)]
+    for index, bucket in enumerate(found):
+        buckets[min(index, n - 1)].add(bucket)
+    rows = []
+    for index, bucket in enumerate(buckets):
+        start = index * interval
+        count = bucket.count
+        by_cluster: dict[str, int] = {}
+        by_pod: dict[str, int] = {}
+        for (cluster, pod), calls in bucket.backends.items():
+            by_cluster[cluster] = by_cluster.get(cluster, 0) + calls
+            by_pod[pod] = by_pod.get(pod, 0) + calls
+        rows.append(
+            {
+                "t": round(start, 6),
+                "duration_s": round(min(interval, max(duration - start, 0.0)), 6)
+                if index == n - 1
+                else round(interval, 6),
+                "count": count,
+                "errors": count - bucket.status.get("OK", 0),
+                "status_codes": dict(sorted(bucket.status.items(), key=lambda kv: -kv[1])),
+                "latency_ms": {
+                    "p50": _ms(bucket.percentile_us(50)) if count else None,
+                    "p99": _ms(bucket.percentile_us(99)) if count else None,
+                },
+                "by_cluster": dict(sorted(by_cluster.items())),
+                "by_pod": dict(sorted(by_pod.items())),
+            }
+        )
+    return rows
