@@ -32,6 +32,7 @@ from greeter.load.config import (
 from greeter.load.engine import ConnectError
 from greeter.load.report import EXIT_BAD_ARGS, EXIT_CONNECT, EXIT_FAILED, Report
 from greeter.load.runner import run_load
+from greeter.load.timeline import DEFAULT_INTERVAL
 
 FORMATS = ("summary", "json", "csv", "html")
 EPILOG = """exit codes: 0 ok; 1 a threshold missed, --max-error-rate exceeded, the split
@@ -224,6 +225,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="client engine: h2 (lean HTTP/2, unary calls to one address), grpc, or auto "
         "(h2 where it applies; default)",
     )
+    _add_timeline_arguments(out)
+
+
+def _add_timeline_arguments(out: Any) -> None:
+    out.add_argument(
+        "--timeline-interval",
+        type=_duration,
+        default=DEFAULT_INTERVAL,
+        help="length of each timeline bucket, e.g. 1s (default), 500ms; at least 10ms",
+    )
+    out.add_argument(
+        "--timeline-csv",
+        default="",
+        metavar="FILE",
+        help="also write the timeline as CSV: one row per bucket",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> LoadConfig:
@@ -265,6 +282,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         progress=not args.quiet and sys.stderr.isatty(),
         uvloop=args.uvloop,
         engine=args.engine,
+        timeline_interval=args.timeline_interval,
     )
 
 
@@ -350,6 +368,8 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     if args.html:
         Path(args.html).write_text(render.to_html(report))
+    if args.timeline_csv:
+        Path(args.timeline_csv).write_text(render.timeline_csv(report))
     if report.data["interrupted"]:
         print(
             f"greeter load: interrupted after {time.perf_counter() - began:.1f}s; "

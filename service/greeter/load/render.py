@@ -8,6 +8,7 @@ import html
 import io
 from typing import Any
 
+from greeter.load import timeline_chart
 from greeter.load.report import Report
 
 BAR_WIDTH = 40
@@ -260,6 +261,7 @@ td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}</style></head>
 <p>{d["count"]} calls in {d["duration_s"]:.2f} s, {d["rps"]:.1f}/s; {d["errors"]} errors
 ({d["error_rate"]:.2%}){" &mdash; interrupted" if d["interrupted"] else ""}.
 Started {esc(d["started_at"])}.</p>
+{_timeline_section(report)}
 <h2>Latency</h2>{_svg_chart(report)}
 <table>{stats}</table>
 <h2>Status codes</h2><table>{codes}</table>
@@ -290,3 +292,12 @@ def _split_html(section: dict[str, Any] | None) -> str:
         f"power {section['power']:.0%}); intervals at {section['interval_confidence']:.4g}; "
         f"{esc(section['method'])}.</p>\n<table><tr>{head}</tr>{body}</table>\n"
     )
+
+
+def _timeline_section(report: Report) -> str:
+    return f"<h2>Timeline</h2>\n{timeline_chart.svg(report.data)}"
+
+
+def timeline_csv(report: Report) -> str:
+    """The timeline, one row per bucket (``--timeline-csv``)."""
+    return timeline_chart.to_csv(report.data)
