@@ -44,8 +44,9 @@ def percentile_of(
     buckets: Iterable[tuple[int, int]], count: int, percent: float, low: int, high: int
 ) -> int:
     """The value at ``percent`` (0-100) of ``count`` values held in ``buckets`` ((index,
-    count) pairs, lowest first): the highest value of the bucket holding that rank, clamped
-    to ``low`` and ``high`` (the exact min and max when known). 0 when there are none."""
+    count) pairs, lowest first; empty ones may be among them): the highest value of the
+    bucket holding that rank, clamped to ``low`` and ``high`` (the exact min and max when
+    known). 0 when there are none."""
     if not count:
         return 0
     rank = max(1, -(-count * percent // 100))  # ceil, at least the first value
@@ -103,7 +104,7 @@ class Histogram:
     def percentile(self, percent: float) -> int:
         """The value at ``percent`` (0-100): the highest value of the bucket holding
         that rank, clamped to the exact min and max."""
-        return percentile_of(self.buckets(), self.count, percent, self.min, self.max)
+        return percentile_of(enumerate(self.counts), self.count, percent, self.min, self.max)
 
     def buckets(self) -> Iterator[tuple[int, int]]:
         """(bucket index, count) for the non-empty buckets, lowest first."""
