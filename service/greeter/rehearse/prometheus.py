@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 INSTALL_HINT = "apt-get install -y prometheus (the Debian package)"
 SCRAPE_INTERVAL_S = 1
 READY_TIMEOUT_S = 60.0
+# Prometheus applies new targets every 5 s: the first scrapes come that long after it is ready.
+FIRST_SCRAPE_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 # The label names the chart's ServiceMonitor and rules use (prometheusRule.clusterLabel).
 CLUSTER_LABEL = "cluster"
@@ -192,7 +194,8 @@ class Prometheus:
         return self.folder / "prometheus.log"
 
     def start(self, targets: Sequence[ScrapeTarget], port: int) -> None:
-        """Write the configuration, start prometheus and wait until it is ready (bounded)."""
+        """Write the configuration, start prometheus and wait until it is ready and has
+        scraped every target once (bounded)."""
         self.port = port
         self.targets = list(targets)
         (self.folder / "data").mkdir(parents=True, exist_ok=True)
@@ -216,6 +219,7 @@ class Prometheus:
                 start_new_session=True,
             )
         self._wait_ready(READY_TIMEOUT_S)
+        self._wait_scraped(FIRST_SCRAPE_TIMEOUT_S)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -231,6 +235,28 @@ class Prometheus:
                     return
             time.sleep(0.1)
         raise PrometheusError(f"prometheus was not ready within {timeout}s; see {self.log}")
+
+    def _wait_scraped(self, timeout: float) -> None:
+        """Until every target has been scraped successfully once: from then on each backend's
+        series are there (and the rules see every pod), whatever the rehearsal does next."""
+        want = {t.address for t in self.targets}
+        deadline = time.monotonic() + timeout
+        last: dict[str, str] = {}
+        healthy: set[str] = set()
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise PrometheusError(f"prometheus exited: {self._log_tail()}")
+            with contextlib.suppress(OSError, QueryError):
+                active = self.client.api("targets", timeout=5.0)["activeTargets"]
+                last = {t["labels"]["instance"]: t["lastError"] for t in active}
+                healthy = {t["labels"]["instance"] for t in active if t["health"] == "up"}
+                if want <= healthy:
+                    return
+            time.sleep(0.2)
+        missing = {a: last.get(a) or "not scraped yet" for a in sorted(want - healthy)}
+        raise PrometheusError(
+            f"prometheus did not scrape every backend within {timeout}s: {missing}; see {self.log}"
+        )
 
     def _log_tail(self, lines: int = 5) -> str:
         with contextlib.suppress(OSError):
