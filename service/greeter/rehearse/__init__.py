@@ -3,6 +3,7 @@
 - :mod:`.nginx`: the gateway's configuration and process;
 - :mod:`.policy`: the fleet's traffic policies (weights, header routing, standby) in nginx;
 - :mod:`.fleet`: the backends (two clusters and a canary) and the whole rehearsal's lifecycle;
+- :mod:`.prometheus`: a real Prometheus scraping every backend, the chart's rules loaded;
 - :mod:`.traffic`: steady-rate calls with a per-call timeline;
 - :mod:`.scenarios`: a rolling drain, a cluster outage and a failover under that traffic;
 - :mod:`.cli`: the ``greeter rehearse`` subcommand.

@@ -14,13 +14,14 @@ from typing import Any
 from greeter.rehearse import policy
 from greeter.rehearse.fleet import DEFAULT_PORT, Rehearsal, RehearsalConfig
 from greeter.rehearse.nginx import NginxError
+from greeter.rehearse.prometheus import PrometheusError
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_LOSS = 1  # a scenario lost more calls than it may
 EXIT_BAD_ARGS = 2
-EXIT_STARTUP = 3  # nginx missing or rejected, a backend would not start
+EXIT_STARTUP = 3  # nginx (or prometheus) missing or rejected, a backend would not start
 SCENARIOS = ("drain", "outage", "failover")
 
 
@@ -73,6 +74,12 @@ def register(subparsers: Any) -> None:
         help="a standby cluster (nginx backup servers): calls only while no active backend "
         "can take them (--scenario failover: the last cluster unless given)",
     )
+    p.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="also run Prometheus (apt-get install -y prometheus) on 127.0.0.1, scraping every "
+        "backend each second and evaluating the chart's alert rules",
+    )
     p.add_argument("--scenario", choices=SCENARIOS, help="run this scenario, report, and exit")
     p.add_argument("--rps", type=float, default=250.0, help="scenario traffic rate")
     p.add_argument("--max-failed", type=int, default=None, help="failed calls allowed (drain: 0)")
@@ -103,6 +110,7 @@ def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
         weights=tuple(policy.parse_weights(args.weights).items()) if args.weights else (),
         route_header=args.route_header,
         standby=standby,
+        prometheus=args.prometheus,
     )
 
 
@@ -124,6 +132,12 @@ def print_banner(r: Rehearsal) -> None:
         print(f"route header: {c.route_header}: <cluster> sends a call to that cluster only")
     if c.standby:
         print(f"standby: {', '.join(c.standby)} (nginx backup servers)")
+    if r.prometheus is not None:
+        print(f"prometheus: {r.prometheus.url}")
+        print(
+            "  scrapes every backend's /metrics each second (labels job, namespace, cluster, "
+            f"pod); the chart's alert rules live at {r.prometheus.url}/alerts"
+        )
     print(f"work folder: {r.workdir} (nginx.conf, logs)")
     print("try:")
     for command in r.commands():
@@ -254,7 +268,7 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return asyncio.run(_main(args, config))
-    except NginxError as exc:
+    except (NginxError, PrometheusError) as exc:
         print(f"greeter rehearse: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     except RuntimeError as exc:  # a backend would not start

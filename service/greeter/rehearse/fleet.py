@@ -37,6 +37,7 @@ from greeter.rehearse.nginx import (
     Gateway,
     Nginx,
 )
+from greeter.rehearse.prometheus import Prometheus, ScrapeTarget, selector, service_labels
 
 DEFAULT_PORT = 8443
 CANARY_POD = "greeter-canary-0"
@@ -85,6 +86,10 @@ class RehearsalConfig:
     weights: tuple[tuple[str, int], ...] = ()
     route_header: str = ""
     standby: tuple[str, ...] = ()
+    # Also run Prometheus (greeter.rehearse.prometheus): every backend serves /metrics on a
+    # 127.0.0.1 port, scraped each second, the chart's alert rules evaluated live.
+    prometheus: bool = False
+    prometheus_binary: str = ""  # "" finds it on PATH
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -132,6 +137,14 @@ class Backend:
     server_name: str = ""
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     restarts: int = 0
+    # /metrics on 127.0.0.1 (kept across restarts), 0 when metrics are off.
+    metrics_port: int = 0
+
+    def scrape_target(self) -> ScrapeTarget:
+        """How Prometheus scrapes this backend: its Service's job and namespace, its names."""
+        job, namespace = service_labels(self.server_name)
+        address = f"127.0.0.1:{self.metrics_port}"
+        return ScrapeTarget(job, namespace, self.cluster, self.pod, address)
 
     @property
     def address(self) -> str:
@@ -233,6 +246,7 @@ class Rehearsal:
         self.backends: list[Backend] = []
         self.canary: list[Backend] = []
         self.nginx: Nginx | None = None
+        self.prometheus: Prometheus | None = None
         self._made_workdir = False
 
     # -- what users dial -----------------------------------------------------
@@ -318,6 +332,7 @@ class Rehearsal:
     def _backend(self, cluster: str, pod: str, pair: certs.Pair | None, name: str) -> Backend:
         c = self.config
         sock = self.workdir / "sockets" / f"{pod}.sock"
+        metrics_port = free_port() if c.prometheus else 0
         command = [
             sys.executable,
             "-m",
@@ -325,7 +340,8 @@ class Rehearsal:
             "serve",
             f"--host=unix:{sock}",
             "--port=0",
-            "--metrics-port=0",
+            "--metrics-host=127.0.0.1",
+            f"--metrics-port={metrics_port}",
             f"--cluster-name={cluster}",
             f"--pod-name={pod}",
             f"--drain-delay={c.drain_delay}",
@@ -343,7 +359,9 @@ class Rehearsal:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GREETER_")}
         log = self.workdir / "logs" / f"{pod}.log"
         ca = self.fleet_ca if pair is not None else None
-        return Backend(cluster, pod, sock, command, env, log, ca=ca, server_name=name)
+        backend = Backend(cluster, pod, sock, command, env, log, ca=ca, server_name=name)
+        backend.metrics_port = metrics_port
+        return backend
 
     async def start(self) -> None:
         from greeter.rehearse.nginx import find_nginx
@@ -355,6 +373,10 @@ class Rehearsal:
             self._made_workdir = True
         else:
             self.workdir = c.workdir
+        if c.prometheus:  # its binary and the chart's rules, before anything starts
+            rules_for = selector(*service_labels(BACKEND_HOST))
+            folder = self.workdir / "prometheus"
+            self.prometheus = Prometheus.prepare(folder, c.prometheus_binary, rules_for)
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         (self.workdir / "sockets").mkdir(parents=True, exist_ok=True)
         pair = certs.make_leaf(self.workdir / "tls", "tls", [HOST, "localhost", "127.0.0.1"])
@@ -400,10 +422,16 @@ class Rehearsal:
         )
         self.nginx = Nginx(gateway, self.workdir / "nginx", binary)
         await asyncio.to_thread(self.nginx.start)
+        if self.prometheus is not None:
+            targets = [b.scrape_target() for b in everyone]
+            await asyncio.to_thread(self.prometheus.start, targets, free_port())
 
     async def stop(self) -> None:
-        """Drain every backend (bounded), then stop nginx; kill whatever is left."""
+        """Stop Prometheus, drain every backend (bounded), then stop nginx; kill whatever is
+        left."""
         bound = self.config.drain_delay + self.config.grace_period + 5.0
+        if self.prometheus is not None:
+            await asyncio.to_thread(self.prometheus.stop)
         await asyncio.gather(*(b.stop(bound) for b in self.backends + self.canary))
         if self.nginx is not None:
             await asyncio.to_thread(self.nginx.stop)
@@ -414,6 +442,8 @@ class Rehearsal:
         """Second Ctrl-C: SIGKILL everything at once, without waiting."""
         for backend in self.backends + self.canary:
             backend.signal(signal.SIGKILL)
+        if self.prometheus is not None:
+            self.prometheus.kill()
         if self.nginx is not None and self.nginx.proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.nginx.proc.pid, signal.SIGKILL)
