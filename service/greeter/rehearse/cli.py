@@ -79,6 +79,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="scenario report as JSON")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, conf)")
     p.add_argument("--nginx", default="", help="nginx binary (default: found on PATH)")
+    p.add_argument(
+        "--no-web",
+        dest="web",
+        action="store_false",
+        help="no gRPC-Web ports on the backends, no /web/ page on the gateway",
+    )
     p.set_defaults(func=cmd_rehearse)
 
 
@@ -103,6 +109,7 @@ def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
         weights=tuple(policy.parse_weights(args.weights).items()) if args.weights else (),
         route_header=args.route_header,
         standby=standby,
+        web=args.web,
     )
 
 
@@ -124,6 +131,11 @@ def print_banner(r: Rehearsal) -> None:
         print(f"route header: {c.route_header}: <cluster> sends a call to that cluster only")
     if c.standby:
         print(f"standby: {', '.join(c.standby)} (nginx backup servers)")
+    if r.web_url:
+        print(
+            f"page: {r.web_url} (gRPC-Web through the gateway; self-signed certificate: "
+            "accept it in the browser, or trust the file above)"
+        )
     print(f"work folder: {r.workdir} (nginx.conf, logs)")
     print("try:")
     for command in r.commands():
