@@ -4,8 +4,8 @@ Shutdown follows the Kubernetes termination contract, in named phases:
 
 1. ``not_serving``: every health status goes NOT_SERVING (Watch streams see it),
 2. ``drain_delay``: keep serving while gateways and endpoints stop sending,
-3. ``stop``: refuse new calls; in-flight calls get ``grace_period`` to finish,
-   then whatever is left is cancelled,
+3. ``stop``: refuse new calls (on the gRPC port and the gRPC-Web port); in-flight calls
+   get ``grace_period`` to finish, then whatever is left is cancelled,
 4. ``metrics``: stop the metrics endpoint.
 
 A second SIGTERM/SIGINT during shutdown exits at once with ``128 + signal``.
