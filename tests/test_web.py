@@ -92,6 +92,9 @@ async def test_server_streaming_and_health_check():
         unknown = codec.frame(health_pb2.HealthCheckRequest(service="nope").SerializeToString())
         reply = await request(server.web_port, CHECK, unknown)
         assert reply.grpc_status == grpc.StatusCode.NOT_FOUND.value[0]
+        # the readiness service too (an empty request, as a health checker sends)
+        ready = await request(server.web_port, "/greeter.v1.Readiness/Check", codec.frame(b""))
+        assert ready.grpc_status == OK
 
 
 async def test_unknown_and_client_streaming_methods_are_unimplemented_trailers_only():
