@@ -9,6 +9,7 @@ as they do for gRPC, so a call is counted and judged the same whichever port it 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -81,9 +82,8 @@ def percent_encode(text: str) -> str:
 
 
 def _header_text(value: str | bytes) -> str:
+    """Metadata as an HTTP header value: binary (``-bin``) values base64-encoded."""
     if isinstance(value, bytes):
-        import base64
-
         return base64.b64encode(value).decode()
     return value
 
