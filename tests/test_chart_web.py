@@ -93,14 +93,25 @@ def test_emissary_mappings_page_and_cors(render: Any) -> None:
     assert "POST" in cors["methods"]
 
 
+def test_gateway_api_httproute_next_to_the_grpcroute(render: Any) -> None:
+    objects = render(ci_values("web"))
+    route = ds.one(objects, "HTTPRoute")["spec"]
+    assert route["hostnames"] == ["web.example.com"]
+    assert route["rules"][0]["backendRefs"] == [{"name": "grpc-service", "port": 8080}]
+    assert route["parentRefs"] == ds.one(objects, "GRPCRoute")["spec"]["parentRefs"]
+
+
 def test_web_with_tls_speaks_https_to_the_pods(render: Any) -> None:
     values = {
         "web": {"enabled": True},
         "tls": {"enabled": True, "secretName": "pods-tls"},
         "nginxIngress": {"enabled": True},
         "emissary": {"enabled": True},
+        "grpcRoute": {"enabled": True, "backendTLS": {"systemCA": True}},
     }
     objects = render(values)
+    policy = ds.one(objects, "BackendTLSPolicy")["spec"]
+    assert {ref["sectionName"] for ref in policy["targetRefs"]} == {"grpc", "web"}
     service = {p["name"]: p for p in ds.one(objects, "Service")["spec"]["ports"]}
     assert service["web"]["appProtocol"] == "https"
     nginx = named(objects, "Ingress", "-nginx-web")
@@ -115,6 +126,12 @@ def test_web_with_tls_speaks_https_to_the_pods(render: Any) -> None:
 def test_web_renderings_validate_against_real_schemas(render: Any) -> None:
     objects = render(ci_values("web"))
     assert ds.validate_all(objects, ds.KUBE_VERSIONS[-1:]) == []
+    with_tls = render(
+        ci_values("web"),
+        {"tls": {"enabled": True, "secretName": "pods-tls"}, "albIngress": {"enabled": False}},
+        {"grpcRoute": {"backendTLS": {"systemCA": True}}},
+    )
+    assert ds.validate_all(with_tls, ds.KUBE_VERSIONS[-1:]) == []
 
 
 def test_notes_tell_how_to_open_the_page(tmp_path: Path) -> None:
