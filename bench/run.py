@@ -47,7 +47,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """How to start one server: argv (``{port}`` filled in), ``GREETER_*`` env, call headers."""
+    """How to start one server: argv (``{port}`` filled in), ``GREETER_*`` env (``{port}``,
+    ``{metrics_port}`` and ``{web_port}`` filled in), call headers."""
 
     name: str
     argv: tuple[str, ...]
@@ -225,7 +226,9 @@ def _started_once(
     spec: ServerSpec, core: int | set[int] | None, log: Path
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     port, metrics_port = free_port(), free_port()
-    fill = {"port": str(port), "metrics_port": str(metrics_port)}
+    # {web_port}: a free port for variants that turn the gRPC-Web port on
+    # (greeter-instrumented@GREETER_WEB_PORT={web_port}); nothing binds it otherwise.
+    fill = {"port": str(port), "metrics_port": str(metrics_port), "web_port": str(free_port())}
 
     def filled(text: str) -> str:
         for key, value in fill.items():

@@ -313,6 +313,8 @@ FEATURES = {
     "nginxingress": ("Ingress",),
     "grpcroute": ("GRPCRoute",),
     "emissary": ("Mapping", "TLSContext"),
+    # web.enabled adds ports and routes to other features' objects: tests/test_chart_web.py.
+    "web": (),
 }
 
 

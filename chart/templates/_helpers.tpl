@@ -159,6 +159,14 @@ is mapped here and nowhere else.
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
+{{- if .Values.web.enabled }}
+- name: GREETER_WEB_PORT
+  value: {{ .Values.web.port | quote }}
+{{- with .Values.web.corsOrigins }}
+- name: GREETER_WEB_CORS_ORIGINS
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- end }}
 {{- if .Values.tls.enabled }}
 - name: GREETER_TLS_CERT
   value: {{ printf "%s/tls.crt" (include "greeter.tlsDir" .) | quote }}

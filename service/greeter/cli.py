@@ -38,6 +38,8 @@ EXIT_BAD_ARGS = 2
 # grpc-health-probe's exit codes, so probes and scripts written for it work.
 HEALTH_SERVING, HEALTH_BAD_ARGS, HEALTH_CONNECT, HEALTH_RPC, HEALTH_NOT_SERVING = 0, 1, 2, 3, 4
 CALL_METHODS = ("SayHello", "SayHelloStreamReply", "SayHelloBidiStream")
+# grpc: HTTP/2 gRPC; grpc-web: gRPC-Web binary over HTTP/1.1; grpc-web-text: its base64 form.
+PROTOCOLS = ("grpc", "grpc-web", "grpc-web-text")
 # Subcommands that live in their own modules and register themselves.
 PLUGINS = ("greeter.load.cli", "greeter.deploy", "greeter.rehearse")
 
@@ -72,6 +74,12 @@ def build_parser() -> Parser:
     call.add_argument("--method", default="SayHello", choices=CALL_METHODS)
     call.add_argument("-t", "--timeout", type=float, default=10.0, help="call deadline, seconds")
     call.add_argument("--json", action="store_true", help="print the result as JSON")
+    call.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="grpc",
+        help="grpc (default), or gRPC-Web to a web port or gateway (grpc-web-text: base64)",
+    )
     call.set_defaults(func=cmd_call)
 
     health = sub.add_parser(
@@ -156,14 +164,62 @@ async def _call(target: Target, method: str, name: str, timeout: float) -> dict[
         }
 
 
+class CallFailed(Exception):
+    """A gRPC-Web call ended with a status other than OK."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"{code}: {details}")
+        self.code = code
+
+
+async def _call_web(
+    target: Target, method: str, name: str, timeout: float, text: bool
+) -> dict[str, Any]:
+    from greeter._proto import helloworld_pb2
+    from greeter.web.client import WebChannel
+
+    channel = WebChannel(target, text=text)
+    try:
+        started = time.perf_counter()
+        result = await channel.call(
+            f"/helloworld.Greeter/{method}",
+            helloworld_pb2.HelloRequest(name=name).SerializeToString(),
+            timeout=timeout,
+        )
+        took = time.perf_counter() - started
+    finally:
+        await channel.close()
+    if result.code != "OK":
+        raise CallFailed(result.code, result.details)
+    return {
+        "method": method,
+        "protocol": "grpc-web-text" if text else "grpc-web",
+        "replies": [helloworld_pb2.HelloReply.FromString(m).message for m in result.messages],
+        "identity": identity_of(result.headers, result.trailers),
+        "took_ms": round(took * 1000, 3),
+    }
+
+
 def cmd_call(args: argparse.Namespace) -> int:
     try:
         target = target_from_args(args)
+        if args.protocol != "grpc":
+            if args.method == "SayHelloBidiStream":
+                raise TargetError("gRPC-Web carries unary and server-streaming calls only")
+            if target.lb_policy or target.address.startswith(("dns:", "unix:")):
+                raise TargetError("--protocol grpc-web needs a host:port address")
     except TargetError as exc:
         print(f"greeter call: {exc}", file=sys.stderr)
         return EXIT_BAD_ARGS
     try:
-        result = asyncio.run(_call(target, args.method, args.name, args.timeout))
+        if args.protocol != "grpc":
+            text = args.protocol == "grpc-web-text"
+            result = asyncio.run(_call_web(target, args.method, args.name, args.timeout, text))
+        else:
+            result = asyncio.run(_call(target, args.method, args.name, args.timeout))
+    except CallFailed as exc:
+        print(f"greeter call: {exc}", file=sys.stderr)
+        return 1
     except grpc.aio.AioRpcError as exc:
         hint = plaintext_hint(target) if exc.code() == grpc.StatusCode.UNAVAILABLE else None
         if hint:

@@ -311,6 +311,8 @@ class Registrar:
 
     def __init__(self) -> None:
         self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        # The handlers as installed, interceptors bound in: the web port serves these too.
+        self.wrapped: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
         """Generated code registers twice; the registered-method form is the one kept."""
@@ -331,6 +333,7 @@ class Registrar:
                 )
                 for name, h in handlers.items()
             }
+            self.wrapped[service] = wrapped
             for server in servers:
                 server.add_generic_rpc_handlers(
                     (grpc.method_handlers_generic_handler(service, wrapped),)

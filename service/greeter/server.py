@@ -4,8 +4,8 @@ Shutdown follows the Kubernetes termination contract, in named phases:
 
 1. ``not_serving``: every health status goes NOT_SERVING (Watch streams see it),
 2. ``drain_delay``: keep serving while gateways and endpoints stop sending,
-3. ``stop``: refuse new calls; in-flight calls get ``grace_period`` to finish,
-   then whatever is left is cancelled,
+3. ``stop``: refuse new calls (on the gRPC port and the gRPC-Web port); in-flight calls
+   get ``grace_period`` to finish, then whatever is left is cancelled,
 4. ``metrics``: stop the metrics endpoint.
 
 A second SIGTERM/SIGINT during shutdown exits at once with ``128 + signal``.
@@ -21,6 +21,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -35,6 +36,9 @@ from greeter.service import SERVICE_NAME as GREETER_SERVICE
 from greeter.service import Greeter
 from greeter.settings import Settings, parse_token_lines
 from greeter.threads import helper_threads
+
+if TYPE_CHECKING:
+    from greeter.web.server import WebServer
 
 logger = logging.getLogger(__name__)
 
@@ -168,8 +172,14 @@ class GreeterServer:
         self.metrics = metrics
         self._endpoint: MetricsEndpoint | None = None
         self._servers: list[grpc.aio.Server] = []
+        self._web: WebServer | None = None
         self._stopping = asyncio.Event()
         self.port = 0
+
+    @property
+    def web_port(self) -> int:
+        """The gRPC-Web port (0: off)."""
+        return self._web.port if self._web else 0
 
     @property
     def metrics_port(self) -> int:
@@ -204,7 +214,10 @@ class GreeterServer:
             registrar.install(self._servers, chain)
             self._start_metrics_endpoint()
             self.port = self._bind(self._servers)
+        self._bind_web(registrar)
         await asyncio.gather(*(server.start() for server in self._servers))
+        if self._web is not None:
+            await self._web.start()
         self.health.set_all(SERVING)
         logger.info(
             "serving",
@@ -216,6 +229,7 @@ class GreeterServer:
                 "tls": s.tls,
                 "mtls": bool(s.tls_client_ca),
                 "metrics_port": self.metrics_port,
+                "web_port": self.web_port,
                 "reflection": s.reflection,
                 "identity": s.identity,
                 "listeners": len(self._servers),
@@ -238,6 +252,34 @@ class GreeterServer:
         except OSError as exc:
             raise StartupError(
                 f"cannot listen on metrics port {s.metrics_host}:{s.metrics_port}: {exc}"
+            ) from exc
+
+    def _bind_web(self, registrar: Registrar) -> None:
+        """The gRPC-Web port, over the handlers just installed (interceptors bound in).
+        Imported only when asked for: a server without it loads none of it."""
+        s = self.settings
+        if not s.web_port:
+            return
+        from greeter.web.app import WebApp
+        from greeter.web.server import WebServer
+
+        identity = s.identity
+        if self.worker is not None:
+            identity = {**identity, WORKER_KEY: str(self.worker)}
+        app = WebApp(
+            registrar.wrapped,
+            identity=identity,
+            cors_origins=s.web_cors_origins,
+            max_recv_message_size=s.max_recv_message_size,
+            max_send_message_size=s.max_send_message_size,
+        )
+        self._web = WebServer(app, s, reuse_port=self.worker is not None)
+        try:
+            self._web.bind()
+        except OSError as exc:
+            self._web = None
+            raise StartupError(
+                f"cannot listen on web port {s.web_host}:{s.web_port}: {exc}"
             ) from exc
 
     def _bind(self, servers: list[grpc.aio.Server]) -> int:
@@ -295,7 +337,11 @@ class GreeterServer:
         mark = done("drain_delay", mark, drain_delay=s.drain_delay)
         # 3. Refuse new calls, let in-flight ones finish within the grace period.
         self.health.close_watchers()
-        await asyncio.gather(*(server.stop(s.grace_period) for server in self._servers))
+        web, self._web = self._web, None
+        await asyncio.gather(
+            *(server.stop(s.grace_period) for server in self._servers),
+            *([web.stop(s.grace_period)] if web is not None else []),
+        )
         self._servers = []
         mark = done("stop", mark, grace_period=s.grace_period)
         # 4. The metrics endpoint goes last, so the final counts can be scraped.
@@ -309,6 +355,9 @@ class GreeterServer:
         """Stop now, without draining (start-up failed half way)."""
         await asyncio.gather(*(_discard(server) for server in self._servers))
         self._servers = []
+        if self._web is not None:
+            self._web.abort()
+            self._web = None
         if self._endpoint is not None:
             self._endpoint.stop()
             self._endpoint = None

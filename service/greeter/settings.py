@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -103,6 +104,9 @@ THREAD_POLICIES = ("batch", "normal")
 AUTH_EXEMPT_CHOICES = ("health", "reflection")
 MAX_STREAM_MESSAGES = 100_000
 MAX_LISTENERS = 64
+_ORIGIN = re.compile(
+    r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
+)
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,19 @@ class Settings:
     port: int = _setting(50051, "gRPC port (0: any free port)", parse_int)
     metrics_host: str = _setting("[::]", "address to bind the metrics port on", parse_str)
     metrics_port: int = _setting(9090, "Prometheus /metrics port (0 turns metrics off)", parse_int)
+    web_host: str = _setting("[::]", "address to bind the gRPC-Web port on", parse_str)
+    web_port: int = _setting(
+        0,
+        "gRPC-Web and browser page port, HTTP/1.1 and HTTP/2 (0 turns it off)",
+        parse_int,
+    )
+    web_cors_origins: tuple[str, ...] = _setting(
+        (),
+        "comma-separated origins (https://app.example.com) whose pages may call the web"
+        " port from a browser, or * for any; empty: only the port's own page",
+        parse_list,
+        metavar="ORIGINS",
+    )
     workers: int = _setting(
         1, "server processes sharing the port (0 or 'auto': one per core)", lambda t: _workers(t)
     )
@@ -240,12 +257,24 @@ class Settings:
 
     def _problems(self) -> list[tuple[str, str]]:
         bad: list[tuple[str, str]] = []
-        for name in ("port", "metrics_port"):
+        for name in ("port", "metrics_port", "web_port"):
             value = getattr(self, name)
             if not 0 <= value <= 65535:
                 bad.append((name, f"{value} is not a valid port"))
         if self.metrics_port and self.metrics_port == self.port:
             bad.append(("metrics_port", "must differ from the gRPC port"))
+        if self.web_port and self.web_port in (self.port, self.metrics_port):
+            bad.append(("web_port", "must differ from the gRPC and metrics ports"))
+        if not self.web_host:
+            bad.append(("web_host", "must not be empty"))
+        for origin in self.web_cors_origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                bad.append(
+                    (
+                        "web_cors_origins",
+                        f"{origin[:100]!r} is not an origin (scheme://host[:port], no path) or *",
+                    )
+                )
         if not self.host:
             bad.append(("host", "must not be empty"))
         if self.workers < 1 or self.workers > 256:

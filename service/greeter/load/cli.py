@@ -19,6 +19,7 @@ from greeter.load.config import (
     CALLS,
     DEFAULT_PERCENTILES,
     ENGINES,
+    PROTOCOLS,
     SCHEDULES,
     ConfigError,
     LoadConfig,
@@ -225,6 +226,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="client engine: h2 (lean HTTP/2, unary calls to one address), grpc, or auto "
         "(h2 where it applies; default)",
     )
+    out.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="grpc",
+        help="grpc (default), or gRPC-Web over HTTP/1.1 to a web port or gateway "
+        "(grpc-web-text: its base64 form); runs the grpc-web engine",
+    )
     _add_timeline_arguments(out)
 
 
@@ -283,6 +291,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         uvloop=args.uvloop,
         engine=args.engine,
         timeline_interval=args.timeline_interval,
+        protocol=args.protocol,
     )
 
 

@@ -21,6 +21,8 @@ CALLS = {
 }
 SCHEDULES = ("const", "step", "line")
 ENGINES = ("auto", "grpc", "h2")  # auto: h2 where it applies (unary, one address), else grpc
+# grpc: gRPC over HTTP/2 (the engines above); grpc-web(-text): the grpc-web engine.
+PROTOCOLS = ("grpc", "grpc-web", "grpc-web-text")
 DEFAULT_PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
 LATENCY_STATS = ("min", "mean", "max")
 
@@ -187,6 +189,7 @@ class LoadConfig:
     uvloop: bool = False
     engine: str = "auto"
     timeline_interval: float = DEFAULT_INTERVAL  # seconds per timeline bucket
+    protocol: str = "grpc"
 
     def __post_init__(self) -> None:
         for name, problem in self._problems():
@@ -241,6 +244,18 @@ class LoadConfig:
         for p in self.percentiles:
             if not 0 < p <= 100:
                 bad.append(("--percentiles", f"{p:g} is not between 0 and 100"))
+        if self.protocol not in PROTOCOLS:
+            bad.append(("--protocol", f"{self.protocol!r} is not one of {', '.join(PROTOCOLS)}"))
+        elif self.protocol != "grpc":
+            from greeter.load.webengine import applies as web_applies
+
+            why = web_applies(self.target, self.call)
+            if why:
+                bad.append(("--protocol", why))
+            if self.engine != "auto":
+                bad.append(
+                    ("--engine", "chooses a gRPC client: leave it out with --protocol grpc-web")
+                )
         if self.engine not in ENGINES:
             bad.append(("--engine", f"{self.engine!r} is not one of {', '.join(ENGINES)}"))
         elif self.engine == "h2":

@@ -23,7 +23,7 @@ import grpc
 from google.protobuf import json_format
 
 from greeter.client import TargetError, channel_options, credentials, plaintext_hint
-from greeter.load import h2engine
+from greeter.load import h2engine, webengine
 from greeter.load.config import CALLS, LoadConfig
 from greeter.load.histogram import Histogram
 from greeter.load.timeline import Timeline
@@ -236,7 +236,10 @@ def record(rec: Recorder, began: float, code: str, cluster: str, pod: str, detai
 
 
 def resolved_engine(config: LoadConfig) -> str:
-    """The engine that runs ``config``: ``h2`` (the lean HTTP/2 client) or ``grpc``."""
+    """The engine that runs ``config``: ``h2`` (the lean HTTP/2 client), ``grpc``, or
+    ``grpc-web`` (for ``--protocol grpc-web``)."""
+    if config.protocol != "grpc":
+        return "grpc-web"
     if config.engine == "grpc":
         return "grpc"
     if config.engine == "h2":
@@ -255,6 +258,17 @@ def _make_caller(channel: Any, config: LoadConfig) -> Caller:
     path = CALLS[config.call]
     payload = request_bytes(config)
     timeout = config.timeout
+    if config.protocol != "grpc":
+        return webengine.make_caller(
+            channel,
+            config.call,
+            path,
+            payload,
+            config.stream_count,
+            timeout,
+            config.connect_timeout,
+            record,
+        )
     if isinstance(channel, h2engine.H2Channel):
         return h2engine.make_caller(
             channel,
@@ -345,6 +359,21 @@ async def connected(config: LoadConfig, first: int = 0) -> AsyncIterator[list[An
     """``config.connections`` ready channels (grpc channels or h2engine channels, as
     :func:`resolved_engine` says), or ConnectError with the reason."""
     target = config.target
+    if config.protocol != "grpc":
+        try:
+            web = await webengine.open_channels(
+                target,
+                config.connections,
+                config.connect_timeout,
+                text=config.protocol == "grpc-web-text",
+            )
+        except OSError as exc:
+            raise ConnectError(f"cannot connect to {target.address}: {exc}") from None
+        try:
+            yield web
+        finally:
+            await webengine.close_channels(web)
+        return
     if resolved_engine(config) == "h2":
         try:
             h2channels = await h2engine.open_channels(

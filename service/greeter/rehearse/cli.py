@@ -86,6 +86,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="scenario report as JSON")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, conf)")
     p.add_argument("--nginx", default="", help="nginx binary (default: found on PATH)")
+    p.add_argument(
+        "--no-web",
+        dest="web",
+        action="store_false",
+        help="no gRPC-Web ports on the backends, no /web/ page on the gateway",
+    )
     p.set_defaults(func=cmd_rehearse)
 
 
@@ -111,6 +117,7 @@ def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
         route_header=args.route_header,
         standby=standby,
         prometheus=args.prometheus,
+        web=args.web,
     )
 
 
@@ -137,6 +144,11 @@ def print_banner(r: Rehearsal) -> None:
         print(
             "  scrapes every backend's /metrics each second (labels job, namespace, cluster, "
             f"pod); the chart's alert rules live at {r.prometheus.url}/alerts"
+        )
+    if r.web_url:
+        print(
+            f"page: {r.web_url} (gRPC-Web through the gateway; self-signed certificate: "
+            "accept it in the browser, or trust the file above)"
         )
     print(f"work folder: {r.workdir} (nginx.conf, logs)")
     print("try:")

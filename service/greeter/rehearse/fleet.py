@@ -33,6 +33,7 @@ from greeter.rehearse.nginx import (
     CANARY_HEADER,
     CANARY_VALUE,
     HOST,
+    WEB_PATH,
     BackendTLS,
     Gateway,
     Nginx,
@@ -90,6 +91,8 @@ class RehearsalConfig:
     # 127.0.0.1 port, scraped each second, the chart's alert rules evaluated live.
     prometheus: bool = False
     prometheus_binary: str = ""  # "" finds it on PATH
+    # Each backend also serves gRPC-Web and the page (--web-port), behind nginx's /web/.
+    web: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -145,6 +148,12 @@ class Backend:
         job, namespace = service_labels(self.server_name)
         address = f"127.0.0.1:{self.metrics_port}"
         return ScrapeTarget(job, namespace, self.cluster, self.pod, address)
+    # The gRPC-Web port on 127.0.0.1 (0: none).
+    web_port: int = 0
+
+    @property
+    def web_upstream(self) -> str:
+        return f"127.0.0.1:{self.web_port}"
 
     @property
     def address(self) -> str:
@@ -261,6 +270,11 @@ class Rehearsal:
         return self.workdir / "tls" / "tls.crt"
 
     @property
+    def web_url(self) -> str:
+        """The page, through the gateway ("" without ``web``)."""
+        return f"https://{self.address}{WEB_PATH}" if self.config.web else ""
+
+    @property
     def fleet_ca(self) -> Path:
         """The CA of the backends' certificates (with ``backend_tls``)."""
         return self.workdir / "tls" / "fleet" / "ca.crt"
@@ -299,7 +313,15 @@ class Rehearsal:
                 f"greeter call {a} --insecure --authority {HOST}{auth} "
                 f"-m {self.config.route_header}:{self.config.clusters[-1]}"
             )
+        web = []
+        if self.config.web:
+            web = [
+                f"greeter call {a} --protocol grpc-web --insecure --authority {HOST}{auth}",
+                f"greeter load {a} --protocol grpc-web --insecure --authority {HOST}{auth} "
+                "-c 8 -n 2000",
+            ]
         return [
+            *web,
             f"grpcurl -insecure -authority {HOST} {a} list",
             f'grpcurl -insecure -authority {HOST}{grpcurl_auth} -d \'{{"name": "you"}}\' '
             f"{a} helloworld.Greeter/SayHello",
@@ -354,12 +376,18 @@ class Rehearsal:
             command += ["--auth-enabled=true", f"--auth-tokens={','.join(c.auth_tokens)}"]
         if pair is not None:
             command += [f"--tls-cert={pair.cert}", f"--tls-key={pair.key}"]
+        web_port = 0
+        if c.web:
+            web_port = free_port()
+            command += ["--web-host=127.0.0.1", f"--web-port={web_port}"]
         command += list(c.server_args)
         # Nothing from the caller's GREETER_* environment leaks into the backends.
         env = {k: v for k, v in os.environ.items() if not k.startswith("GREETER_")}
         log = self.workdir / "logs" / f"{pod}.log"
         ca = self.fleet_ca if pair is not None else None
-        backend = Backend(cluster, pod, sock, command, env, log, ca=ca, server_name=name)
+        backend = Backend(
+            cluster, pod, sock, command, env, log, ca=ca, server_name=name, web_port=web_port
+        )
         backend.metrics_port = metrics_port
         return backend
 
@@ -419,6 +447,8 @@ class Rehearsal:
             backup=[b.upstream for b in self.backends if b.cluster in c.standby],
             route_header=c.route_header,
             members={name: [b.upstream for b in self.cluster(name)] for name in c.clusters},
+            web_fleet=[b.web_upstream for b in self.backends if b.web_port],
+            web_canary=[b.web_upstream for b in self.canary if b.web_port],
         )
         self.nginx = Nginx(gateway, self.workdir / "nginx", binary)
         await asyncio.to_thread(self.nginx.start)

@@ -18,6 +18,12 @@ describe, and the directive that plays each part here:
   ``weight=`` on each server, routing by a header to one cluster's own upstream, a standby
   cluster as ``backup`` servers.
 
+- the page and gRPC-Web (the chart's ``web.enabled``: an HTTP backend next to the gRPC route):
+  ``location /web/`` on every host name proxies HTTP/1.1 to the backends' web ports, so
+  ``https://127.0.0.1:PORT/web/`` opens the page; on ``grpc.example.com`` a gRPC-Web call to
+  the gRPC paths (``content-type: application/grpc-web*``) goes there too, as Envoy's
+  ``grpc_web`` filter or Emissary's ``enable_grpc_web`` take it apart by content type.
+
 The drain and outage parts (passive health, retry of calls that never reached a backend, client
 keep-alive limits) are explained in docs/rehearsal.md.
 """
@@ -46,6 +52,7 @@ CANARY_VALUE = "true"
 BACKEND_HOST = "grpc-service.gateway-demo.svc"
 CANARY_BACKEND_HOST = "grpc-service-canary.gateway-demo.svc"
 STREAM_TIMEOUT_S = 3600
+WEB_PATH = "/web/"
 
 
 class NginxError(RuntimeError):
@@ -113,6 +120,9 @@ class Gateway:
     # (``members``: the cluster's backends); "" for no header routing.
     route_header: str = ""
     members: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # The backends' gRPC-Web ports (127.0.0.1:port), fleet and canary; empty: no /web/ route.
+    web_fleet: Sequence[str] = ()
+    web_canary: Sequence[str] = ()
 
 
 def _ms(seconds: float) -> str:
@@ -211,6 +221,55 @@ def _member_upstreams(g: Gateway) -> str:
     )
 
 
+def _web_upstreams(g: Gateway) -> str:
+    if not g.web_fleet:
+        return ""
+    canary = g.web_canary or g.web_fleet
+    return f"""
+    # The backends' web ports (gRPC-Web and the page), HTTP/1.1; the same canary rule.
+    map $http_x_canary $greeter_web_upstream {{
+        "{CANARY_VALUE}" web_canary;
+        default web_fleet;
+    }}
+{_upstream("web_fleet", g.web_fleet, g, policies=False)}
+{_upstream("web_canary", canary, g, policies=False)}"""
+
+
+def _web_location(g: Gateway) -> str:
+    if not g.web_fleet:
+        return ""
+    return f"""
+        # The page and gRPC-Web, under a path of their own, to the backends' web ports.
+        location = {WEB_PATH.rstrip("/")} {{
+            return 301 {WEB_PATH};
+        }}
+        location {WEB_PATH} {{
+            rewrite ^{WEB_PATH}(.*)$ /$1 break;
+            proxy_pass http://$greeter_web_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            # Streamed replies reach the browser as they come.
+            proxy_buffering off;
+            proxy_read_timeout {STREAM_TIMEOUT_S}s;
+            proxy_send_timeout {STREAM_TIMEOUT_S}s;
+            proxy_connect_timeout {_ms(g.connect_timeout)};
+            proxy_next_upstream error timeout non_idempotent;
+            proxy_next_upstream_timeout {_ms(g.next_upstream_timeout)};
+        }}
+"""
+
+
+def _web_by_content_type(g: Gateway) -> str:
+    if not g.web_fleet:
+        return ""
+    return """
+            # gRPC-Web on the gRPC paths: taken apart by content type, to the web ports.
+            if ($http_content_type ~* "^application/grpc-web") {
+                rewrite ^ /web$uri last;
+            }"""
+
+
 def render(g: Gateway, prefix: Path) -> str:
     """The nginx.conf for ``nginx -p PREFIX -c nginx.conf``: unprivileged, in the foreground."""
     # Started as root, nginx would run its workers as nobody, who may not open the backends'
@@ -264,14 +323,17 @@ http {{
     # (with weights: weight= per backend so each cluster's total is its share; a standby
     # cluster's backends are backup servers, used only while no active one is available).
 {_upstream("fleet", g.fleet, g)}
-{_upstream("canary", g.canary, g)}{_member_upstreams(g)}
+{_upstream("canary", g.canary, g)}{_member_upstreams(g)}{_web_upstreams(g)}
     # Any other host name: ingress-nginx's default backend (404, UNIMPLEMENTED to gRPC).
     server {{
         listen 127.0.0.1:{g.port} ssl http2 default_server;
         server_name _;
         ssl_certificate {g.cert};
         ssl_certificate_key {g.key};
-        return 404;
+{_web_location(g)}
+        location / {{
+            return 404;
+        }}
     }}
 
     server {{
@@ -292,11 +354,11 @@ http {{
         grpc_next_upstream error timeout invalid_header non_idempotent;
         grpc_next_upstream_tries 0;
         grpc_next_upstream_timeout {_ms(g.next_upstream_timeout)};
-{_backend_tls(g)}
-        location /helloworld.Greeter/ {{
+{_backend_tls(g)}{_web_location(g)}
+        location /helloworld.Greeter/ {{{_web_by_content_type(g)}
             grpc_pass {scheme}://$greeter_upstream;{canary_name}
         }}
-        location / {{
+        location / {{{_web_by_content_type(g)}
             grpc_pass {scheme}://{fleet};
         }}
     }}
