@@ -148,6 +148,7 @@ class Backend:
         job, namespace = service_labels(self.server_name)
         address = f"127.0.0.1:{self.metrics_port}"
         return ScrapeTarget(job, namespace, self.cluster, self.pod, address)
+
     # The gRPC-Web port on 127.0.0.1 (0: none).
     web_port: int = 0
 
