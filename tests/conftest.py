@@ -108,6 +108,10 @@ def test_settings(**overrides: object) -> Settings:
         "access_log": False,
     }
     values.update(overrides)
+    # Two free_port() picks can return the same ephemeral port: the metrics port (ours) must
+    # not be the web port a test picked for itself.
+    while "metrics_port" not in overrides and values["metrics_port"] == values.get("web_port"):
+        values["metrics_port"] = free_port()
     return Settings(**values)  # type: ignore[arg-type]
 
 
