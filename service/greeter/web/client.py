@@ -22,26 +22,10 @@ import h11
 
 from greeter import __version__
 from greeter.client import Target, split_host_port, tls_context
+from greeter.load.h2engine import CODE_NAMES, HTTP_CODES
 from greeter.web import codec
 
-CODE_NAMES = (
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-    "UNAUTHENTICATED",
-)  # fmt: skip
-# HTTP status → gRPC code for a response that is not 200 (gRPC's "HTTP to gRPC Status Code
-# Mapping", as grpc-web's JavaScript client applies it); anything else is UNKNOWN.
-HTTP_CODES = {
-    400: "INTERNAL",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "UNIMPLEMENTED",
-    429: "UNAVAILABLE",
-    502: "UNAVAILABLE",
-    503: "UNAVAILABLE",
-    504: "UNAVAILABLE",
-}
+# Status names and the HTTP status → gRPC code mapping are the h2 engine's, shared.
 USER_AGENT = f"greeter/{__version__} grpc-web-python"
 MAX_RESPONSE = 64 * 1024 * 1024  # bytes of response body kept per call
 _READ = 65536
