@@ -24,16 +24,7 @@ def normal_quantile(p: float) -> float:
     """The x with P(Z <= x) = p, 0 < p < 1 (by bisection on :func:`normal_cdf`)."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"normal_quantile needs 0 < p < 1, got {p!r}")
-    lo, hi = -40.0, 40.0
-    for _ in range(_BISECT_STEPS):
-        mid = (lo + hi) / 2
-        if normal_cdf(mid) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-15:
-            break
-    return (lo + hi) / 2
+    return _solve_increasing(p, normal_cdf, -40.0, 40.0)
 
 
 def _beta_fraction(a: float, b: float, x: float) -> float:
@@ -107,9 +98,10 @@ def binom_test(x: int, n: int, p: float) -> float:
     return min(1.0, 2.0 * min(binom_cdf(x, n, p), binom_sf(x, n, p)))
 
 
-def _solve_increasing(f: float, fn: Callable[[float], float]) -> float:
-    """The p in [0, 1] where the increasing function ``fn(p)`` reaches ``f``."""
-    lo, hi = 0.0, 1.0
+def _solve_increasing(
+    f: float, fn: Callable[[float], float], lo: float = 0.0, hi: float = 1.0
+) -> float:
+    """The p in [lo, hi] (by bisection) where the increasing function ``fn(p)`` reaches ``f``."""
     for _ in range(_BISECT_STEPS):
         mid = (lo + hi) / 2
         if fn(mid) < f:
