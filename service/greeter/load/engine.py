@@ -35,6 +35,7 @@ STREAM_COUNT_HEADER = "x-greeter-stream-count"
 UNKNOWN = "(none)"  # no identity metadata came back (a gateway error, no connection...)
 MAX_ERROR_MESSAGES = 50  # distinct error messages kept; the rest are counted under "other"
 _OTHER = "(other messages)"
+DUE_SLACK = 1e-9  # seconds: 450 steps of 1/150 s fall short of 3 s by float rounding
 
 
 class ConnectError(RuntimeError):
@@ -172,8 +173,9 @@ class Schedule:
                 return -1.0
             return 0.0
         due = self._next_due
-        if self._end is not None and due >= self._end:
-            self.stopped = True
+        if self._end is not None and due >= self._end - DUE_SLACK:
+            # No call is due before the end: this worker is done, but the others still
+            # make the calls they were handed (``stopped`` would drop them).
             return -1.0
         self._next_due = due + 1.0 / self._rate_at(due - self._start)
         return due
