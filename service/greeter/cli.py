@@ -45,9 +45,22 @@ PLUGINS = ("greeter.load.cli", "greeter.deploy", "greeter.rehearse")
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors exit with a code of the subcommand's choosing."""
+    """An ArgumentParser whose usage errors exit with a code of the subcommand's choosing,
+    and which hands its arguments to a ``nested`` command when the first one names it
+    (``greeter load merge ...``: a word, where ``greeter load`` wants an address)."""
 
     exit_code = EXIT_BAD_ARGS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.nested: dict[str, argparse.ArgumentParser] = {}
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if args and args[0] in self.nested:
+            return self.nested[args[0]].parse_args(args[1:], namespace), []
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)

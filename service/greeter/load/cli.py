@@ -1,4 +1,5 @@
-"""``greeter load ADDRESS [flags]``: the command line over :func:`greeter.load.run_load`.
+"""``greeter load ADDRESS [flags]``: the command line over :func:`greeter.load.run_load`;
+``greeter load merge FILE...``: -O json reports of several runs, merged exactly.
 
 Flags follow ghz where they mean the same thing (-c -n -z --rps --connections
 --load-schedule -t --connect-timeout --insecure --cacert --authority -m -O -o).
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from greeter.client import TargetError, target_from_args
-from greeter.load import render
+from greeter.load import merge, render
 from greeter.load.config import (
     CALLS,
     DEFAULT_PERCENTILES,
@@ -28,6 +29,7 @@ from greeter.load.config import (
     parse_confidence,
     parse_duration,
     parse_split,
+    parse_start_at,
     parse_threshold,
 )
 from greeter.load.engine import ConnectError
@@ -39,7 +41,16 @@ FORMATS = ("summary", "json", "csv", "html")
 EPILOG = """exit codes: 0 ok; 1 a threshold missed, --max-error-rate exceeded, the split
 off or undecided (--expect-split, --expect-cluster) or no call succeeded; 2 bad
 arguments; 3 could not connect; 130 interrupted (the partial report is printed first).
-See docs/load.md."""
+See docs/load.md. To merge the -O json reports of several runs (e.g. one per machine):
+greeter load merge FILE... (see greeter load merge --help)."""
+MERGE_DESCRIPTION = """Merge the -O json reports of several greeter load runs (one per machine,
+pod or process) into one report, exactly: counts and histograms add up, percentiles come
+from the merged histogram, the rate from the union of the runs' time windows, timelines
+line up on the wall clock. Reports of another target, call, schema version, histogram
+layout or timeline interval are refused (exit 2)."""
+MERGE_EPILOG = """exit codes: 0 ok; 1 a gate failed (as for greeter load); 2 bad arguments,
+an unreadable input, or reports that do not merge; 130 some report was interrupted.
+See docs/load.md, "Merging reports"."""
 
 
 def _duration(text: str) -> float:
@@ -72,6 +83,13 @@ def _call(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _start_at(text: str) -> float:
+    try:
+        return parse_start_at(text, time.time())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -92,6 +110,23 @@ def register(sub: Any) -> None:
     parser.exit_code = EXIT_BAD_ARGS
     add_arguments(parser)
     parser.set_defaults(func=main)
+    merging = type(parser)(
+        prog=f"{parser.prog} merge", description=MERGE_DESCRIPTION, epilog=MERGE_EPILOG
+    )
+    merging.exit_code = EXIT_BAD_ARGS
+    add_merge_arguments(merging)
+    merging.set_defaults(func=merge_main)
+    parser.nested["merge"] = merging
+
+
+def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="-O json reports (- : standard input; a file may hold several, one after another)",
+    )
+    _add_report_arguments(parser.add_argument_group("report"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -175,7 +210,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     shape.add_argument(
         "--connect-timeout", type=_duration, default=10.0, help="time to connect (default 10s)"
     )
+    shape.add_argument(
+        "--start-at",
+        type=_start_at,
+        default=None,
+        metavar="TIME",
+        help="start the measured load at this moment, after connecting and warming up: an "
+        "RFC 3339 time (2026-05-01T12:00:00Z) or +30s; runs given the same time start "
+        "together, so N runs at --rps R give N x R (late: starts at once, says so)",
+    )
     out = parser.add_argument_group("report")
+    _add_report_arguments(out)
+    out.add_argument("-q", "--quiet", action="store_true", help="no live progress")
+    out.add_argument("--uvloop", action="store_true", help="run the client on uvloop")
+    out.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="client engine: h2 (lean HTTP/2, unary calls to one address), grpc, or auto "
+        "(h2 where it applies; default)",
+    )
+    out.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="grpc",
+        help="grpc (default), or gRPC-Web over HTTP/1.1 to a web port or gateway "
+        "(grpc-web-text: its base64 form); runs the grpc-web engine",
+    )
+    out.add_argument(
+        "--timeline-interval",
+        type=_duration,
+        default=DEFAULT_INTERVAL,
+        help="length of each timeline bucket, e.g. 1s (default), 500ms; at least 10ms",
+    )
+
+
+def _add_report_arguments(out: Any) -> None:
+    """Output and gates: the same for a run and for a merge."""
     out.add_argument("-O", "--format", choices=FORMATS, default="summary", help="output format")
     out.add_argument("-o", "--output", default="", help="write the report to this file")
     out.add_argument("--html", default="", help="also write an HTML report with a chart")
@@ -217,32 +288,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="C",
         help="confidence of the split gate, 0.99 (default) or 99%%",
     )
-    out.add_argument("-q", "--quiet", action="store_true", help="no live progress")
-    out.add_argument("--uvloop", action="store_true", help="run the client on uvloop")
-    out.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default="auto",
-        help="client engine: h2 (lean HTTP/2, unary calls to one address), grpc, or auto "
-        "(h2 where it applies; default)",
-    )
-    out.add_argument(
-        "--protocol",
-        choices=PROTOCOLS,
-        default="grpc",
-        help="grpc (default), or gRPC-Web over HTTP/1.1 to a web port or gateway "
-        "(grpc-web-text: its base64 form); runs the grpc-web engine",
-    )
-    _add_timeline_arguments(out)
-
-
-def _add_timeline_arguments(out: Any) -> None:
-    out.add_argument(
-        "--timeline-interval",
-        type=_duration,
-        default=DEFAULT_INTERVAL,
-        help="length of each timeline bucket, e.g. 1s (default), 500ms; at least 10ms",
-    )
     out.add_argument(
         "--timeline-csv",
         default="",
@@ -256,12 +301,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
     request: dict[str, Any] = dict(args.data or {})
     if args.name is not None:
         request["name"] = args.name
-    try:
-        thresholds = tuple(parse_threshold(t) for t in args.max_latency)
-    except ValueError as exc:
-        raise ConfigError(f"--max-latency: {exc}") from None
     schedule_rate = args.load_schedule != "const"
-    expect_split, confidence = _split_args(args)
     return LoadConfig(
         target=target,
         call=args.call,
@@ -281,18 +321,31 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         timeout=args.timeout,
         connect_timeout=args.connect_timeout,
         stream_count=args.stream_count,
-        percentiles=args.percentiles,
-        max_error_rate=args.max_error_rate,
-        thresholds=thresholds,
-        expect_split=expect_split,
-        expect_cluster=args.expect_cluster,
-        split_confidence=confidence,
         progress=not args.quiet and sys.stderr.isatty(),
         uvloop=args.uvloop,
         engine=args.engine,
         timeline_interval=args.timeline_interval,
         protocol=args.protocol,
+        start_at=args.start_at,
+        **gates_from_args(args),
     )
+
+
+def gates_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The report flags that judge a run (or a merge), as LoadConfig fields."""
+    try:
+        thresholds = tuple(parse_threshold(t) for t in args.max_latency)
+    except ValueError as exc:
+        raise ConfigError(f"--max-latency: {exc}") from None
+    expect_split, confidence = _split_args(args)
+    return {
+        "percentiles": args.percentiles,
+        "max_error_rate": args.max_error_rate,
+        "thresholds": thresholds,
+        "expect_split": expect_split,
+        "expect_cluster": args.expect_cluster,
+        "split_confidence": confidence,
+    }
 
 
 def _split_args(
@@ -351,6 +404,13 @@ def render_report(report: Report, fmt: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.address == "merge":
+        print(
+            "greeter load: to merge reports, 'merge' comes right after 'load': "
+            "greeter load merge FILE... (a host named merge: give its port, merge:50051)",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_ARGS
     try:
         config = config_from_args(args)
     except (TargetError, ConfigError) as exc:
@@ -358,8 +418,13 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_BAD_ARGS
     progress = ProgressLine(config) if config.progress else None
     began = time.perf_counter()
+
+    def notice(message: str) -> None:
+        _clear(progress)
+        print(f"greeter load: warning: {message}", file=sys.stderr)
+
     try:
-        report = run_load(config, progress=progress, handle_sigint=True)
+        report = run_load(config, progress=progress, handle_sigint=True, notice=notice)
     except ConnectError as exc:
         _clear(progress)
         print(f"greeter load: {exc}", file=sys.stderr)
@@ -369,6 +434,27 @@ def main(args: argparse.Namespace) -> int:
         print(f"greeter load: {exc}", file=sys.stderr)
         return EXIT_BAD_ARGS
     _clear(progress)
+    interrupted = (
+        f"interrupted after {time.perf_counter() - began:.1f}s; "
+        "the report covers the calls that finished"
+    )
+    return _emit(report, args, "greeter load", interrupted)
+
+
+def merge_main(args: argparse.Namespace) -> int:
+    """``greeter load merge FILE...``."""
+    try:
+        gates = gates_from_args(args)
+        report = merge.merge_reports(merge.read_reports(args.files), **gates)
+    except (ConfigError, merge.MergeError) as exc:
+        print(f"greeter load merge: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    interrupted = "some of the reports were interrupted: the merge covers the calls that finished"
+    return _emit(report, args, "greeter load merge", interrupted)
+
+
+def _emit(report: Report, args: argparse.Namespace, command: str, interrupted: str) -> int:
+    """Write the report where the flags say, tell the gates' verdict; the exit code."""
     text = render_report(report, args.format)
     if args.output:
         Path(args.output).write_text(text)
@@ -380,13 +466,9 @@ def main(args: argparse.Namespace) -> int:
     if args.timeline_csv:
         Path(args.timeline_csv).write_text(render.timeline_csv(report))
     if report.data["interrupted"]:
-        print(
-            f"greeter load: interrupted after {time.perf_counter() - began:.1f}s; "
-            "the report covers the calls that finished",
-            file=sys.stderr,
-        )
+        print(f"{command}: {interrupted}", file=sys.stderr)
     for failure in report.failures:
-        print(f"greeter load: FAILED: {failure}", file=sys.stderr)
+        print(f"{command}: FAILED: {failure}", file=sys.stderr)
     code = report.exit_code
     assert code in (0, EXIT_FAILED, 130)
     return code

@@ -3,6 +3,7 @@ CLI (or by a caller of :func:`greeter.load.run_load`) and passed everywhere."""
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import re
@@ -52,6 +53,34 @@ def parse_duration(text: str) -> float:
     if not math.isfinite(total):
         raise ValueError(f"{text[:40]!r} is not a duration (too large)")
     return total
+
+
+MAX_START_AHEAD = 24 * 3600.0  # --start-at further ahead than this is taken for a typo
+
+
+def parse_start_at(text: str, now: float) -> float:
+    """``--start-at``: an RFC 3339 time (``2026-05-01T12:00:00Z``, ``...+02:00``) or
+    ``+30s`` (that long after ``now``) → Unix seconds. A time in the past is accepted (the
+    run starts late and says by how much); one more than a day ahead is not."""
+    raw = text.strip()
+    if raw.startswith("+"):
+        seconds = parse_duration(raw[1:])
+        if seconds < 0:
+            raise ValueError(f"{text!r}: a delay after + must not be negative")
+        at = now + seconds
+    else:
+        try:
+            moment = datetime.datetime.fromisoformat(raw.upper())
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not an RFC 3339 time (2026-05-01T12:00:00Z) or +DURATION (+30s)"
+            ) from None
+        if moment.tzinfo is None:
+            raise ValueError(f"{text!r} has no UTC offset: end it with Z or +hh:mm")
+        at = moment.timestamp()
+    if at - now > MAX_START_AHEAD:
+        raise ValueError(f"{text!r} is {(at - now) / 3600:.1f} h ahead (at most 24 h)")
+    return at
 
 
 def call_name(text: str) -> str:
@@ -190,6 +219,7 @@ class LoadConfig:
     engine: str = "auto"
     timeline_interval: float = DEFAULT_INTERVAL  # seconds per timeline bucket
     protocol: str = "grpc"
+    start_at: float | None = None  # Unix seconds: when the load phase starts (--start-at)
 
     def __post_init__(self) -> None:
         for name, problem in self._problems():
@@ -268,6 +298,8 @@ class LoadConfig:
             bad.append(("--max-error-rate", "must be a fraction between 0 and 1 (or a percent)"))
         bad.extend(self._split_problems())
         bad.extend(self._timeline_problems())
+        if self.start_at is not None and not math.isfinite(self.start_at):
+            bad.append(("--start-at", "must be a time"))
         return bad
 
     def _split_problems(self) -> list[tuple[str, str]]:

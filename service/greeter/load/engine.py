@@ -100,7 +100,9 @@ class Recorder:
             message = _OTHER
         self.messages[message] = self.messages.get(message, 0) + 1
 
-    def merge(self, other: Recorder) -> None:
+    def merge(self, other: Recorder, timeline_offset: int = 0) -> None:
+        """Add ``other``'s counts to these, exactly; its timeline's first bucket goes to
+        index ``timeline_offset`` of this one's."""
         self.hist.merge(other.hist)
         for code, n in other.status.items():
             self.status[code] = self.status.get(code, 0) + n
@@ -111,14 +113,14 @@ class Recorder:
             mine.hist.merge(b.hist)
             mine.errors += b.errors
         self.replies += other.replies
-        self._merge_timeline(other)
+        self._merge_timeline(other, timeline_offset)
 
-    def _merge_timeline(self, other: Recorder) -> None:
+    def _merge_timeline(self, other: Recorder, offset: int) -> None:
         if other.timeline is None:
             return
         if self.timeline is None:
             self.timeline = Timeline(other.timeline.start, other.timeline.interval)
-        self.timeline.merge(other.timeline)
+        self.timeline.merge(other.timeline, offset)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -461,6 +463,13 @@ class Run:
                 await caller(rec, due)
             else:
                 await caller(rec, perf())
+
+    async def wait_until(self, start: float) -> None:
+        """Sleep until ``start`` (a perf_counter() time), or until :meth:`stop`."""
+        wait = start - time.perf_counter()
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), wait)
 
     async def phase(
         self, start: float, total: int | None, end: float | None, rec: Recorder, drain: float

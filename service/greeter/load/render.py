@@ -34,6 +34,8 @@ def summary(report: Report) -> str:
         f"  Load:\t\t-c {opts['concurrency']}  --connections {opts['connections']}  "
         f"--procs {opts['procs']}" + (f"  --rps {opts['rps']:g}" if opts["rps"] else "")
     )
+    for line in _window(d):
+        add(line)
     add(f"  Count:\t\t{d['count']}  ({d['ok']} OK, {d['errors']} errors, {d['error_rate']:.2%})")
     add(f"  Total:\t\t{d['duration_s']:.2f} s")
     add(f"  Requests/sec:\t{d['rps']:.2f}")
@@ -82,6 +84,18 @@ def summary(report: Report) -> str:
     for failure in report.failures:
         add(f"FAILED: {failure}")
     return "\n".join(out) + "\n"
+
+
+def _window(d: dict[str, Any]) -> list[str]:
+    """A merged report's inputs, and a --start-at run's start (and lag)."""
+    lines = []
+    merged = d.get("merged_from", 1)
+    if merged > 1:
+        lines.append(f"  Merged:\t{merged} runs, {d['started_at']} to {d['ended_at']}")
+    lag = d.get("start_lag_s")
+    if lag is not None:
+        lines.append(f"  Started:\t{d['started_at']} (--start-at; {max(lag, 0.0):.3f} s late)")
+    return lines
 
 
 def _table(rows: dict[str, dict[str, Any]], title: str, pcts: list[str]) -> str:
@@ -260,7 +274,7 @@ td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}</style></head>
 <h1>greeter load: {esc(d["target"])} ({esc(d["call"])})</h1>
 <p>{d["count"]} calls in {d["duration_s"]:.2f} s, {d["rps"]:.1f}/s; {d["errors"]} errors
 ({d["error_rate"]:.2%}){" &mdash; interrupted" if d["interrupted"] else ""}.
-Started {esc(d["started_at"])}.</p>
+Started {esc(d["started_at"])}{_merged_html(d)}.</p>
 {_timeline_section(report)}
 <h2>Latency</h2>{_svg_chart(report)}
 <table>{stats}</table>
@@ -269,6 +283,11 @@ Started {esc(d["started_at"])}.</p>
 <h2>By pod</h2>{table(d["by_pod"], "pod")}
 {_split_html(d.get("split"))}</body></html>
 """
+
+
+def _merged_html(d: dict[str, Any]) -> str:
+    merged = d.get("merged_from", 1)
+    return f"; merged from {merged} runs" if merged > 1 else ""
 
 
 def _split_html(section: dict[str, Any] | None) -> str:

@@ -8,12 +8,15 @@ import json
 import math
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from greeter.load import split, timeline
 from greeter.load.config import LoadConfig, percentile_name
-from greeter.load.engine import Recorder, resolved_engine
+from greeter.load.engine import resolved_engine
 from greeter.load.histogram import Histogram, bucket_bounds
+
+if TYPE_CHECKING:
+    from greeter.load.merge import Outcome
 
 SCHEMA_ID = "greeter-load-report/v1"
 EXIT_OK = 0
@@ -109,13 +112,43 @@ def _backend_table(
     return table
 
 
+def wall_time(seconds: float) -> str:
+    """Unix seconds as ISO 8601 UTC, to the microsecond."""
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.isoformat(timespec="microseconds")
+
+
+def options_of(config: LoadConfig) -> dict[str, Any]:
+    """The report's ``options``: what ran."""
+    target = config.target
+    return {
+        "concurrency": config.concurrency,
+        "connections": config.connections,
+        "procs": config.procs,
+        "total": config.total,
+        "duration_s": config.duration,
+        "rps": config.rps,
+        "load_schedule": config.schedule,
+        "warmup_s": config.warmup,
+        "timeout_s": config.timeout,
+        "tls": target.secure,
+        "authority": target.authority or None,
+        "lb_policy": target.lb_policy or None,
+        "metadata_keys": sorted({k for k, _ in target.metadata}),
+        "engine": resolved_engine(config),
+        "timeline_interval_s": config.timeline_interval,
+        "start_at": None if config.start_at is None else wall_time(config.start_at),
+    }
+
+
 def build_report(
-    config: LoadConfig,
-    rec: Recorder,
-    duration: float,
-    interrupted: bool,
-    started_at: datetime.datetime,
+    config: LoadConfig, outcome: Outcome, options: dict[str, Any] | None = None
 ) -> Report:
+    """The report of what ``outcome`` measured, judged by ``config``'s gates; ``options``
+    (a merge: the inputs' combined) stands for ``config``'s."""
+    rec = outcome.recorder
+    duration = outcome.duration
+    span = duration if outcome.span is None else outcome.span
     hist = rec.hist
     count = hist.count
     ok = rec.status.get("OK", 0)
@@ -128,30 +161,16 @@ def build_report(
             group = groups.setdefault(name, Group(Histogram(), 0, of))
             group.hist.merge(backend.hist)
             group.errors += backend.errors
-    target = config.target
     data: dict[str, Any] = {
         "schema": SCHEMA_ID,
-        "target": target.address,
+        "target": config.target.address,
         "call": config.call,
-        "started_at": started_at.isoformat(timespec="seconds"),
-        "options": {
-            "concurrency": config.concurrency,
-            "connections": config.connections,
-            "procs": config.procs,
-            "total": config.total,
-            "duration_s": config.duration,
-            "rps": config.rps,
-            "load_schedule": config.schedule,
-            "warmup_s": config.warmup,
-            "timeout_s": config.timeout,
-            "tls": target.secure,
-            "authority": target.authority or None,
-            "lb_policy": target.lb_policy or None,
-            "metadata_keys": sorted({k for k, _ in target.metadata}),
-            "engine": resolved_engine(config),
-            "timeline_interval_s": config.timeline_interval,
-        },
-        "interrupted": interrupted,
+        "started_at": wall_time(outcome.started),
+        "ended_at": wall_time(outcome.started + span),
+        "start_lag_s": None if outcome.start_lag is None else round(outcome.start_lag, 6),
+        "merged_from": outcome.merged_from,
+        "options": options_of(config) if options is None else options,
+        "interrupted": outcome.interrupted,
         "count": count,
         "ok": ok,
         "errors": errors,
@@ -166,7 +185,11 @@ def build_report(
         "by_cluster": _backend_table(clusters, count, percentiles),
         "by_pod": _backend_table(pods, count, percentiles),
         "hdr": hist.to_dict(),
-        "timeline": timeline.report(rec.timeline, duration, config.timeline_interval),
+        "backends": [
+            {"cluster": cluster, "pod": pod, "errors": b.errors, "hdr": b.hist.to_dict()}
+            for (cluster, pod), b in sorted(rec.backends.items())
+        ],
+        "timeline": timeline.report(rec.timeline, span, config.timeline_interval),
     }
     report = Report(data)
     data["thresholds"] = _check(config, report)

@@ -2,17 +2,17 @@
 histograms are merged exactly.
 
 Phases, in every process: ``connect`` (all channels ready, or ConnectError with the
-reason), ``warmup`` (calls not recorded), ``ready`` (wait for the common start time),
-``load``, ``report``. Worker processes ignore SIGINT; the parent turns Ctrl-C into a
-``stop`` message, so every process hands in what it did and the report is partial but
-exact.
+reason), ``warmup`` (calls not recorded), ``ready`` (wait for the common start time:
+``--start-at``, or just after the last process is ready), ``load``, ``report``. Worker
+processes ignore SIGINT; the parent turns Ctrl-C into a ``stop`` message, so every process
+hands in what it did and the report is partial but exact. The processes' measurements are
+merged by greeter.load.merge.combine, as ``greeter load merge`` merges reports.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import multiprocessing
 import signal
@@ -20,7 +20,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -34,47 +34,54 @@ from greeter.load.engine import (
     request_bytes,
     start_loop,
 )
-from greeter.load.report import Report, build_report
+from greeter.load.merge import Outcome, combine
+from greeter.load.report import Report, build_report, wall_time
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, float], None]  # calls done, errors, seconds elapsed
+Notice = Callable[[str], None]  # a warning for the user (the CLI: one line on stderr)
 PROGRESS_EVERY = 0.5
 DRAIN = 1.0  # seconds calls in flight get when the run ends by time or Ctrl-C
 START_DELAY = 0.05  # the common start is this far after the last process is ready
 SPAWN_GRACE = 60.0  # seconds a worker process gets to start, on top of connect and warmup
 
 
-@dataclass
-class Outcome:
-    recorder: Recorder
-    duration: float
-    interrupted: bool
-
-
 def run_load(
-    config: LoadConfig, progress: Progress | None = None, handle_sigint: bool = False
+    config: LoadConfig,
+    progress: Progress | None = None,
+    handle_sigint: bool = False,
+    notice: Notice | None = None,
 ) -> Report:
     """Run the load test described by ``config`` and return its report.
 
     Raises ConnectError when the target cannot be reached and ConfigError/TargetError
     for arguments that cannot work. With ``handle_sigint`` (the CLI), Ctrl-C stops the
-    run and the report covers what was done (``interrupted`` is set)."""
+    run and the report covers what was done (``interrupted`` is set). ``notice`` hears
+    of a ``--start-at`` that passed before the load was ready."""
     config = replace(config, total=config.effective_total)
     request_bytes(config)  # a request that does not fit its message is a bad argument
     procs = min(config.procs, config.concurrency, config.total or config.concurrency)
-    started_at = datetime.datetime.now(datetime.UTC)
     if procs <= 1:
-        outcome = _run_here(replace(config, procs=1), progress, handle_sigint)
+        outcome = _run_here(replace(config, procs=1), progress, handle_sigint, notice)
     else:
-        outcome = _run_procs(config, procs, progress, handle_sigint)
-    return build_report(
-        replace(config, procs=procs),
-        outcome.recorder,
-        outcome.duration,
-        outcome.interrupted,
-        started_at,
-    )
+        outcome = _run_procs(config, procs, progress, handle_sigint, notice)
+    return build_report(replace(config, procs=procs), outcome)
+
+
+def _start(config: LoadConfig, earliest: float, notice: Notice | None) -> float:
+    """When the load phase starts (a perf_counter() time): at --start-at, or at
+    ``earliest`` when there is none or it passed (then ``notice`` hears of it)."""
+    if config.start_at is None:
+        return earliest
+    asked = time.perf_counter() + (config.start_at - time.time())
+    if asked < earliest and notice is not None:
+        notice(
+            f"--start-at {wall_time(config.start_at)} passed "
+            f"{time.perf_counter() - asked:.3f} s before the load was ready; starting now, "
+            "late (start_lag_s in the report says by how much)"
+        )
+    return max(asked, earliest)
 
 
 # -- in this process ----------------------------------------------------------------------
@@ -86,7 +93,8 @@ def _end_of(config: LoadConfig, start: float) -> float | None:
 
 
 async def _measure(run: Run, start: float, on_tick: Callable[[Recorder, float], None]) -> Outcome:
-    """The ``load`` phase, from ``start``, with a progress tick every PROGRESS_EVERY."""
+    """The ``load`` phase, from ``start`` (waiting for it, ticking meanwhile so that a
+    stop is heard), with a progress tick every PROGRESS_EVERY."""
     config = run.config
     rec = Recorder()
     rec.track(start, config.timeline_interval)
@@ -95,10 +103,17 @@ async def _measure(run: Run, start: float, on_tick: Callable[[Recorder, float], 
     async def ticks() -> None:
         while True:
             await asyncio.sleep(PROGRESS_EVERY)
-            on_tick(rec, time.perf_counter() - start)
+            on_tick(rec, max(0.0, time.perf_counter() - start))
 
     ticker = asyncio.ensure_future(ticks())
     try:
+        await run.wait_until(start)
+        # The wall-clock time of ``start``, when the run's clock started (the first call
+        # was due): the same in every process of a --procs run, --start-at when on time.
+        started = time.time() - (time.perf_counter() - start)
+        lag = None if config.start_at is None else started - config.start_at
+        if run.interrupted:
+            return Outcome(rec, started, 1e-9, True, start_lag=lag)
         await run.phase(start, config.total, end, rec, DRAIN)
     finally:
         ticker.cancel()
@@ -106,7 +121,7 @@ async def _measure(run: Run, start: float, on_tick: Callable[[Recorder, float], 
     finished = run.stopped_at or time.perf_counter()
     if end is not None:
         finished = min(finished, end)
-    return Outcome(rec, max(finished - start, 1e-9), run.interrupted)
+    return Outcome(rec, started, max(finished - start, 1e-9), run.interrupted, start_lag=lag)
 
 
 async def _warmup(run: Run) -> None:
@@ -115,7 +130,9 @@ async def _warmup(run: Run) -> None:
         await run.phase(now, None, now + run.config.warmup, Recorder(), DRAIN)
 
 
-def _run_here(config: LoadConfig, progress: Progress | None, handle_sigint: bool) -> Outcome:
+def _run_here(
+    config: LoadConfig, progress: Progress | None, handle_sigint: bool, notice: Notice | None
+) -> Outcome:
     async def main() -> Outcome:
         async with connected(config) as channels:
             run = Run(config, channels)
@@ -123,13 +140,13 @@ def _run_here(config: LoadConfig, progress: Progress | None, handle_sigint: bool
                 asyncio.get_running_loop().add_signal_handler(signal.SIGINT, run.stop)
             await _warmup(run)
             if run.interrupted:
-                return Outcome(Recorder(), 1e-9, True)
+                return Outcome(Recorder(), time.time(), 1e-9, True)
 
             def tick(rec: Recorder, elapsed: float) -> None:
                 if progress is not None:
                     progress(rec.count, rec.errors, elapsed)
 
-            return await _measure(run, time.perf_counter(), tick)
+            return await _measure(run, _start(config, time.perf_counter(), notice), tick)
 
     start_loop(config)
     return asyncio.run(main())
@@ -158,7 +175,7 @@ async def _worker(config: LoadConfig, index: int, conn: Connection) -> None:
         conn.send(("ready",))
         message = await asyncio.to_thread(conn.recv)
         if message[0] != "go":
-            conn.send(("done", Recorder().to_dict(), 0.0, True))
+            conn.send(("done", Recorder().to_dict(), time.time(), 0.0, True, None))
             return
         start = float(message[1])
 
@@ -168,8 +185,9 @@ async def _worker(config: LoadConfig, index: int, conn: Connection) -> None:
                     run.stop()
             conn.send(("progress", rec.count, rec.errors))
 
-        outcome = await _measure(run, start, tick)
-        conn.send(("done", outcome.recorder.to_dict(), outcome.duration, outcome.interrupted))
+        out = await _measure(run, start, tick)
+        done = (out.recorder.to_dict(), out.started, out.duration, out.interrupted, out.start_lag)
+        conn.send(("done", *done))
 
 
 @contextlib.contextmanager
@@ -187,7 +205,11 @@ def _sigint_flag(enabled: bool) -> Iterator[list[bool]]:
 
 
 def _run_procs(
-    config: LoadConfig, procs: int, progress: Progress | None, handle_sigint: bool
+    config: LoadConfig,
+    procs: int,
+    progress: Progress | None,
+    handle_sigint: bool,
+    notice: Notice | None,
 ) -> Outcome:
     ctx = multiprocessing.get_context("spawn")
     conns: list[Connection] = []
@@ -211,9 +233,9 @@ def _run_procs(
             for conn in conns:
                 message = _receive(conn, limit, interrupted)
                 if message is None:  # Ctrl-C before the start
-                    return _stop_all(conns, workers, Outcome(Recorder(), 1e-9, True))
+                    return _stop_all(conns, workers, Outcome(Recorder(), time.time(), 1e-9, True))
                 _raise_for(message)
-            start = time.perf_counter() + START_DELAY
+            start = _start(config, time.perf_counter() + START_DELAY, notice)
             for conn in conns:
                 conn.send(("go", start))
             return _collect(conns, start, progress, interrupted)
@@ -264,16 +286,14 @@ def _raise_for(message: tuple[Any, ...]) -> None:
 def _collect(
     conns: list[Connection], start: float, progress: Progress | None, interrupted: list[bool]
 ) -> Outcome:
-    merged = Recorder()
+    parts: list[Outcome] = []
     counts = {i: (0, 0) for i in range(len(conns))}
-    durations: list[float] = []
     stopped = False
-    was_interrupted = False
     pending = dict(enumerate(conns))
     last_tick = time.perf_counter()
     while pending:
         if interrupted and not stopped:
-            stopped = was_interrupted = True
+            stopped = True
             for conn in pending.values():
                 with contextlib.suppress(OSError):
                     conn.send(("stop",))
@@ -287,9 +307,9 @@ def _collect(
             if message[0] == "progress":
                 counts[index] = (message[1], message[2])
             elif message[0] == "done":
-                merged.merge(Recorder.from_dict(message[1]))
-                durations.append(float(message[2]))
-                was_interrupted = was_interrupted or bool(message[3])
+                _, recorder, started, duration, stop, lag = message
+                rec = Recorder.from_dict(recorder)
+                parts.append(Outcome(rec, started, max(duration, 1e-9), stop, start_lag=lag))
                 del pending[index]
             else:
                 _raise_for(message)
@@ -299,4 +319,5 @@ def _collect(
             progress(
                 sum(c for c, _ in counts.values()), sum(e for _, e in counts.values()), now - start
             )
-    return Outcome(merged, max(durations or [1e-9]), was_interrupted)
+    merged = combine(parts)  # the processes of one run: still one run
+    return replace(merged, interrupted=merged.interrupted or stopped, merged_from=1)

@@ -10,7 +10,10 @@ come from the same HDR layout and rule as the totals). Intervals in which no cal
 are empty buckets, so bucket ``i`` always starts ``i * interval`` seconds into the run.
 
 Every process of a ``--procs`` run buckets from the same common start, so timelines merge
-bucket by bucket, as the histograms and per-backend counts do.
+bucket by bucket, as the histograms and per-backend counts do. Reports from several
+machines (``greeter load merge``) merge the same way, each shifted by its start relative
+to the earliest, in whole intervals (greeter.load.merge); each JSON row carries its raw
+bucket (``hdr`` and ``backends``) for that.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ class Bucket:
         return [
             [[i, n] for i, n in sorted(self.latency.items())],
             dict(self.status),
-            [[cluster, pod, n] for (cluster, pod), n in self.backends.items()],
+            [[cluster, pod, n] for (cluster, pod), n in sorted(self.backends.items())],
         ]
 
     @classmethod
@@ -140,13 +143,15 @@ class Timeline:
                 backends[key] = n
         return bucket
 
-    def merge(self, other: Timeline) -> None:
-        """Add ``other``'s buckets to these, bucket by bucket (same start and interval)."""
+    def merge(self, other: Timeline, offset: int = 0) -> None:
+        """Add ``other``'s buckets to these, bucket by bucket (same interval), ``other``'s
+        first bucket at index ``offset`` of this one's (it started that many intervals
+        later)."""
         if not math.isclose(other.interval, self.interval):
             raise ValueError("timelines with different intervals do not merge")
-        for index, bucket in enumerate(other.buckets):
-            if index == len(self.buckets):
-                self.buckets.append(Bucket())
+        missing = offset + len(other.buckets) - len(self.buckets)
+        self.buckets.extend(Bucket() for _ in range(missing))
+        for index, bucket in enumerate(other.buckets, offset):
             self.buckets[index].add(bucket)
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,6 +161,16 @@ class Timeline:
     def from_dict(cls, data: dict[str, Any]) -> Timeline:
         timeline = cls(0.0, float(data["interval"]))
         timeline.buckets = [Bucket.from_list(b) for b in data["buckets"]]
+        return timeline
+
+    @classmethod
+    def from_report(cls, rows: list[dict[str, Any]], interval: float) -> Timeline:
+        """The timeline of a JSON report (its rows' raw ``hdr``, ``status_codes`` and
+        ``backends``), exactly as it was recorded, for merging."""
+        timeline = cls(0.0, interval)
+        timeline.buckets = [
+            Bucket.from_list([row["hdr"], row["status_codes"], row["backends"]]) for row in rows
+        ]
         return timeline
 
 
@@ -183,6 +198,7 @@ def report(timeline: Timeline | None, duration: float, interval: float) -> list[
     for index, bucket in enumerate(buckets):
         start = index * interval
         count = bucket.count
+        raw = bucket.to_list()
         p50, p99 = bucket.percentiles_us(50, 99)
         by_cluster: dict[str, int] = {}
         by_pod: dict[str, int] = {}
@@ -204,6 +220,8 @@ def report(timeline: Timeline | None, duration: float, interval: float) -> list[
                 },
                 "by_cluster": dict(sorted(by_cluster.items())),
                 "by_pod": dict(sorted(by_pod.items())),
+                "hdr": raw[0],
+                "backends": raw[2],
             }
         )
     return rows
