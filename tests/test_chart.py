@@ -308,6 +308,7 @@ FEATURES = {
     "servicemonitor": ("ServiceMonitor",),
     "prometheusrule": ("PrometheusRule",),
     "grafanadashboard": ("ConfigMap",),
+    "loadtest": ("Job",),
     "auth": ("Secret",),
     "albingress": ("Ingress",),
     "nginxingress": ("Ingress",),
