@@ -16,7 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import deploy_support as ds
 import grpc
@@ -308,6 +308,7 @@ FEATURES = {
     "servicemonitor": ("ServiceMonitor",),
     "prometheusrule": ("PrometheusRule",),
     "grafanadashboard": ("ConfigMap",),
+    "loadtest": ("Job",),
     "auth": ("Secret",),
     "albingress": ("Ingress",),
     "nginxingress": ("Ingress",),
@@ -1012,6 +1013,38 @@ def test_checkov_chart(tmp_path: Path) -> None:
         assert check_id in "\n".join(lines[max(0, at - 6) : at]), check_id
 
 
+class ManifestScan(NamedTuple):
+    """checkov's verdict on a folder of rendered manifests."""
+
+    failed: list[str]  # "CHECK name (resource, file)"
+    scanned: set[str]  # names of the files it passed checks in
+    skipped: list[tuple[str, str, str]]  # (file name, check id, reason) beyond .checkov.yaml
+
+
+def checkov_manifests(rendered: Path, tmp: Path) -> ManifestScan:
+    """Scan helm's output in ``rendered`` as Kubernetes manifests, with the chart's skips."""
+    config = ds.CHART / ".checkov.yaml"
+    out = _checkov(
+        ["-d", str(rendered), "--framework", "kubernetes", "--config-file", str(config)], tmp
+    )
+    results = [report.get("results", {}) for report in out["reports"]]
+    configured = set(yaml.safe_load(config.read_text())["skip-check"])
+    return ManifestScan(
+        failed=[
+            f"{c['check_id']} {c['check_name']} ({c['resource']}, {c['file_path']})"
+            for r in results
+            for c in r.get("failed_checks", [])
+        ],
+        scanned={Path(c["file_path"]).name for r in results for c in r.get("passed_checks", [])},
+        skipped=[
+            (Path(c["file_path"]).name, c["check_id"], c["check_result"].get("suppress_comment"))
+            for r in results
+            for c in r.get("skipped_checks", [])
+            if c["check_id"] not in configured
+        ],
+    )
+
+
 def test_checkov_every_ci_values_file(tmp_path: Path) -> None:
     """checkov -d chart renders the defaults only: every ci/ combination (the TLS gateways
     included) is rendered by helm and scanned as Kubernetes manifests, with the same skips."""
@@ -1022,26 +1055,10 @@ def test_checkov_every_ci_values_file(tmp_path: Path) -> None:
         result = _helm(args, tmp_path)
         assert result.returncode == 0, result.stderr
         (rendered / values.name).write_text(result.stdout)
-    config = ds.CHART / ".checkov.yaml"
-    out = _checkov(
-        ["-d", str(rendered), "--framework", "kubernetes", "--config-file", str(config)], tmp_path
-    )
-    results = [report.get("results", {}) for report in out["reports"]]
-    failed = [
-        f"{c['check_id']} {c['check_name']} ({c['resource']}, {c['file_path']})"
-        for r in results
-        for c in r.get("failed_checks", [])
-    ]
-    scanned = {Path(c["file_path"]).name for r in results for c in r.get("passed_checks", [])}
-    assert scanned == {p.name for p in CI_VALUES}, "checkov skipped some renderings"
-    assert failed == []
-    configured = set(yaml.safe_load(config.read_text())["skip-check"])
-    unexplained = [
-        c["check_id"]
-        for r in results
-        for c in r.get("skipped_checks", [])
-        if c["check_id"] not in configured and not c["check_result"].get("suppress_comment")
-    ]
+    scan = checkov_manifests(rendered, tmp_path)
+    assert scan.scanned == {p.name for p in CI_VALUES}, "checkov skipped some renderings"
+    assert scan.failed == []
+    unexplained = [check for _, check, reason in scan.skipped if not reason]
     assert unexplained == [], "every skip needs a reason"
 
 

@@ -64,8 +64,15 @@ Service's cluster name.
 Labels on every object.
 */}}
 {{- define "greeter.labels" -}}
-helm.sh/chart: {{ include "greeter.chart" . }}
 {{ include "greeter.selectorLabels" . }}
+{{ include "greeter.commonLabels" . }}
+{{- end }}
+
+{{/*
+The labels every object shares, whoever selects it.
+*/}}
+{{- define "greeter.commonLabels" -}}
+helm.sh/chart: {{ include "greeter.chart" . }}
 app.kubernetes.io/version: {{ include "greeter.imageTag" . | trunc 63 | trimSuffix "-" | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: greeter
@@ -77,6 +84,24 @@ Selector labels: name and instance, so two releases never select each other's po
 {{- define "greeter.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "greeter.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Labels of the load test's pods (loadtest.enabled). Their name is <name>-load, so that no
+selector of the servers' (the Service, PodDisruptionBudget, NetworkPolicy, spread
+constraints) ever picks a load pod.
+*/}}
+{{- define "greeter.loadtestSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-load" (include "greeter.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: loadtest
+{{- end }}
+
+{{/*
+Name of the load test's Job: short enough for its pods' host names, <job>-<index>.
+*/}}
+{{- define "greeter.loadtestName" -}}
+{{- printf "%s-load" (include "greeter.fullname" . | trunc 52 | trimSuffix "-") }}
 {{- end }}
 
 {{- define "greeter.imageTag" -}}
