@@ -11,10 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
+from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -29,7 +33,7 @@ from greeter._proto.grpc.reflection.v1 import reflection_pb2_grpc as v1_grpc
 from greeter.cli import main
 from greeter.client import Target, identity_of, open_channel
 from greeter.load.stats import clopper_pearson
-from greeter.rehearse import scenarios
+from greeter.rehearse import report, scenarios
 from greeter.rehearse.cli import report_lines
 from greeter.rehearse.fleet import CANARY_POD, Rehearsal, RehearsalConfig
 from greeter.rehearse.nginx import (
@@ -41,7 +45,13 @@ from greeter.rehearse.nginx import (
     render,
 )
 from greeter.rehearse.policy import pod_weights
-from greeter.rehearse.traffic import Outcome, TrafficReport
+from greeter.rehearse.traffic import (
+    TIMELINE_INTERVAL_S,
+    Outcome,
+    Traffic,
+    TrafficReport,
+    load_report,
+)
 from tests.conftest import ROOT, require_tool
 
 TOKEN = "rehearsal-token"
@@ -110,6 +120,125 @@ async def _hello(target: Target, name: str = "rehearsal") -> dict[str, str]:
         reply = await call
         assert reply.message == f"Hello, {name}!"
         return identity_of(await call.initial_metadata(), await call.trailing_metadata())
+
+
+# -- the scenario's HTML page ------------------------------------------------------------------
+VOID = {"meta", "br", "hr", "img", "input", "link"}
+
+
+class ScenarioPage(HTMLParser):
+    """What a scenario's page shows: the verdict, and per timeline chart (by its aria-label)
+    the stacked series, the event markers (time, x, label) and the time axis's ticks (time,
+    x). Checks that every element is closed, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open: list[str] = []
+        self.chart = ""  # the <svg> we are in
+        self.verdict: dict[str, str | None] = {}
+        self.series: dict[str, list[str]] = {}
+        self.markers: dict[str, list[dict[str, Any]]] = {}
+        self.ticks: dict[str, list[tuple[float, float]]] = {}
+        self._marker: dict[str, Any] | None = None
+        self._text: list[str] | None = None
+        self._text_x = 0.0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag not in VOID:
+            self.open.append(tag)
+        if tag == "svg":
+            self.chart = a.get("aria-label") or ""
+            self.series[self.chart], self.markers[self.chart] = [], []
+            self.ticks[self.chart] = []
+        elif tag == "p" and a.get("class") == "verdict":
+            self.verdict = a
+        elif tag == "path" and a.get("class") in ("cluster", "pod") and a.get("d"):
+            self.series[self.chart].append(a.get(f"data-{a['class']}") or "")
+        elif tag == "g" and a.get("class") == "marker":
+            self._marker = {"t": float(a["data-t"] or "nan")}
+            self.markers[self.chart].append(self._marker)
+        elif tag == "line" and self._marker is not None:
+            self._marker["x"] = float(a["x1"] or "nan")
+        elif tag == "text":
+            self._text, self._text_x = [], float(a.get("x") or "nan")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)
+        if tag not in VOID:
+            self.handle_endtag(tag)
+
+    def handle_data(self, data: str) -> None:
+        if self._text is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.open[-1:] == [tag], f"</{tag}> closes {self.open[-1:]}"
+        self.open.pop()
+        if tag == "text" and self._text is not None:
+            text, self._text = "".join(self._text), None
+            if self._marker is not None:
+                self._marker["label"] = text
+            elif re.fullmatch(r"[0-9.]+s", text):  # a tick of the time axis
+                self.ticks[self.chart].append((float(text[:-1]), self._text_x))
+        elif tag == "g":
+            self._marker = None
+        elif tag == "svg":
+            self.chart = ""
+
+
+def read_page(page: str) -> ScenarioPage:
+    """Parse a scenario's page (every element closed, every <svg> well-formed XML)."""
+    parsed = ScenarioPage()
+    parsed.feed(page)
+    parsed.close()
+    assert parsed.open == [], parsed.open
+    svgs = re.findall(r"<svg .*?</svg>", page, flags=re.S)
+    assert len(svgs) == 3  # the two timelines and the latency histogram
+    for svg in svgs:
+        ET.fromstring(svg)
+    assert "<script" not in page
+    return parsed
+
+
+def check_page(result: scenarios.ScenarioResult, allowed: int, labels: list[str]) -> ScenarioPage:
+    """The page of ``result``: the verdict, both timelines with each cluster's and each pod's
+    series, and the events marked with ``labels`` (in order), each where its time is on the
+    time axis (the tick labels give the scale)."""
+    assert result.load is not None
+    page = read_page(report.to_html(result, allowed))
+    summary = result.summary()
+    assert page.verdict["data-passed"] == str(scenarios.passed(summary, allowed)).lower()
+    load = result.load
+    for chart, key in (("timeline", "by_cluster"), ("timeline by pod", "by_pod")):
+        seen = {name for b in load["timeline"] for name, n in b[key].items() if n}
+        assert set(page.series[chart]) == seen, (chart, page.series[chart])
+        assert [m["label"] for m in page.markers[chart]] == labels, page.markers[chart]
+        (t0, x0), (t1, x1) = page.ticks[chart][0], page.ticks[chart][-1]
+        for marker, (t, _) in zip(page.markers[chart], report.markers(result), strict=True):
+            assert marker["t"] == pytest.approx(t, abs=1e-3)
+            assert marker["x"] == pytest.approx(x0 + (t - t0) * (x1 - x0) / (t1 - t0), abs=0.2)
+    return page
+
+
+def marked(result: scenarios.ScenarioResult) -> dict[str, float]:
+    """Each marked event's time on the timeline's clock, by its label."""
+    return {label: t for t, label in report.markers(result)}
+
+
+def calls(
+    result: scenarios.ScenarioResult, key: str, name: str, since: float, until: float
+) -> list[int]:
+    """``name``'s calls (``key``: by_cluster, by_pod) in each bucket inside ``[since, until]``."""
+    assert result.load is not None
+    return [
+        b[key].get(name, 0)
+        for b in result.load["timeline"]
+        # whole buckets inside (the last one may be shorter: the traffic stopped in it)
+        if since <= b["t"]
+        and b["t"] + b["duration_s"] <= until
+        and b["duration_s"] == pytest.approx(TIMELINE_INTERVAL_S)
+    ]
 
 
 # -- configuration, no processes -------------------------------------------------------------
@@ -328,6 +457,23 @@ async def test_rolling_drain_under_load_loses_nothing(tmp_path: Path, backend_tl
     assert summary["count"] >= 0.8 * rate * summary["duration_s"], summary
     assert summary["status_codes"] == {"OK": summary["count"]}, summary
     assert set(summary["by_cluster"]) == set(r.config.clusters)
+    # The page: the load's timeline (0.5 s buckets) with each SIGTERM and return marked, on
+    # the load's clock (its process started 1-3 s after the scenario's clock did).
+    assert result.load is not None
+    assert result.load["options"]["timeline_interval_s"] == TIMELINE_INTERVAL_S
+    pods = [b.pod for b in r.backends]
+    labels = [label for pod in pods for label in (f"drain {pod}", f"{pod} back")]
+    page = check_page(result, 0, labels)
+    assert page.verdict["data-passed"] == "true"
+    at = marked(result)
+    first = at[f"drain {pods[0]}"]
+    for pod in pods:
+        # Each backend served calls until the first SIGTERM, none from its own SIGTERM (its
+        # endpoint is gone, the gateway opens a connection per call) until it was back.
+        assert all(calls(result, "by_pod", pod, 0.0, first)), pod
+        down = calls(result, "by_pod", pod, at[f"drain {pod}"] + 0.1, at[f"{pod} back"])
+        assert down, pod
+        assert not any(down), (pod, down)
 
 
 @pytest.mark.parametrize("backend_tls", [False, True], ids=["h2c", "backend-tls"])
@@ -336,7 +482,7 @@ async def test_cluster_outage_is_bounded(tmp_path: Path, backend_tls: bool) -> N
     rate, after = 200.0, 4.0
     async with Rehearsal(_config(tmp_path, backend_tls=backend_tls)) as r:
         result = await scenarios.cluster_outage(r, "cluster-b", rps=rate, after=after)
-        assert all(b.alive for b in r.backends)  # revived afterwards
+        assert all(b.alive for b in r.backends)  # revived under traffic
     s = result.summary()
     assert s["survivors"] == [], s  # both cluster-b backends were dead during the outage
     # ~6 s of traffic (2 before the kill, 4 after); the in-process probe slows down when the
@@ -353,6 +499,18 @@ async def test_cluster_outage_is_bounded(tmp_path: Path, backend_tls: bool) -> N
         assert s["last_failure_sent_after_kill_s"] <= scenarios.OUTAGE_MAX_WINDOW_S, s
     # The surviving cluster carried the traffic after the kill.
     assert s["by_cluster"]["cluster-a"] > s["by_cluster"].get("cluster-b", 0)
+    # cluster-b served calls again once restarted, within nginx's fail_timeout (+1 s).
+    assert s["returned_at_s"] is not None, s
+    assert s["returned_at_s"] <= s["revived_at_s"] + scenarios.return_bound(2.0), s
+    # The page: cluster-b's share of the timeline leaves at the kill and comes back.
+    labels = ["kill cluster-b", "restart cluster-b", "cluster-b back"]
+    check_page(result, scenarios.OUTAGE_MAX_FAILED, labels)
+    at = marked(result)
+    assert all(calls(result, "by_cluster", "cluster-b", 0.0, at["kill cluster-b"]))
+    down = calls(result, "by_cluster", "cluster-b", at["kill cluster-b"], at["restart cluster-b"])
+    assert len(down) >= 2 * after - 1, down
+    assert not any(down), down
+    assert any(calls(result, "by_cluster", "cluster-b", at["cluster-b back"], math.inf))
 
 
 def test_outage_report_says_no_failed_calls_when_none_failed() -> None:
@@ -372,6 +530,76 @@ def test_outage_report_says_no_failed_calls_when_none_failed() -> None:
             assert "last failed call sent 0.02s after the kill" in text, text
         else:
             assert "  no failed calls (kill at 2.0s)" in text.splitlines(), text
+
+
+def test_outage_page_from_a_probes_records() -> None:
+    """The page of an outage from made-up probe records (no processes): the probe's calls as
+    a load report in 0.5 s buckets, the events moved onto the traffic's clock."""
+    traffic = Traffic(Target("127.0.0.1:1"), rps=100.0)
+    outcomes = []
+    for i in range(600):  # 100/s for 6 s; cluster-b down from 2.0 s to 4.5 s
+        sent = i / 100
+        b_up = not 2.0 <= sent < 4.5
+        cluster = "cluster-b" if i % 2 and b_up else "cluster-a"
+        pod = f"{cluster}-{i // 2 % 2}"
+        outcomes.append(Outcome(sent + 0.004, "OK", sent=sent, cluster=cluster, pod=pod))
+    outcomes += [Outcome(2.012, "UNAVAILABLE", sent=1.995, details="reset") for _ in range(3)]
+    traffic.report = TrafficReport(sorted(outcomes, key=lambda o: o.at), duration=6.0)
+    began = 0.8  # the probe's first call, on the scenario's clock
+    events = [
+        {"at_s": began, "event": "traffic running", "rps": 100.0},
+        {"at_s": began + 2.0, "event": "sigkill", "cluster": "cluster-b", "pods": ["b0", "b1"]},
+        {"at_s": began + 2.01, "event": "killed", "cluster": "cluster-b", "survivors": []},
+        {"at_s": began + 3.5, "event": "reviving", "cluster": "cluster-b"},
+        {"at_s": began + 4.2, "event": "revived", "cluster": "cluster-b"},
+        {"at_s": began + 6.1, "event": "traffic stopped"},
+    ]
+    summary = scenarios.outage_summary(traffic.report, 2.0, 2.01, [])
+    summary["cluster"] = "cluster-b"
+    summary.update(scenarios.return_summary(traffic.report, ["cluster-b"], 3.5, 4.2))
+    load = load_report(traffic)
+    result = scenarios.ScenarioResult("cluster-outage", summary, events, load, began)
+    assert load["count"] == 603
+    assert load["status_codes"] == {"OK": 600, "UNAVAILABLE": 3}
+    assert len(load["timeline"]) == 12
+    assert [b["count"] for b in load["timeline"]][:4] == [50, 50, 50, 50]
+    assert load["timeline"][4]["status_codes"] == {"OK": 50, "UNAVAILABLE": 3}
+    assert report.markers(result) == [
+        (2.0, "kill cluster-b"), (3.5, "restart cluster-b"), (4.2, "cluster-b back")
+    ]  # fmt: skip
+    page = check_page(result, 10, ["kill cluster-b", "restart cluster-b", "cluster-b back"])
+    assert page.verdict["data-passed"] == "true"
+    assert page.series["timeline"] == ["cluster-a", "cluster-b", "(none)"]
+    assert sorted(page.series["timeline by pod"]) == [
+        "(none)", "cluster-a-0", "cluster-a-1", "cluster-b-0", "cluster-b-1"
+    ]  # fmt: skip
+    at = marked(result)
+    assert calls(result, "by_cluster", "cluster-b", 0.0, at["kill cluster-b"]) == [25] * 4
+    assert calls(result, "by_cluster", "cluster-b", 2.0, 4.5) == [0] * 5
+    assert calls(result, "by_cluster", "cluster-b", 4.5, math.inf) == [25] * 3
+    text = report.to_html(result, 2)  # allowing 2 failed calls: failed
+    assert read_page(text).verdict["data-passed"] == "false"
+    assert "<strong>FAILED</strong>: 3 failed of 603 calls, 2 allowed" in text
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--html", "{tmp}/page.html"], "--html needs --scenario"),
+        (["--scenario", "outage", "--html", "{tmp}/no/page.html"], "page.html: no folder"),
+        (["--scenario", "drain", "--html", "{tmp}"], ": is a folder"),
+    ],
+)
+def test_html_needs_a_scenario_and_a_file_it_can_write(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Refused before anything starts: no nginx is needed (a missing one would exit 3).
+    args = [flag.format(tmp=tmp_path) for flag in flags]
+    code = main(["rehearse", "--nginx", str(tmp_path / "no-nginx"), *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err, err
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 # -- traffic policies: weights, header routing, active/standby -------------------------------
@@ -597,6 +825,18 @@ async def test_failover_to_the_standby_and_back(tmp_path: Path) -> None:
     assert returned["failed"] == 0, returned
     assert s["active_share_after_return"] == 1.0, s
     assert set(returned["by_cluster"]) == {"cluster-a"}, returned
+    # The page: cluster-a's calls until the kill, cluster-b's until cluster-a is back.
+    labels = ["kill cluster-a", "restart cluster-a", "cluster-a back"]
+    check_page(result, scenarios.FAILOVER_MAX_FAILED, labels)
+    at = marked(result)
+    kill, restart, back = (at[label] for label in labels)
+    assert all(calls(result, "by_cluster", "cluster-a", 0.0, kill))
+    assert not any(calls(result, "by_cluster", "cluster-b", 0.0, kill))
+    down = calls(result, "by_cluster", "cluster-a", kill, restart)
+    assert len(down) >= 2 * after - 1, down
+    assert not any(down), down
+    assert all(calls(result, "by_cluster", "cluster-b", kill, restart))
+    assert all(calls(result, "by_cluster", "cluster-a", back + s["return_bound_s"], math.inf))
 
 
 def test_failover_report_names_the_phases_and_shares() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+from collections.abc import Sequence
 from typing import Any
 
 from greeter.load import timeline_chart
@@ -243,8 +244,20 @@ def _svg_chart(report: Report, width: int = 720, height: int = 260) -> str:
     return "".join(parts)
 
 
-def to_html(report: Report) -> str:
-    """A self-contained page: no scripts, no external styles or fonts."""
+def to_html(
+    report: Report,
+    *,
+    heading: str = "",
+    preface: str = "",
+    markers: Sequence[tuple[float, str]] = (),
+    by_pod: bool = False,
+) -> str:
+    """A self-contained page: no scripts, no external styles or fonts.
+
+    For a run that is part of something larger (``greeter rehearse --scenario``): ``heading``
+    replaces the title, ``preface`` (HTML) comes before the timeline, ``markers`` (seconds
+    since the run's start, label) are drawn on the timeline, and ``by_pod`` adds a second
+    timeline stacked by pod."""
     d = report.data
     esc = html.escape
     pcts = _pct_keys(d["latency_ms"])
@@ -267,15 +280,16 @@ def to_html(report: Report) -> str:
         f"<tr><th>{esc(k)}</th><td>{v:.3f} ms</td></tr>" for k, v in d["latency_ms"].items()
     )
     codes = "".join(f"<tr><td>{esc(c)}</td><td>{n}</td></tr>" for c, n in d["status_codes"].items())
+    title = heading or f"greeter load: {d['target']}"
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>greeter load: {esc(d["target"])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}</style></head><body>
-<h1>greeter load: {esc(d["target"])} ({esc(d["call"])})</h1>
+<h1>{esc(heading) if heading else f"{esc(title)} ({esc(d['call'])})"}</h1>
 <p>{d["count"]} calls in {d["duration_s"]:.2f} s, {d["rps"]:.1f}/s; {d["errors"]} errors
 ({d["error_rate"]:.2%}){" &mdash; interrupted" if d["interrupted"] else ""}.
 Started {esc(d["started_at"])}{_merged_html(d)}.</p>
-{_timeline_section(report)}
+{preface}{_timeline_section(report, markers, by_pod)}
 <h2>Latency</h2>{_svg_chart(report)}
 <table>{stats}</table>
 <h2>Status codes</h2><table>{codes}</table>
@@ -313,8 +327,12 @@ def _split_html(section: dict[str, Any] | None) -> str:
     )
 
 
-def _timeline_section(report: Report) -> str:
-    return f"<h2>Timeline</h2>\n{timeline_chart.svg(report.data)}"
+def _timeline_section(report: Report, markers: Sequence[tuple[float, str]], by_pod: bool) -> str:
+    section = f"<h2>Timeline</h2>\n{timeline_chart.svg(report.data, markers)}"
+    if by_pod:
+        pods = timeline_chart.svg(report.data, markers, by="pod", latency=False)
+        section += f"\n<h2>By pod over time</h2>\n{pods}"
+    return section
 
 
 def timeline_csv(report: Report) -> str:

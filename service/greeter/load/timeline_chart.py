@@ -3,7 +3,9 @@ no external resources) and a CSV with one row per bucket.
 
 The chart has two panels over one time axis: calls per second stacked by cluster (each
 bucket's calls over its length), with every bucket that had errors shaded red and marked
-at the top; under it, each bucket's p50 and p99 latency as step lines.
+at the top; under it, each bucket's p50 and p99 latency as step lines. Optionally it is
+stacked by pod instead, without the latency panel, and marks events (what was done when,
+e.g. a scenario's kills and restarts) as labelled vertical lines through both panels.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import csv
 import html
 import io
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 PALETTE = ("#3b7dd8", "#2ca58d", "#f2a541", "#8e6bbf", "#5fa8d3", "#a0c15a", "#d17a9f", "#8c6d46")
@@ -24,6 +27,8 @@ WIDTH = 960
 LEFT, RIGHT = 70, 20
 RATE_H, LAT_H, GAP = 240, 140, 34
 FONT = 12
+MARKER_COLOR = "#333"
+MARKER_MIN_GAP = 14  # px: markers closer than this share one line and one label
 
 
 def _nice_step(span: float, ticks: int) -> float:
@@ -49,13 +54,15 @@ def _label(value: float) -> str:
     return f"{value:g}"
 
 
-def _clusters(buckets: list[dict[str, Any]]) -> list[str]:
-    """Clusters by calls, most first (drawn at the bottom), no identity last."""
+def _clusters(buckets: list[dict[str, Any]], key: str = "by_cluster") -> list[str]:
+    """Clusters by calls, most first (drawn at the bottom), no identity last; pods (``key``
+    by_pod) by name, so each cluster's are together."""
     totals: dict[str, int] = {}
     for b in buckets:
-        for name, n in b["by_cluster"].items():
+        for name, n in b[key].items():
             totals[name] = totals.get(name, 0) + n
-    order = sorted(totals, key=lambda name: (name == NO_IDENTITY, -totals[name], name))
+    most = key == "by_cluster"
+    order = sorted(totals, key=lambda name: (name == NO_IDENTITY, -totals[name] * most, name))
     return order
 
 
@@ -73,18 +80,46 @@ def _length(b: dict[str, Any], interval: float) -> float:
     return float(b["duration_s"]) if b["duration_s"] > 0 else interval
 
 
-def svg(report: dict[str, Any]) -> str:
-    """The timeline chart of a report (its JSON data)."""
+def _markers(
+    markers: Sequence[tuple[float, str]], end: float, px: Callable[[float], float]
+) -> list[tuple[float, float, str]]:
+    """The markers inside ``[0, end]`` as ``(t, x, label)``, in time order; those closer
+    than MARKER_MIN_GAP pixels to the previous one are folded into it (labels joined)."""
+    shown: list[tuple[float, float, str]] = []
+    for t, label in sorted(markers):
+        if not 0 <= t <= end:
+            continue
+        x = px(t)
+        if shown and x - shown[-1][1] < MARKER_MIN_GAP:
+            first_t, first_x, first_label = shown[-1]
+            shown[-1] = (first_t, first_x, f"{first_label}; {label}")
+        else:
+            shown.append((t, x, label))
+    return shown
+
+
+def svg(
+    report: dict[str, Any],
+    markers: Sequence[tuple[float, str]] = (),
+    by: str = "cluster",
+    latency: bool = True,
+) -> str:
+    """The timeline chart of a report (its JSON data): calls per second stacked ``by``
+    cluster or pod, the latency panel under it unless ``latency`` is false, and each of
+    ``markers`` (seconds since the run's start, label) as a labelled vertical line."""
     buckets: list[dict[str, Any]] = report["timeline"]
     interval = float(report["options"].get("timeline_interval_s") or 1.0)
     esc = html.escape
-    clusters = _clusters(buckets)
+    key = f"by_{by}"
+    clusters = _clusters(buckets, key)
     colors = _colors(clusters)
-    totals = {c: sum(b["by_cluster"].get(c, 0) for b in buckets) for c in clusters}
+    totals = {c: sum(b[key].get(c, 0) for b in buckets) for c in clusters}
 
     # The legend, wrapped to the width; the panels start under it.
     items: list[tuple[str, str]] = [(f"{c} ({totals[c]:,})", "cluster:" + c) for c in clusters]
-    items += [("errors", "errors"), ("p50", "p50"), ("p99", "p99")]
+    items += [("errors", "errors")]
+    if latency:
+        items += [("p50", "p50"), ("p99", "p99")]
     legend: list[str] = []
     x, y = LEFT, 18
     for text, kind in items:
@@ -111,7 +146,8 @@ def svg(report: dict[str, Any]) -> str:
     rate_bottom = rate_top + RATE_H
     lat_top = rate_bottom + GAP
     lat_bottom = lat_top + LAT_H
-    height = lat_bottom + 44
+    axis_bottom = lat_bottom if latency else rate_bottom  # the time axis is under this panel
+    height = axis_bottom + 44
     plot_w = WIDTH - LEFT - RIGHT
 
     end = max((b["t"] + _length(b, interval) for b in buckets), default=interval)
@@ -120,9 +156,7 @@ def svg(report: dict[str, Any]) -> str:
     def px(t: float) -> float:
         return LEFT + t / end * plot_w
 
-    rates = [
-        {c: b["by_cluster"].get(c, 0) / _length(b, interval) for c in clusters} for b in buckets
-    ]
+    rates = [{c: b[key].get(c, 0) / _length(b, interval) for c in clusters} for b in buckets]
     top_rate = max((sum(r.values()) for r in rates), default=0.0) or 1.0
     rate_ticks = _ticks(top_rate * 1.05, 5)
     rate_max = max(rate_ticks[-1], top_rate) or 1.0
@@ -143,9 +177,10 @@ def svg(report: dict[str, Any]) -> str:
     def ly(value: float) -> float:
         return lat_bottom - value / lat_max * LAT_H
 
+    label = "timeline" if by == "cluster" else f"timeline by {by}"
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-        f'viewBox="0 0 {WIDTH} {height}" role="img" aria-label="timeline" class="timeline" '
+        f'viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{label}" class="timeline" '
         f'font-family="sans-serif" font-size="{FONT}">',
         *legend,
     ]
@@ -156,7 +191,7 @@ def svg(report: dict[str, Any]) -> str:
             f'<line x1="{LEFT}" y1="{yy:.1f}" x2="{WIDTH - RIGHT}" y2="{yy:.1f}" stroke="#e4e4e4"/>'
             f'<text x="{LEFT - 6}" y="{yy + 4:.1f}" text-anchor="end">{_label(value)}</text>'
         )
-    for value in lat_ticks:
+    for value in lat_ticks if latency else []:
         yy = ly(value)
         out.append(
             f'<line x1="{LEFT}" y1="{yy:.1f}" x2="{WIDTH - RIGHT}" y2="{yy:.1f}" stroke="#e4e4e4"/>'
@@ -167,9 +202,12 @@ def svg(report: dict[str, Any]) -> str:
     out.append(
         f'<text x="14" y="{mid_rate:.0f}" text-anchor="middle" '
         f'transform="rotate(-90 14 {mid_rate:.0f})">calls per second</text>'
-        f'<text x="14" y="{mid_lat:.0f}" text-anchor="middle" '
-        f'transform="rotate(-90 14 {mid_lat:.0f})">latency, ms</text>'
     )
+    if latency:
+        out.append(
+            f'<text x="14" y="{mid_lat:.0f}" text-anchor="middle" '
+            f'transform="rotate(-90 14 {mid_lat:.0f})">latency, ms</text>'
+        )
     # Errors: a red band over each bucket that had any (the deeper, the larger the share
     # of errors), a marker above it.
     for b in buckets:
@@ -201,12 +239,13 @@ def svg(report: dict[str, Any]) -> str:
             below[i] = top
         points = upper + lower[::-1]
         out.append(
-            f'<path class="cluster" data-cluster="{esc(c)}" fill="{colors[c]}" '
+            f'<path class="{by}" data-{by}="{esc(c)}" fill="{colors[c]}" '
             f'fill-opacity="0.85" d="M{" L".join(points)} Z">'
             f"<title>{esc(c)}: {totals[c]:,} calls</title></path>"
         )
     # p50 and p99 as step lines, broken where a bucket had no calls.
-    for name, color, dash in (("p50", P50_COLOR, ""), ("p99", P99_COLOR, "5 3")):
+    lines = (("p50", P50_COLOR, ""), ("p99", P99_COLOR, "5 3")) if latency else ()
+    for name, color, dash in lines:
         segments: list[str] = []
         pen_up = True
         for b in buckets:
@@ -224,21 +263,34 @@ def svg(report: dict[str, Any]) -> str:
                 f'<path class="latency" data-series="{name}" fill="none" stroke="{color}" '
                 f'stroke-width="2"{dashes} d="{" ".join(segments)}"><title>{name}</title></path>'
             )
+    # Events: a dashed line through both panels, its label along it at the top.
+    for at, xm, text in _markers(markers, end, px):
+        out.append(
+            f'<g class="marker" data-t="{at:g}"><title>{at:.3f}s: {esc(text)}</title>'
+            f'<line x1="{xm:.1f}" y1="{rate_top}" x2="{xm:.1f}" y2="{axis_bottom}" '
+            f'stroke="{MARKER_COLOR}" stroke-width="1.5" stroke-dasharray="4 3"/>'
+            f'<text x="{xm - 4:.1f}" y="{rate_top + 4}" text-anchor="end" '
+            f'transform="rotate(-90 {xm - 4:.1f} {rate_top + 4})" fill="{MARKER_COLOR}" '
+            f'stroke="#fff" stroke-width="3" paint-order="stroke">{esc(text)}</text></g>'
+        )
     # Axes and the time ticks, through both panels.
-    out.append(
-        f'<line x1="{LEFT}" y1="{rate_bottom}" x2="{WIDTH - RIGHT}" y2="{rate_bottom}" '
-        f'stroke="#333"/><line x1="{LEFT}" y1="{rate_top}" x2="{LEFT}" y2="{rate_bottom}" '
-        f'stroke="#333"/><line x1="{LEFT}" y1="{lat_bottom}" x2="{WIDTH - RIGHT}" '
-        f'y2="{lat_bottom}" stroke="#333"/><line x1="{LEFT}" y1="{lat_top}" x2="{LEFT}" '
-        f'y2="{lat_bottom}" stroke="#333"/>'
-    )
+    panels = [(rate_top, rate_bottom)]
+    if latency:
+        panels.append((lat_top, lat_bottom))
+    for top, bottom in panels:
+        out.append(
+            f'<line x1="{LEFT}" y1="{bottom}" x2="{WIDTH - RIGHT}" y2="{bottom}" '
+            f'stroke="#333"/><line x1="{LEFT}" y1="{top}" x2="{LEFT}" y2="{bottom}" '
+            f'stroke="#333"/>'
+        )
     for value in _ticks(end, 10):
         xx = px(value)
+        out.extend(
+            f'<line x1="{xx:.1f}" y1="{bottom}" x2="{xx:.1f}" y2="{bottom + 5}" stroke="#333"/>'
+            for _, bottom in panels
+        )
         out.append(
-            f'<line x1="{xx:.1f}" y1="{rate_bottom}" x2="{xx:.1f}" y2="{rate_bottom + 5}" '
-            f'stroke="#333"/><line x1="{xx:.1f}" y1="{lat_bottom}" x2="{xx:.1f}" '
-            f'y2="{lat_bottom + 5}" stroke="#333"/>'
-            f'<text x="{xx:.1f}" y="{lat_bottom + 19}" text-anchor="middle">{value:g}s</text>'
+            f'<text x="{xx:.1f}" y="{axis_bottom + 19}" text-anchor="middle">{value:g}s</text>'
         )
     out.append(
         f'<text x="{LEFT + plot_w / 2:.0f}" y="{height - 6}" text-anchor="middle">'

@@ -7,14 +7,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
-from greeter.rehearse import policy
+from greeter.rehearse import policy, scenarios
 from greeter.rehearse.fleet import DEFAULT_PORT, Rehearsal, RehearsalConfig
 from greeter.rehearse.nginx import NginxError
 from greeter.rehearse.prometheus import PrometheusError
+from greeter.rehearse.report import report_lines, to_html
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +87,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--rps", type=float, default=250.0, help="scenario traffic rate")
     p.add_argument("--max-failed", type=int, default=None, help="failed calls allowed (drain: 0)")
     p.add_argument("--json", action="store_true", help="scenario report as JSON")
+    p.add_argument(
+        "--html",
+        default="",
+        metavar="FILE",
+        help="also write the scenario's report as an HTML page: the traffic over time by "
+        "cluster and by pod, errors marked, the scenario's events drawn on it",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, conf)")
     p.add_argument("--nginx", default="", help="nginx binary (default: found on PATH)")
     p.add_argument(
@@ -157,63 +167,6 @@ def print_banner(r: Rehearsal) -> None:
     print("Ctrl-C stops everything.", flush=True)
 
 
-def report_lines(summary: dict[str, Any]) -> list[str]:
-    """A scenario's summary for people (``--json`` prints the summary itself)."""
-    lines = [
-        f"{summary['scenario']}: {summary['count']} calls in {summary['duration_s']}s "
-        f"({summary['rps']}/s), failed {summary['failed']}",
-        f"  status codes: {summary['status_codes']}",
-        f"  by cluster:   {summary['by_cluster']}",
-        f"  by pod:       {summary['by_pod']}",
-    ]
-    lines += [f"  {event}" for event in summary["events"]]
-    if "kill_at_s" in summary:  # the outage: when its failures happened, if any
-        if summary["failed"]:
-            lines.append(
-                f"  failures from {summary['first_failure_s']}s, window "
-                f"{summary['failure_window_s']}s (kill at {summary['kill_at_s']}s); last failed "
-                f"call sent {summary['last_failure_sent_after_kill_s']}s after the kill"
-            )
-        else:
-            lines.append(f"  no failed calls (kill at {summary['kill_at_s']}s)")
-    if "phases" in summary:  # the failover: where the calls went
-        lines += failover_lines(summary)
-    lines += [f"  failed: {sample}" for sample in summary.get("failure_samples", [])]
-    return lines
-
-
-def _percent(share: float | None) -> str:
-    return "-" if share is None else f"{100 * share:.1f}%"
-
-
-def failover_lines(summary: dict[str, Any]) -> list[str]:
-    standby, active = ", ".join(summary["standby"]), ", ".join(summary["active"])
-    lines = []
-    for key, what in (
-        ("before_kill", "before the kill"),
-        ("active_down", f"while {active} was down"),
-        ("returned", f"{summary['return_bound_s']:g}s after {active} was SERVING"),
-    ):
-        phase = summary["phases"][key]
-        lines.append(
-            f"  {what} ({phase['calls']} {phase['from_s']}-{phase['to_s']}s): "
-            f"{phase['count']} calls, failed {phase['failed']}, by cluster {phase['by_cluster']}"
-        )
-    returned = summary["returned_at_s"]
-    lines.append(
-        f"  standby {standby}: share {_percent(summary['standby_share_before_kill'])} before "
-        f"the kill, {_percent(summary['standby_share_after_kill'])} while {active} was down"
-    )
-    lines.append(
-        f"  {active}: restarted at {summary['reviving_at_s']}s, SERVING at "
-        f"{summary['revived_at_s']}s, first call again at "
-        f"{'-' if returned is None else f'{returned}s'}, share "
-        f"{_percent(summary['active_share_after_return'])} from "
-        f"{summary['phases']['returned']['from_s']}s"
-    )
-    return lines
-
-
 def print_report(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -222,8 +175,6 @@ def print_report(summary: dict[str, Any], as_json: bool) -> None:
 
 
 async def _main(args: argparse.Namespace, config: RehearsalConfig) -> int:
-    from greeter.rehearse import scenarios
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     rehearsal = Rehearsal(config)
@@ -246,15 +197,11 @@ async def _main(args: argparse.Namespace, config: RehearsalConfig) -> int:
             return EXIT_OK
         if args.scenario == "drain":
             work = scenarios.rolling_drain(rehearsal, rps=args.rps)
-            allowed = 0 if args.max_failed is None else args.max_failed
+        elif args.scenario == "failover":
+            work = scenarios.cluster_failover(rehearsal, rps=args.rps)
         else:
-            if args.scenario == "failover":
-                work = scenarios.cluster_failover(rehearsal, rps=args.rps)
-                allowed = scenarios.FAILOVER_MAX_FAILED
-            else:
-                work = scenarios.cluster_outage(rehearsal, rps=args.rps)
-                allowed = scenarios.OUTAGE_MAX_FAILED
-            allowed = allowed if args.max_failed is None else args.max_failed
+            work = scenarios.cluster_outage(rehearsal, rps=args.rps)
+        allowed = scenarios.allowed_failures(args.scenario, args.max_failed)
         task = asyncio.ensure_future(work)
         waiter = asyncio.ensure_future(stop.wait())
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -264,15 +211,35 @@ async def _main(args: argparse.Namespace, config: RehearsalConfig) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             return 130
-        summary = task.result().summary()
+        result = task.result()
+        summary = result.summary()
         print_report(summary, args.json)
-        if args.scenario == "failover" and summary["failures_sent_after_dead"]:
-            return EXIT_LOSS  # the standby did not take every call once the active was gone
-        return EXIT_OK if summary["failed"] <= allowed else EXIT_LOSS
+        if args.html:
+            await asyncio.to_thread(Path(args.html).write_text, to_html(result, allowed))
+            print(f"greeter rehearse: wrote {args.html}", file=sys.stderr)
+        return EXIT_OK if scenarios.passed(summary, allowed) else EXIT_LOSS
+
+
+def check_html_path(args: argparse.Namespace) -> None:
+    """``--html``: only with a scenario, and a file that can be written (checked before
+    anything starts, without creating it)."""
+    if not args.html:
+        return
+    if args.scenario is None:
+        raise ValueError("--html needs --scenario (the page reports a scenario's run)")
+    path = Path(args.html)
+    folder = path.parent
+    if path.is_dir():
+        raise ValueError(f"--html {args.html}: is a folder")
+    if not folder.is_dir():
+        raise ValueError(f"--html {args.html}: no folder {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"--html {args.html}: not writable")
 
 
 def cmd_rehearse(args: argparse.Namespace) -> int:
     try:
+        check_html_path(args)
         config = config_from_args(args)
     except ValueError as exc:
         print(f"greeter rehearse: {exc}", file=sys.stderr)

@@ -2,7 +2,9 @@
 an active/standby failover.
 
 Each returns a :class:`ScenarioResult` whose ``summary()`` has ``count``, ``failed``,
-``status_codes``, ``by_cluster``, ``by_pod`` and a timeline of what was done when.
+``status_codes``, ``by_cluster``, ``by_pod`` and a timeline of what was done when; its
+``load`` is the traffic as a ``greeter load`` JSON report (with the per-interval
+``timeline``) and ``traffic_started_at_s`` puts the two on one clock.
 docs/rehearsal.md explains why the drain loses nothing and what bounds the outage and the
 failover.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from greeter.rehearse.fleet import Backend, Rehearsal
-from greeter.rehearse.traffic import LoadRun, Traffic, TrafficReport, load_summary
+from greeter.rehearse.traffic import LoadRun, Traffic, TrafficReport, load_report, load_summary
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +48,38 @@ class ScenarioResult:
     name: str
     traffic: dict[str, Any]
     events: list[dict[str, Any]] = field(default_factory=list)
+    # The traffic as a ``greeter load`` JSON report; its ``timeline`` buckets and the
+    # summary's times count from the traffic's start, which was this many seconds after the
+    # events' clock began (their ``at_s``).
+    load: dict[str, Any] | None = None
+    traffic_started_at_s: float = 0.0
 
     @property
     def failed(self) -> int:
         return int(self.traffic["failed"])
 
     def summary(self) -> dict[str, Any]:
-        return {"scenario": self.name, **self.traffic, "events": self.events}
+        return {
+            "scenario": self.name,
+            **self.traffic,
+            "events": self.events,
+            "traffic_started_at_s": round(self.traffic_started_at_s, 3),
+        }
+
+
+def allowed_failures(scenario: str, max_failed: int | None = None) -> int:
+    """Failed calls ``scenario`` (drain, outage, failover) may have: ``max_failed`` if given."""
+    if max_failed is not None:
+        return max_failed
+    return {"drain": 0, "outage": OUTAGE_MAX_FAILED, "failover": FAILOVER_MAX_FAILED}[scenario]
+
+
+def passed(summary: dict[str, Any], allowed: int) -> bool:
+    """The verdict: no more failed calls than ``allowed``, and in a failover none sent once
+    the active backends were gone (the standby must take those)."""
+    if summary["scenario"] == "cluster-failover" and summary["failures_sent_after_dead"]:
+        return False
+    return int(summary["failed"]) <= allowed
 
 
 class _Timeline:
@@ -122,7 +149,7 @@ async def rolling_drain(
     since = _log_size(log)
     timeline = _Timeline()
     await load.start()
-    timeline.mark("greeter load started", rps=rps, duration_s=round(duration, 1))
+    launched = timeline.mark("greeter load started", rps=rps, duration_s=round(duration, 1))
     first_sigterm: float | None = None
     try:
         await _wait_for_load_calls(load, log, since, TRAFFIC_START_TIMEOUT_S)
@@ -138,10 +165,12 @@ async def rolling_drain(
             await asyncio.sleep(pause)
         timeline.mark("all restarted")
     finally:
+        stopping = timeline.mark("greeter load interrupted")
         load.interrupt()
     report = await load.result()
     timeline.mark("greeter load done")
     traffic = load_summary(report)
+    started = _load_start(launched, sending, stopping, report)
     # Covered: the load was sending before the first SIGTERM (its calls were in the gateway's
     # log), and it was still running when it was interrupted after the last restart: stopped by
     # that interrupt, not by its own -z limit (which would make its duration the limit).
@@ -152,7 +181,20 @@ async def rolling_drain(
     traffic["covered_all_restarts"] = (
         first_sigterm is not None and sending <= first_sigterm and still_running
     )
-    return ScenarioResult("rolling-drain", traffic, timeline.events)
+    return ScenarioResult("rolling-drain", traffic, timeline.events, report, started)
+
+
+def _load_start(began: float, sending: float, stopping: float, report: dict[str, Any]) -> float:
+    """When ``greeter load``'s clock (its timeline's 0) began, on the scenario's: its run
+    ends at the Ctrl-C, ``duration_s`` after it began (a run its -z limit ended began
+    ``duration_s`` before it ended, which is not known: then its first call stands in). It
+    began after the process started (``began``) and before its first call was in the
+    gateway's log (``sending``)."""
+    ran = float(report.get("duration_s") or 0.0)
+    limit = (report.get("options") or {}).get("duration_s")
+    stopped_by_us = bool(report.get("interrupted")) and (limit is None or ran < float(limit))
+    estimate = stopping - ran if stopped_by_us else sending
+    return min(max(estimate, began), sending)
 
 
 async def _start_probe(traffic: Traffic, runner: asyncio.Task[TrafficReport]) -> None:
@@ -196,9 +238,12 @@ async def cluster_outage(
     rps: float = 250.0,
     before: float = 2.0,
     after: float = 5.0,
+    back: float | None = None,
     concurrency: int = 16,
 ) -> ScenarioResult:
-    """SIGKILL every backend of one cluster under traffic, keep going, then bring them back.
+    """SIGKILL every backend of one cluster under traffic, keep going for ``after`` seconds,
+    then bring them back and keep going for ``back`` (default: :func:`return_bound` + 1), so
+    the traffic is seen to return to them.
 
     The traffic is the rehearsal's own probe, which keeps one record per call (when it was
     sent, when it ended), so the report says which calls the outage hurt, not only how many.
@@ -208,6 +253,7 @@ async def cluster_outage(
     victims = rehearsal.cluster(name)
     if not victims:
         raise ValueError(f"no backends in cluster {name!r}")
+    back = return_bound(rehearsal.config.fail_timeout) + 1.0 if back is None else back
     traffic = Traffic(rehearsal.target(), rps, concurrency=concurrency)
     timeline = _Timeline()
     runner = asyncio.create_task(traffic.run())
@@ -217,17 +263,57 @@ async def cluster_outage(
         await asyncio.sleep(before)
         kill_at, dead_at, survivors = await _kill(rehearsal, victims, timeline, cluster=name)
         await asyncio.sleep(after)
+        reviving_at, revived_at = await _revive(rehearsal, victims, timeline, cluster=name)
+        await asyncio.sleep(back)
     except BaseException:
         await _abandon_probe(traffic, runner)
         raise
     traffic.stop()
     report = await runner
+    timeline.mark("traffic stopped")
+    t0 = traffic.started
+    summary = outage_summary(report, kill_at - t0, dead_at - t0, survivors)
+    summary["cluster"] = name
+    summary.update(return_summary(report, [name], reviving_at - t0, revived_at - t0))
+    return _probe_result("cluster-outage", summary, timeline, traffic)
+
+
+def _probe_result(
+    name: str, summary: dict[str, Any], timeline: _Timeline, traffic: Traffic
+) -> ScenarioResult:
+    started = traffic.started - timeline.began
+    return ScenarioResult(name, summary, timeline.events, load_report(traffic), started)
+
+
+async def _revive(
+    rehearsal: Rehearsal, victims: list[Backend], timeline: _Timeline, **what: Any
+) -> tuple[float, float]:
+    """Start ``victims`` again: (when they were started, when all were SERVING)."""
+    reviving_at = time.perf_counter()
+    timeline.mark("reviving", **what)
     await rehearsal.revive(victims)
-    timeline.mark("revived", cluster=name)
-    summary = outage_summary(
-        report, kill_at - traffic.started, dead_at - traffic.started, survivors
-    )
-    return ScenarioResult("cluster-outage", summary, timeline.events)
+    revived_at = time.perf_counter()
+    timeline.mark("revived", **what)
+    return reviving_at, revived_at
+
+
+def return_summary(
+    report: TrafficReport, clusters: Collection[str], reviving_s: float, revived_s: float
+) -> dict[str, Any]:
+    """When the killed ``clusters`` were started again and were SERVING (since the traffic
+    started), and when one of them served a call again."""
+    back = [
+        o.sent
+        for o in report.outcomes
+        if o.sent > reviving_s and o.code == "OK" and o.cluster in clusters
+    ]
+    return {
+        "reviving_at_s": round(reviving_s, 3),
+        "revived_at_s": round(revived_s, 3),
+        # The restarted backends take calls as soon as they listen, before the rehearsal
+        # has seen them SERVING.
+        "returned_at_s": round(min(back), 3) if back else None,
+    }
 
 
 def outage_summary(
@@ -295,11 +381,9 @@ async def cluster_failover(
             rehearsal, victims, timeline, clusters=active_clusters
         )
         await asyncio.sleep(after)
-        reviving_at = time.perf_counter()
-        timeline.mark("reviving", clusters=active_clusters)
-        await rehearsal.revive(victims)
-        revived_at = time.perf_counter()
-        timeline.mark("revived", clusters=active_clusters)
+        reviving_at, revived_at = await _revive(
+            rehearsal, victims, timeline, clusters=active_clusters
+        )
         await asyncio.sleep(back)
     except BaseException:
         await _abandon_probe(traffic, runner)
@@ -318,7 +402,7 @@ async def cluster_failover(
             bound,
         )
     )
-    return ScenarioResult("cluster-failover", summary, timeline.events)
+    return _probe_result("cluster-failover", summary, timeline, traffic)
 
 
 def _phase(report: TrafficReport, since: float, until: float, by: str = "sent") -> dict[str, Any]:
@@ -360,22 +444,13 @@ def failover_summary(
         "active_down": _phase(report, dead_s, reviving_s),
         "returned": _phase(report, revived_s + bound_s, float("inf")),
     }
-    back = [
-        o.sent
-        for o in report.outcomes
-        if o.sent > reviving_s and o.code == "OK" and o.cluster in active
-    ]
     return {
         "active": list(active),
         "standby": list(standby),
-        "reviving_at_s": round(reviving_s, 3),
-        "revived_at_s": round(revived_s, 3),
+        **return_summary(report, active, reviving_s, revived_s),
         "return_bound_s": bound_s,
         "phases": phases,
         "standby_share_before_kill": _share(phases["before_kill"], standby),
         "standby_share_after_kill": _share(phases["active_down"], standby),
         "active_share_after_return": _share(phases["returned"], active),
-        # When an active cluster served its first call again: the restarted backends take
-        # calls as soon as they listen, before the rehearsal has seen them SERVING.
-        "returned_at_s": round(min(back), 3) if back else None,
     }

@@ -3,13 +3,15 @@
 ``greeter load`` reports totals; the scenarios also need *when* each call was sent and when it
 ended (which calls an outage hurt), so this probe keeps one record per call. It uses the same
 client channel as ``greeter call`` and ``greeter load`` (no client-side retries), so nothing
-hides a lost call.
+hides a lost call. :func:`load_report` turns its records into a ``greeter load`` report (totals,
+tables, a timeline), so a scenario's HTML page is the load report's whichever traffic ran.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import signal
 import sys
@@ -21,6 +23,14 @@ from typing import Any
 import grpc
 
 from greeter.client import Target, identity_of, open_channel
+from greeter.load.config import LoadConfig
+from greeter.load.engine import UNKNOWN, Recorder
+from greeter.load.merge import Outcome as LoadOutcome
+from greeter.load.report import build_report
+
+# The scenarios' timeline buckets: fine enough to show a few seconds' outage or a backend's
+# drain, coarse enough for each pod to have calls in every bucket at the scenarios' rates.
+TIMELINE_INTERVAL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -118,6 +128,7 @@ class Traffic:
         # the perf_counter() every ``Outcome`` time counts from.
         self.running = asyncio.Event()
         self.started = 0.0
+        self.started_at = datetime.datetime.now(datetime.UTC)  # the same moment, wall clock
 
     def stop(self) -> None:
         self._stop.set()
@@ -159,6 +170,7 @@ class Traffic:
             gate = asyncio.Semaphore(self.concurrency)
             tasks: set[asyncio.Task[None]] = set()
             self.started = time.perf_counter()
+            self.started_at = datetime.datetime.now(datetime.UTC)
             self.running.set()
             interval = 1.0 / self.rps
             sent = 0
@@ -186,6 +198,39 @@ class Traffic:
         return self.report
 
 
+def load_report(traffic: Traffic, interval: float = TIMELINE_INTERVAL_S) -> dict[str, Any]:
+    """The probe's records as ``greeter load``'s JSON report: each call is recorded as the
+    load's engine records it (latency from sent to ended, status, serving backend, error),
+    in order of ending, and bucketed by when it ended, on the probe's clock (its first call
+    at 0)."""
+    config = LoadConfig(
+        target=traffic.target,
+        concurrency=traffic.concurrency,
+        connections=traffic.channels,
+        rps=traffic.rps,
+        timeout=traffic.timeout,
+        engine="grpc",  # the probe's client: grpc.aio, as ``--engine grpc``
+        timeline_interval=interval,
+    )
+    rec = Recorder()
+    rec.track(0.0, interval)
+    for o in traffic.report.outcomes:  # sorted by ``at``
+        if o.at >= rec.timeline_edge:
+            rec.roll_timeline(o.at)
+        us = int((o.at - o.sent) * 1e6)
+        rec.hist.record(us)
+        rec.status[o.code] = rec.status.get(o.code, 0) + 1
+        backend = rec.backend(o.cluster or UNKNOWN, o.pod or UNKNOWN)
+        backend.hist.record(us)
+        if o.code != "OK":
+            backend.errors += 1
+            rec.error(o.code, o.details)
+    rec.close_timeline()
+    duration = max(traffic.report.duration, 1e-9)
+    outcome = LoadOutcome(rec, traffic.started_at.timestamp(), duration, False)
+    return build_report(config, outcome).data
+
+
 class LoadRun:
     """``greeter load`` as a child process for ``duration`` seconds; its JSON report after.
 
@@ -194,7 +239,13 @@ class LoadRun:
     """
 
     def __init__(
-        self, target: Target, rps: float, duration: float, concurrency: int = 16, procs: int = 1
+        self,
+        target: Target,
+        rps: float,
+        duration: float,
+        concurrency: int = 16,
+        procs: int = 1,
+        interval: float = TIMELINE_INTERVAL_S,
     ) -> None:
         md = [arg for key, value in target.metadata for arg in ("-m", f"{key}:{value}")]
         tls = ["--cacert", target.cacert] if target.cacert else ["--insecure"]
@@ -218,6 +269,8 @@ class LoadRun:
             f"{duration:g}s",
             "--rps",
             f"{rps:g}",
+            "--timeline-interval",
+            f"{interval * 1000:g}ms",
             "-O",
             "json",
             "-q",
