@@ -29,7 +29,6 @@ TARGET = "grpc.example.com:443"
 REPORTS = "/reports"
 REPORT_SCHEMA = ds.ROOT / "service" / "greeter" / "load" / "report.schema.json"
 LOAD_DOC = ds.ROOT / "docs" / "load.md"
-START_AT_MISSING = "unrecognized arguments: --start-at"
 
 
 @pytest.fixture
@@ -444,8 +443,9 @@ def test_greeter_load_accepts_the_rendered_arguments(name: str, render: Any) -> 
     objects = render(VARIANTS[name])
     args = load_args(objects)
     parsed, unknown = build_parser().parse_known_args(args)
-    # Until `greeter load --start-at` exists, it is the only flag the parser does not know.
-    assert unknown in ([], ["--start-at", flag(args, "--start-at")]), unknown
+    assert unknown == [], unknown
+    at = dt.datetime.fromisoformat(flag(args, "--start-at").replace("Z", "+00:00"))
+    assert parsed.start_at == pytest.approx(at.timestamp())
     lt = {**yaml.safe_load((ds.CHART / "values.yaml").read_text())["loadtest"]}
     lt.update(VARIANTS[name]["loadtest"])
     assert parsed.command == "load"
@@ -476,15 +476,12 @@ def as_local(arg: str, reports: Path) -> str:
 
 
 def run_pod(
-    job: dict[str, Any], index: int, reports: Path, env: dict[str, str], skip_start_at: bool
+    job: dict[str, Any], index: int, reports: Path, env: dict[str, str]
 ) -> subprocess.Popen[str]:
     """Start pod ``index``'s load container as the image would run it: ``greeter ARGS``."""
     [load] = job["spec"]["template"]["spec"]["initContainers"]
     pod_env = {e["name"]: env[e["valueFrom"]["secretKeyRef"]["name"]] for e in load.get("env", [])}
     args = [as_local(kubernetes_expand(a, pod_env), reports) for a in load["args"]]
-    if skip_start_at:
-        at = args.index("--start-at")
-        del args[at : at + 2]
     reports.mkdir(parents=True, exist_ok=True)
     greeter = Path(sys.executable).parent / "greeter"
     environ = {**os.environ, "JOB_COMPLETION_INDEX": str(index), **pod_env}
@@ -498,13 +495,10 @@ def run_pod(
 
 
 def run_pods(
-    job: dict[str, Any], tmp: Path, secrets: dict[str, str], skip_start_at: bool
+    job: dict[str, Any], tmp: Path, secrets: dict[str, str]
 ) -> tuple[list[subprocess.Popen[str]], list[tuple[str, str]]]:
     """Every index's load container at once, each to its end (2 minutes at most)."""
-    pods = [
-        run_pod(job, i, tmp / f"pod-{i}", secrets, skip_start_at)
-        for i in range(job["spec"]["completions"])
-    ]
+    pods = [run_pod(job, i, tmp / f"pod-{i}", secrets) for i in range(job["spec"]["completions"])]
     try:
         return pods, [p.communicate(timeout=120) for p in pods]
     finally:
@@ -553,12 +547,7 @@ def test_the_rendered_pods_load_a_real_server(
     }
     job = job_of(render(values))
     secrets = {"load-token": "s3cret"}
-    skip_start_at = False
-    pods, outcomes = run_pods(job, tmp_path, secrets, skip_start_at)
-    if any(START_AT_MISSING in err for _, err in outcomes):
-        # This greeter has no --start-at yet: run the rest of the pod for real all the same.
-        skip_start_at = True
-        pods, outcomes = run_pods(job, tmp_path, secrets, skip_start_at)
+    pods, outcomes = run_pods(job, tmp_path, secrets)
     for pod, (out, err) in zip(pods, outcomes, strict=True):
         assert pod.returncode == 0, err
         assert out == "", "with -o the report goes to the file only"
@@ -574,11 +563,25 @@ def test_the_rendered_pods_load_a_real_server(
         assert report["count"] > 0
         assert report["errors"] == 0, report["status_codes"]
         assert report["ok"] == report["count"]
-    if skip_start_at:
-        pytest.skip(
-            "greeter load has no --start-at yet (issue 16, 'greeter load merge' and "
-            "'--start-at'): the pods ran without their common start; everything else passed"
-        )
+        assert report["options"]["start_at"] is not None
+        # Both began their clock at the rendered start time (a bound, not a benchmark).
+        began = dt.datetime.fromisoformat(report["started_at"])
+        assert abs((began - start).total_seconds()) < 1.0, report["started_at"]
+        (tmp_path / f"report-{index}.json").write_text(log)
+    # The docs' last step: the pods' logs merged, and gated, by `greeter load merge`.
+    greeter = Path(sys.executable).parent / "greeter"
+    merged = subprocess.run(
+        [str(greeter), "load", "merge", "-O", "json", "--max-error-rate", "1%",
+         str(tmp_path / "report-0.json"), str(tmp_path / "report-1.json")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert merged.returncode == 0, merged.stderr
+    whole = json.loads(merged.stdout)
+    parts = [json.loads((tmp_path / f"report-{i}.json").read_text()) for i in range(2)]
+    assert whole["merged_from"] == 2
+    assert whole["count"] == sum(p["count"] for p in parts)
+    assert whole["options"]["rps"] == 40
+    jsonschema.validate(whole, schema)
 
 
 # --- docs/load.md walks the run ---
