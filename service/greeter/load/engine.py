@@ -224,9 +224,19 @@ AUTO_H2 = True  # --engine auto picks h2 where it applies
 _perf = time.perf_counter
 
 
-def record(rec: Recorder, began: float, code: str, cluster: str, pod: str, details: str) -> None:
-    """One finished call: latency since ``began``, status, serving identity, error."""
-    now = _perf()
+def record(
+    rec: Recorder,
+    began: float,
+    code: str,
+    cluster: str,
+    pod: str,
+    details: str,
+    now: float | None = None,
+) -> None:
+    """One finished call: latency since ``began``, status, serving identity, error; it
+    ended ``now`` (default: this moment; a replay of recorded calls passes their end)."""
+    if now is None:
+        now = _perf()
     if now >= rec.timeline_edge:  # the only per-call cost of the timeline
         rec.roll_timeline(now)
     us = int((now - began) * 1e6)

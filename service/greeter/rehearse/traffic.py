@@ -24,7 +24,7 @@ import grpc
 
 from greeter.client import Target, identity_of, open_channel
 from greeter.load.config import LoadConfig
-from greeter.load.engine import UNKNOWN, Recorder
+from greeter.load.engine import UNKNOWN, Recorder, record
 from greeter.load.merge import Outcome as LoadOutcome
 from greeter.load.report import build_report
 
@@ -215,16 +215,7 @@ def load_report(traffic: Traffic, interval: float = TIMELINE_INTERVAL_S) -> dict
     rec = Recorder()
     rec.track(0.0, interval)
     for o in traffic.report.outcomes:  # sorted by ``at``
-        if o.at >= rec.timeline_edge:
-            rec.roll_timeline(o.at)
-        us = int((o.at - o.sent) * 1e6)
-        rec.hist.record(us)
-        rec.status[o.code] = rec.status.get(o.code, 0) + 1
-        backend = rec.backend(o.cluster or UNKNOWN, o.pod or UNKNOWN)
-        backend.hist.record(us)
-        if o.code != "OK":
-            backend.errors += 1
-            rec.error(o.code, o.details)
+        record(rec, o.sent, o.code, o.cluster or UNKNOWN, o.pod or UNKNOWN, o.details, now=o.at)
     rec.close_timeline()
     duration = max(traffic.report.duration, 1e-9)
     outcome = LoadOutcome(rec, traffic.started_at.timestamp(), duration, False)
