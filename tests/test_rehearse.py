@@ -605,6 +605,36 @@ def test_html_needs_a_scenario_and_a_file_it_can_write(
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+def test_outage_from_the_command_line_writes_json_and_the_page(tmp_path: Path) -> None:
+    """What a user types: the scenario through `greeter rehearse`, exit 0 when it passed, the
+    report alone on stdout with --json (the banner goes to stderr, so stdout can go to jq),
+    and the page written."""
+    require_tool("nginx", "apt-get install -y nginx-light")
+    page = tmp_path / "outage.html"
+    command = [sys.executable, "-m", "greeter", "rehearse", "--scenario", "outage"]
+    options = ["--port", "0", "--rps", "100", "--json", "--html", str(page)]
+    run = subprocess.run(
+        [*command, *options],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(run.stdout)
+    assert summary["scenario"] == "cluster-outage", summary
+    assert summary["failed"] <= scenarios.OUTAGE_MAX_FAILED, summary
+    assert summary["by_cluster"].get("cluster-b", 0) > 0, summary
+    assert re.search(r"^gateway: https://127\.0\.0\.1:\d+ ", run.stderr, re.M), run.stderr
+    assert f"greeter rehearse: wrote {page}" in run.stderr
+    shown = read_page(page.read_text())
+    assert shown.verdict["data-passed"] == "true"
+    labels = ["kill cluster-b", "restart cluster-b", "cluster-b back"]
+    for chart in ("timeline", "timeline by pod"):
+        assert [m["label"] for m in shown.markers[chart]] == labels, shown.markers[chart]
+
+
 # -- traffic policies: weights, header routing, active/standby -------------------------------
 def test_policy_config_weights_header_routing_and_standby(tmp_path: Path) -> None:
     a, b = ["unix:/a0.sock", "unix:/a1.sock"], ["unix:/b0.sock", "unix:/b1.sock"]

@@ -158,7 +158,7 @@ async def test_prometheus_in_the_rehearsal(
     )
     async with Rehearsal(config) as r:
         assert r.prometheus is not None
-        print_banner(r)
+        print_banner(r, sys.stdout)
         banner = capsys.readouterr().out
         assert re.search(r"^prometheus: http://127\.0\.0\.1:\d+$", banner, re.M), banner
         assert f"prometheus: {r.prometheus.url}\n" in banner

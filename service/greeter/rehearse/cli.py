@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from greeter.rehearse import policy, scenarios
 from greeter.rehearse.fleet import DEFAULT_PORT, Rehearsal, RehearsalConfig
@@ -131,40 +131,48 @@ def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
     )
 
 
-def print_banner(r: Rehearsal) -> None:
-    print(f"gateway: https://{r.address} (TLS for grpc.example.com, self-signed: {r.cert})")
+def print_banner(r: Rehearsal, out: TextIO) -> None:
+    """What runs where, and commands to try, on ``out`` (stderr when stdout is JSON)."""
+    print(
+        f"gateway: https://{r.address} (TLS for grpc.example.com, self-signed: {r.cert})", file=out
+    )
     for b in r.backends + r.canary:
-        print(f"  {b.cluster:<12} {b.pod:<24} {b.address}")
+        print(f"  {b.cluster:<12} {b.pod:<24} {b.address}", file=out)
     if r.config.backend_tls:
         names = ", ".join(sorted({b.server_name for b in r.backends + r.canary}))
         print(
             f"backends: TLS, certificates from the fleet CA {r.fleet_ca} for {names}; "
-            "nginx verifies them (grpc_pass grpcs://, grpc_ssl_verify on)"
+            "nginx verifies them (grpc_pass grpcs://, grpc_ssl_verify on)",
+            file=out,
         )
     c = r.config
     if c.weights:
         pods = ", ".join(f"{pod} weight={w}" for pod, w in r.pod_weights().items())
-        print(f"weights: {', '.join(f'{n}={w}%' for n, w in c.weights)} ({pods})")
+        print(f"weights: {', '.join(f'{n}={w}%' for n, w in c.weights)} ({pods})", file=out)
     if c.route_header:
-        print(f"route header: {c.route_header}: <cluster> sends a call to that cluster only")
+        print(
+            f"route header: {c.route_header}: <cluster> sends a call to that cluster only", file=out
+        )
     if c.standby:
-        print(f"standby: {', '.join(c.standby)} (nginx backup servers)")
+        print(f"standby: {', '.join(c.standby)} (nginx backup servers)", file=out)
     if r.prometheus is not None:
-        print(f"prometheus: {r.prometheus.url}")
+        print(f"prometheus: {r.prometheus.url}", file=out)
         print(
             "  scrapes every backend's /metrics each second (labels job, namespace, cluster, "
-            f"pod); the chart's alert rules live at {r.prometheus.url}/alerts"
+            f"pod); the chart's alert rules live at {r.prometheus.url}/alerts",
+            file=out,
         )
     if r.web_url:
         print(
             f"page: {r.web_url} (gRPC-Web through the gateway; self-signed certificate: "
-            "accept it in the browser, or trust the file above)"
+            "accept it in the browser, or trust the file above)",
+            file=out,
         )
-    print(f"work folder: {r.workdir} (nginx.conf, logs)")
-    print("try:")
+    print(f"work folder: {r.workdir} (nginx.conf, logs)", file=out)
+    print("try:", file=out)
     for command in r.commands():
-        print(f"  {command}")
-    print("Ctrl-C stops everything.", flush=True)
+        print(f"  {command}", file=out)
+    print("Ctrl-C stops everything.", file=out, flush=True)
 
 
 def print_report(summary: dict[str, Any], as_json: bool) -> None:
@@ -191,7 +199,8 @@ async def _main(args: argparse.Namespace, config: RehearsalConfig) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     async with rehearsal:
-        print_banner(rehearsal)
+        # With --json, stdout is the report alone (for jq and files); the banner goes to stderr.
+        print_banner(rehearsal, sys.stderr if args.json and args.scenario else sys.stdout)
         if args.scenario is None:
             await stop.wait()
             return EXIT_OK
