@@ -8,10 +8,13 @@ import sys
 from greeter.load.report import EXIT_CONNECT
 
 
-def load_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``greeter load ARGS`` in a child process, its output captured."""
+def load_cli(
+    *args: str, timeout: float = 60, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``greeter load ARGS`` in a child process (given ``stdin``), its output captured."""
     return subprocess.run(
         [sys.executable, "-m", "greeter", "load", *args],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -277,8 +277,15 @@ def test_mismatched_reports_are_refused(spawn_server: Spawn, tmp_path: Path) -> 
             assert word in result.stderr, (word, result.stderr)
         assert result.stdout == ""
         assert "Traceback" not in result.stderr
-    # The same report twice is two runs' worth of calls (nothing refuses it).
-    assert merged_json(str(base), str(base))["count"] == 2 * report["count"]
+    # The same report twice (by two names, or twice on stdin) would count its calls twice.
+    copy = tmp_path / "copy.json"
+    copy.write_text(json.dumps(report, indent=1))  # another layout, the same report
+    for args, stdin in (([str(base), str(copy)], None), (["-"], base.read_text() * 2)):
+        result = load_cli("merge", *args, stdin=stdin)
+        assert result.returncode == EXIT_BAD_ARGS, result.stderr
+        assert "the same report as" in result.stderr
+        assert "each run counts once" in result.stderr
+        assert result.stdout == ""
 
 
 @pytest.mark.parametrize(

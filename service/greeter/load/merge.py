@@ -171,7 +171,14 @@ def check(docs: Sequence[tuple[str, dict[str, Any]]]) -> None:
         raise MergeError("no report to merge")
     first_name = docs[0][0]
     expected: dict[str, Any] = {}
+    seen: dict[str, str] = {}  # each document's canonical text: the name it came as
     for name, doc in docs:
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        twin = seen.setdefault(text, name)
+        if twin != name:
+            raise MergeError(
+                f"{name} is the same report as {twin} (given twice?): each run counts once"
+            )
         schema = doc.get("schema")
         if schema != SCHEMA_ID:
             raise MergeError(
