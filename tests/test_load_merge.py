@@ -280,7 +280,12 @@ def test_mismatched_reports_are_refused(spawn_server: Spawn, tmp_path: Path) -> 
     # The same report twice (by two names, or twice on stdin) would count its calls twice.
     copy = tmp_path / "copy.json"
     copy.write_text(json.dumps(report, indent=1))  # another layout, the same report
-    for args, stdin in (([str(base), str(copy)], None), (["-"], base.read_text() * 2)):
+    twice = (
+        ([str(base), str(copy)], None),
+        ([str(base), str(base)], None),
+        (["-"], base.read_text() * 2),
+    )
+    for args, stdin in twice:
         result = load_cli("merge", *args, stdin=stdin)
         assert result.returncode == EXIT_BAD_ARGS, result.stderr
         assert "the same report as" in result.stderr

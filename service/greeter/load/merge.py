@@ -19,6 +19,7 @@ target, call, schema or histogram layout, or another timeline interval.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import math
 import sys
@@ -171,14 +172,15 @@ def check(docs: Sequence[tuple[str, dict[str, Any]]]) -> None:
         raise MergeError("no report to merge")
     first_name = docs[0][0]
     expected: dict[str, Any] = {}
-    seen: dict[str, str] = {}  # each document's canonical text: the name it came as
+    seen: dict[bytes, str] = {}  # each document's digest: the name it came as
     for name, doc in docs:
         text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
-        twin = seen.setdefault(text, name)
-        if twin != name:
+        digest = hashlib.sha256(text.encode()).digest()
+        if digest in seen:
             raise MergeError(
-                f"{name} is the same report as {twin} (given twice?): each run counts once"
+                f"{name} is the same report as {seen[digest]} (given twice?): each run counts once"
             )
+        seen[digest] = name
         schema = doc.get("schema")
         if schema != SCHEMA_ID:
             raise MergeError(
