@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from greeter.rehearse import policy, scenarios
-from greeter.rehearse.fleet import DEFAULT_PORT, Rehearsal, RehearsalConfig
+from greeter.rehearse.envoy import EnvoyError, HealthCheck, find_envoy
+from greeter.rehearse.fleet import DEFAULT_PORT, GATEWAYS, Rehearsal, RehearsalConfig
 from greeter.rehearse.nginx import NginxError
 from greeter.rehearse.prometheus import PrometheusError
 from greeter.rehearse.report import report_lines, to_html
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_LOSS = 1  # a scenario lost more calls than it may
 EXIT_BAD_ARGS = 2
-EXIT_STARTUP = 3  # nginx (or prometheus) missing or rejected, a backend would not start
+EXIT_STARTUP = 3  # nginx (or prometheus) missing, a gateway rejected, a backend would not start
 SCENARIOS = ("drain", "outage", "failover")
 
 
@@ -43,13 +44,68 @@ def register(subparsers: Any) -> None:
     )
     p.exit_code = EXIT_BAD_ARGS
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="gateway port (0: any free)")
+    p.add_argument(
+        "--gateway",
+        choices=GATEWAYS,
+        default="nginx",
+        help="the gateway: nginx (ingress-nginx's engine) or envoy (the engine of Emissary, "
+        "Envoy Gateway, Istio: active gRPC health checks see the drain; pip install "
+        "'greeter[envoy]')",
+    )
     p.add_argument("--pods", type=int, default=2, help="backends per cluster")
     p.add_argument("--clusters", default="cluster-a,cluster-b", help="comma-separated names")
     p.add_argument("--no-canary", action="store_true", help="no canary backend")
-    p.add_argument("--drain-delay", type=float, default=3.0, help="backends' drain delay, s")
+    p.add_argument(
+        "--drain-delay",
+        type=float,
+        default=None,
+        help="backends' drain delay, s (nginx: 3; envoy: health-check detection + margin, 4 "
+        "with the default checks)",
+    )
     p.add_argument("--grace-period", type=float, default=10.0, help="backends' stop grace, s")
     p.add_argument("--auth-token", action="append", default=[], help="enable auth with this token")
-    p.add_argument("--fail-timeout", type=float, default=2.0, help="nginx fail_timeout, s")
+    p.add_argument(
+        "--fail-timeout",
+        type=float,
+        default=2.0,
+        help="nginx fail_timeout / Envoy outlier ejection time, s",
+    )
+    hc = HealthCheck()
+    p.add_argument(
+        "--hc-interval",
+        type=float,
+        default=hc.interval,
+        help="envoy: seconds between gRPC health checks (the chart's "
+        "albIngress.healthCheck.intervalSeconds)",
+    )
+    p.add_argument(
+        "--hc-timeout",
+        type=float,
+        default=hc.timeout,
+        help="envoy: time limit of one health check, s (albIngress.healthCheck.timeoutSeconds)",
+    )
+    p.add_argument(
+        "--hc-unhealthy-threshold",
+        type=int,
+        default=hc.unhealthy_threshold,
+        help="envoy: failed checks in a row that take a pod out "
+        "(albIngress.healthCheck.unhealthyThreshold)",
+    )
+    p.add_argument(
+        "--hc-healthy-threshold",
+        type=int,
+        default=hc.healthy_threshold,
+        help="envoy: passed checks in a row that put a pod back "
+        "(albIngress.healthCheck.healthyThreshold)",
+    )
+    p.add_argument(
+        "--gateway-delay",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="envoy: a fixed delay the gateway adds to every call, ms (its fault filter), to "
+        "see it in greeter load's outside-the-server latency",
+    )
     p.add_argument(
         "--connect-timeout", type=float, default=1.0, help="nginx grpc_connect_timeout, s"
     )
@@ -96,6 +152,14 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, conf)")
     p.add_argument("--nginx", default="", help="nginx binary (default: found on PATH)")
+    p.add_argument("--envoy", default="", help="envoy binary (default: found on PATH)")
+    p.add_argument(
+        "--no-retries",
+        dest="retries",
+        action="store_false",
+        help="envoy: no retries of calls that never reached a pod (Emissary's and Envoy "
+        "Gateway's default), so only the health checks keep a drain lossless",
+    )
     p.add_argument(
         "--no-web",
         dest="web",
@@ -112,6 +176,7 @@ def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
         standby = clusters[-1:]
     return RehearsalConfig(
         port=args.port,
+        gateway=args.gateway,
         clusters=clusters,
         pods_per_cluster=args.pods,
         canary=not args.no_canary,
@@ -123,6 +188,15 @@ def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
         backend_tls=args.backend_tls,
         keep_workdir=args.keep,
         nginx=args.nginx,
+        envoy=args.envoy,
+        health_check=HealthCheck(
+            interval=args.hc_interval,
+            timeout=args.hc_timeout,
+            unhealthy_threshold=args.hc_unhealthy_threshold,
+            healthy_threshold=args.hc_healthy_threshold,
+        ),
+        gateway_delay_ms=args.gateway_delay,
+        gateway_retries=args.retries,
         weights=tuple(policy.parse_weights(args.weights).items()) if args.weights else (),
         route_header=args.route_header,
         standby=standby,
@@ -133,19 +207,44 @@ def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
 
 def print_banner(r: Rehearsal, out: TextIO) -> None:
     """What runs where, and commands to try, on ``out`` (stderr when stdout is JSON)."""
+    c = r.config
     print(
-        f"gateway: https://{r.address} (TLS for grpc.example.com, self-signed: {r.cert})", file=out
+        f"gateway: {c.gateway} https://{r.address} (TLS for grpc.example.com, self-signed: "
+        f"{r.cert})",
+        file=out,
     )
+    envoy = r.envoy
+    if envoy is not None:
+        hc = c.health_check
+        print(f"  config: {envoy.conf}", file=out)
+        print(f"  admin:  {envoy.admin_url} (/clusters, /stats)", file=out)
+        print(
+            f"  health checks: grpc.health.v1 every {hc.interval:g}s, timeout {hc.timeout:g}s, "
+            f"{hc.unhealthy_threshold} failed out, {hc.healthy_threshold} passed back: a "
+            f"draining pod gets no new call {hc.detection_s:g}s after SIGTERM at the latest",
+            file=out,
+        )
+        if c.drain < hc.min_drain_delay:
+            print(
+                f"  WARNING: drain delay {c.drain:g}s < {hc.detection_s:g}s detection + "
+                f"{hc.margin:g}s margin: a drain will lose calls",
+                file=out,
+            )
+        if not c.gateway_retries:
+            print("  retries: none (health checks alone take draining pods out)", file=out)
+        if c.gateway_delay_ms:
+            print(
+                f"  delay: {c.gateway_delay_ms:g} ms added to every call (fault filter)", file=out
+            )
     for b in r.backends + r.canary:
         print(f"  {b.cluster:<12} {b.pod:<24} {b.address}", file=out)
     if r.config.backend_tls:
         names = ", ".join(sorted({b.server_name for b in r.backends + r.canary}))
         print(
             f"backends: TLS, certificates from the fleet CA {r.fleet_ca} for {names}; "
-            "nginx verifies them (grpc_pass grpcs://, grpc_ssl_verify on)",
+            "the gateway verifies them (ALPN h2, SNI the Service's name)",
             file=out,
         )
-    c = r.config
     if c.weights:
         pods = ", ".join(f"{pod} weight={w}" for pod, w in r.pod_weights().items())
         print(f"weights: {', '.join(f'{n}={w}%' for n, w in c.weights)} ({pods})", file=out)
@@ -154,7 +253,8 @@ def print_banner(r: Rehearsal, out: TextIO) -> None:
             f"route header: {c.route_header}: <cluster> sends a call to that cluster only", file=out
         )
     if c.standby:
-        print(f"standby: {', '.join(c.standby)} (nginx backup servers)", file=out)
+        how = "priority 1" if c.gateway == "envoy" else "nginx backup servers"
+        print(f"standby: {', '.join(c.standby)} ({how})", file=out)
     if r.prometheus is not None:
         print(f"prometheus: {r.prometheus.url}", file=out)
         print(
@@ -168,7 +268,7 @@ def print_banner(r: Rehearsal, out: TextIO) -> None:
             "accept it in the browser, or trust the file above)",
             file=out,
         )
-    print(f"work folder: {r.workdir} (nginx.conf, logs)", file=out)
+    print(f"work folder: {r.workdir} ({c.gateway} configuration and logs)", file=out)
     print("try:", file=out)
     for command in r.commands():
         print(f"  {command}", file=out)
@@ -250,13 +350,15 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
     try:
         check_html_path(args)
         config = config_from_args(args)
-    except ValueError as exc:
+        if config.gateway == "envoy":
+            find_envoy(config.envoy)  # a missing gateway is a usage error: say how to get it
+    except (ValueError, EnvoyError) as exc:
         print(f"greeter rehearse: {exc}", file=sys.stderr)
         return EXIT_BAD_ARGS
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return asyncio.run(_main(args, config))
-    except (NginxError, PrometheusError) as exc:
+    except (NginxError, EnvoyError, PrometheusError) as exc:
         print(f"greeter rehearse: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     except RuntimeError as exc:  # a backend would not start

