@@ -8,7 +8,8 @@ checks** see it draining, as an ALB multi-cluster gateway does:
   HTTP/2 and HTTP/1.1 by ALPN; other host names get a 404 (gRPC ``UNIMPLEMENTED``);
 - one Envoy cluster ``fleet`` over every member cluster's pods, each member cluster a
   *locality* (its share with ``--weights``: locality weights), a standby cluster's pods at
-  *priority 1* (``--standby``: used only while no priority-0 pod is healthy);
+  *priority 1* (``--standby``: they take the calls priority 0 cannot, all of them once no
+  priority-0 pod is healthy, a share of them while fewer than 1/1.4 of its pods are);
 - upstream HTTP/2 with keep-alive, as Envoy always runs it: one connection per pod per worker;
 - active gRPC health checks (``grpc.health.v1.Health/Check``; ``NOT_SERVING`` is unhealthy)
   timed like the chart's ALB health checks (:class:`HealthCheck`), with ``no_traffic_interval``
@@ -83,10 +84,6 @@ ALLOWED_HEADERS = (
     "x-greeter-stream-count",
     CANARY_HEADER,
 )
-# Priority 0 keeps every call while any of its pods is healthy: a standby (priority 1) takes
-# calls only when no active pod can, as nginx's backup servers do. Envoy's default (140, that
-# is 1.4) would spill part of the traffic to the standby as soon as one active pod is down.
-OVERPROVISIONING_FACTOR = 1_000_000
 
 
 class EnvoyError(RuntimeError):
@@ -265,8 +262,9 @@ def _grpc_cluster(
         },
         "load_assignment": {
             "cluster_name": name,
+            # Envoy's default overprovisioning factor (1.4): priority 0 keeps every call
+            # while at least 1/1.4 of its pods are healthy, and spills the rest to priority 1.
             "endpoints": localities,
-            "policy": {"overprovisioning_factor": OVERPROVISIONING_FACTOR},
         },
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
