@@ -130,6 +130,25 @@ drainDelay + gracePeriod + terminationMargin, rounded up.
 {{- end }}
 
 {{/*
+Refuse health-check timing that would miss the drain. Every gateway that takes a draining pod
+out through its own active health checks (ALB, Emissary's Envoy) is timed from
+albIngress.healthCheck: a pod that starts failing its checks is marked unhealthy at the latest
+intervalSeconds x unhealthyThreshold + timeoutSeconds later, and marginSeconds of
+server.drainDelay must remain after that for calls routed just before. Called with
+(list $root "<setting that turned the checks on>" "<gateway>"); renders nothing.
+*/}}
+{{- define "greeter.checkHealthCheckTiming" -}}
+{{- $root := index . 0 }}
+{{- $setting := index . 1 }}
+{{- $gateway := index . 2 }}
+{{- $hc := $root.Values.albIngress.healthCheck }}
+{{- $seen := add (mul $hc.intervalSeconds $hc.unhealthyThreshold) $hc.timeoutSeconds }}
+{{- if gt (addf $seen $hc.marginSeconds) (float64 $root.Values.server.drainDelay) }}
+{{- fail (printf "%s: %s would mark a draining pod unhealthy only after albIngress.healthCheck.intervalSeconds x unhealthyThreshold + timeoutSeconds = %d x %d + %d = %d s, which with marginSeconds %v does not fit in server.drainDelay %v s: lower the interval or the threshold, or raise server.drainDelay" $setting $gateway (int $hc.intervalSeconds) (int $hc.unhealthyThreshold) (int $hc.timeoutSeconds) (int $seen) $hc.marginSeconds $root.Values.server.drainDelay) }}
+{{- end }}
+{{- end }}
+
+{{/*
 Name of the Secret holding the auth tokens file.
 */}}
 {{- define "greeter.authSecretName" -}}
