@@ -149,6 +149,24 @@ server.drainDelay must remain after that for calls routed just before. Called wi
 {{- end }}
 
 {{/*
+The KubernetesEndpointResolver the gRPC Mapping uses with emissary.healthChecks.enabled: the
+chart's own (<fullname>-endpoint, kubernetesendpointresolver.yaml) or
+emissary.endpointResolver.name, exactly one of them.
+*/}}
+{{- define "greeter.emissaryResolver" -}}
+{{- $r := .Values.emissary.endpointResolver }}
+{{- if and $r.enabled $r.name }}
+{{- fail (printf "emissary.endpointResolver: set either enabled (the chart renders a KubernetesEndpointResolver) or name (the existing resolver %q), not both" $r.name) }}
+{{- else if $r.enabled }}
+{{- printf "%s-endpoint" (include "greeter.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- else if $r.name }}
+{{- $r.name }}
+{{- else }}
+{{- fail "emissary.healthChecks.enabled needs an endpoint resolver: Emissary ignores health_checks on a Mapping that is not resolved through a KubernetesEndpointResolver. Set emissary.endpointResolver.enabled (the chart renders one) or emissary.endpointResolver.name (an existing one, e.g. endpoint)" }}
+{{- end }}
+{{- end }}
+
+{{/*
 Name of the Secret holding the auth tokens file.
 */}}
 {{- define "greeter.authSecretName" -}}
