@@ -222,6 +222,10 @@ PROJECT_SCHEMAS = {
     ("alibabacloud.com/v1", "AlbConfig"): "albconfig.schema.json",
     ("getambassador.io/v3alpha1", "Mapping"): "emissary-mapping.schema.json",
     ("getambassador.io/v3alpha1", "TLSContext"): "emissary-tlscontext.schema.json",
+    (
+        "getambassador.io/v3alpha1",
+        "KubernetesEndpointResolver",
+    ): "emissary-kubernetesendpointresolver.schema.json",
 }
 
 

@@ -76,6 +76,10 @@ def test_helm_lint_strict(values: Path | None, tmp_path: Path) -> None:
         ("server.logLevel=verbose", "logLevel"),
         ("fault.status=BROKEN", "status"),
         ("server.drainDelay=-1", "drainDelay"),
+        ("emissary.healthChecks.loadBalancerPolicy=random", "loadBalancerPolicy"),
+        ("emissary.healthChecks.intervalSeconds=1", "additional properties 'intervalSeconds'"),
+        ("emissary.endpointResolver.name=Not_A_Name", "name"),
+        ("emissary.endpointResolver.enable=true", "additional properties 'enable'"),
     ],
 )
 def test_values_schema_rejects_typos_and_bad_values(
@@ -314,6 +318,8 @@ FEATURES = {
     "nginxingress": ("Ingress",),
     "grpcroute": ("GRPCRoute",),
     "emissary": ("Mapping", "TLSContext"),
+    # emissary.healthChecks: tests/test_chart_emissary.py.
+    "emissary-healthchecks": ("KubernetesEndpointResolver",),
     # web.enabled adds ports and routes to other features' objects: tests/test_chart_web.py.
     "web": (),
 }

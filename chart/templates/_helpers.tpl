@@ -130,6 +130,43 @@ drainDelay + gracePeriod + terminationMargin, rounded up.
 {{- end }}
 
 {{/*
+Refuse health-check timing that would miss the drain. Every gateway that takes a draining pod
+out through its own active health checks (ALB, Emissary's Envoy) is timed from
+albIngress.healthCheck: a pod that starts failing its checks is marked unhealthy at the latest
+intervalSeconds x unhealthyThreshold + timeoutSeconds later, and marginSeconds of
+server.drainDelay must remain after that for calls routed just before. Called with
+(list $root "<setting that turned the checks on>" "<gateway>"); renders nothing.
+*/}}
+{{- define "greeter.checkHealthCheckTiming" -}}
+{{- $root := index . 0 }}
+{{- $setting := index . 1 }}
+{{- $gateway := index . 2 }}
+{{- $hc := $root.Values.albIngress.healthCheck }}
+{{- $seen := add (mul $hc.intervalSeconds $hc.unhealthyThreshold) $hc.timeoutSeconds }}
+{{- if gt (addf $seen $hc.marginSeconds) (float64 $root.Values.server.drainDelay) }}
+{{- fail (printf "%s: %s would mark a draining pod unhealthy only after albIngress.healthCheck.intervalSeconds x unhealthyThreshold + timeoutSeconds = %d x %d + %d = %d s, which with marginSeconds %v does not fit in server.drainDelay %v s: lower the interval or the threshold, or raise server.drainDelay" $setting $gateway (int $hc.intervalSeconds) (int $hc.unhealthyThreshold) (int $hc.timeoutSeconds) (int $seen) $hc.marginSeconds $root.Values.server.drainDelay) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The KubernetesEndpointResolver the gRPC Mapping uses with emissary.healthChecks.enabled: the
+chart's own (<fullname>-endpoint, kubernetesendpointresolver.yaml) or
+emissary.endpointResolver.name, exactly one of them.
+*/}}
+{{- define "greeter.emissaryResolver" -}}
+{{- $r := .Values.emissary.endpointResolver }}
+{{- if and $r.enabled $r.name }}
+{{- fail (printf "emissary.endpointResolver: set either enabled (the chart renders a KubernetesEndpointResolver) or name (the existing resolver %q), not both" $r.name) }}
+{{- else if $r.enabled }}
+{{- printf "%s-endpoint" (include "greeter.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- else if $r.name }}
+{{- $r.name }}
+{{- else }}
+{{- fail "emissary.healthChecks.enabled needs an endpoint resolver: Emissary ignores health_checks on a Mapping that is not resolved through a KubernetesEndpointResolver. Set emissary.endpointResolver.enabled (the chart renders one) or emissary.endpointResolver.name (an existing one, e.g. endpoint)" }}
+{{- end }}
+{{- end }}
+
+{{/*
 Name of the Secret holding the auth tokens file.
 */}}
 {{- define "greeter.authSecretName" -}}
