@@ -26,8 +26,9 @@ checks** see it draining, as an ALB multi-cluster gateway does:
 - TLS origination to the pods (``--backend-tls``): ALPN ``h2``, SNI the Service's name, the
   certificate verified against the fleet CA and that name, as Emissary's origination
   ``TLSContext`` or a ``BackendTLSPolicy`` configure it;
-- optionally a fixed delay in the gateway only (the ``fault`` filter), to show where latency
-  goes.
+- a delay in the gateway only (the ``fault`` filter), to show where latency goes: a call
+  that carries ``x-envoy-fault-delay-request: MS`` is held that long, and ``--gateway-delay``
+  holds every call.
 
 The configuration is written to the run's folder as YAML (``envoy/envoy.yaml``) and Envoy's
 admin API listens on 127.0.0.1 (``/clusters``, ``/stats``): the per-pod counters there are what
@@ -447,19 +448,22 @@ def _http_filters(g: EnvoyGateway) -> list[dict[str, Any]]:
             "typed_config": _typed("envoy.extensions.filters.http.cors.v3.Cors"),
         },
     ]
-    if g.delay_ms > 0:
-        filters.append(
+    # A call may ask the gateway to hold it: `-m x-envoy-fault-delay-request:50` (ms).
+    delays = [{"header_delay": {}, "percentage": {"numerator": 100, "denominator": "HUNDRED"}}]
+    if g.delay_ms > 0:  # --gateway-delay: every call
+        delays.append(
             {
-                "name": "envoy.filters.http.fault",
-                "typed_config": _typed(
-                    "envoy.extensions.filters.http.fault.v3.HTTPFault",
-                    delay={
-                        "fixed_delay": _duration(g.delay_ms / 1000),
-                        "percentage": {"numerator": 100, "denominator": "HUNDRED"},
-                    },
-                ),
+                "fixed_delay": _duration(g.delay_ms / 1000),
+                "percentage": {"numerator": 100, "denominator": "HUNDRED"},
             }
         )
+    filters += [
+        {
+            "name": "envoy.filters.http.fault",
+            "typed_config": _typed("envoy.extensions.filters.http.fault.v3.HTTPFault", delay=d),
+        }
+        for d in delays
+    ]
     filters.append(
         {
             "name": "envoy.filters.http.router",
