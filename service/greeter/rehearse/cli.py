@@ -209,7 +209,7 @@ def print_banner(r: Rehearsal, out: TextIO) -> None:
     """What runs where, and commands to try, on ``out`` (stderr when stdout is JSON)."""
     c = r.config
     print(
-        f"gateway: {c.gateway} https://{r.address} (TLS for grpc.example.com, self-signed: "
+        f"gateway: https://{r.address} ({c.gateway}; TLS for grpc.example.com, self-signed: "
         f"{r.cert})",
         file=out,
     )
