@@ -93,9 +93,19 @@ def _window(d: dict[str, Any]) -> list[str]:
     merged = d.get("merged_from", 1)
     if merged > 1:
         lines.append(f"  Merged:\t{merged} runs, {d['started_at']} to {d['ended_at']}")
+        if "starts_apart_s" in d:
+            lines.append(f"  Starts:\t{d['starts_apart_s']:.3f} s apart (first run to last)")
     lag = d.get("start_lag_s")
-    if lag is not None:
-        lines.append(f"  Started:\t{d['started_at']} (--start-at; {max(lag, 0.0):.3f} s late)")
+    if lag is None:
+        return lines
+    late = f"{max(lag, 0.0):.3f} s late"
+    if merged > 1 and d["options"].get("start_at") is None:
+        how = "the runs had different --start-at times; +30s counts from each run's launch"
+    elif merged > 1:
+        how = f"--start-at; the latest run {late}"
+    else:
+        how = f"--start-at; {late}"
+    lines.append(f"  Started:\t{d['started_at']} ({how})")
     return lines
 
 

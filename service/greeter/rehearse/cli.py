@@ -28,6 +28,18 @@ EXIT_STARTUP = 3  # nginx (or prometheus) missing or rejected, a backend would n
 SCENARIOS = ("drain", "outage", "failover")
 
 
+EPILOG = """examples:
+  greeter rehearse                                  (a fleet to try; Ctrl-C stops it)
+  greeter rehearse --weights cluster-a=80,cluster-b=20 --route-header x-cluster
+  greeter rehearse --scenario drain
+  greeter rehearse --scenario outage --rps 100 --html outage.html
+  greeter rehearse --scenario failover --json > failover.json
+
+exit codes: 0 ok (a scenario passed); 1 a scenario lost more calls than allowed; 2 bad
+arguments; 3 nginx or prometheus missing or refused, or a backend would not start;
+130 interrupted. See docs/rehearsal.md."""
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "rehearse",
@@ -35,73 +47,134 @@ def register(subparsers: Any) -> None:
         description="Start two clusters of Greeter backends, a canary and an nginx gateway "
         "(TLS for grpc.example.com, HTTP/2, grpc_pass), print how to reach them and wait for "
         "Ctrl-C; or, with --scenario, run a rolling drain, a cluster outage or an "
-        "active/standby failover under traffic and report every failed call. --weights, "
+        "active/standby failover under traffic, report every failed call and exit. --weights, "
         "--route-header and --standby set the fleet's traffic policies. With --backend-tls "
         "the backends serve TLS with certificates from a fleet CA and nginx verifies them "
         "(grpc_pass grpcs://). "
         "Needs nginx (apt-get install -y nginx-light).",
+        epilog=EPILOG,
     )
     p.exit_code = EXIT_BAD_ARGS
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="gateway port (0: any free)")
-    p.add_argument("--pods", type=int, default=2, help="backends per cluster")
-    p.add_argument("--clusters", default="cluster-a,cluster-b", help="comma-separated names")
-    p.add_argument("--no-canary", action="store_true", help="no canary backend")
-    p.add_argument("--drain-delay", type=float, default=3.0, help="backends' drain delay, s")
-    p.add_argument("--grace-period", type=float, default=10.0, help="backends' stop grace, s")
-    p.add_argument("--auth-token", action="append", default=[], help="enable auth with this token")
-    p.add_argument("--fail-timeout", type=float, default=2.0, help="nginx fail_timeout, s")
-    p.add_argument(
-        "--connect-timeout", type=float, default=1.0, help="nginx grpc_connect_timeout, s"
+    fleet = p.add_argument_group("fleet")
+    fleet.add_argument("--pods", type=int, default=2, metavar="N", help="backends per cluster")
+    fleet.add_argument(
+        "--clusters",
+        default="cluster-a,cluster-b",
+        metavar="NAMES",
+        help="comma-separated cluster names",
     )
-    p.add_argument(
+    fleet.add_argument("--no-canary", action="store_true", help="no canary backend")
+    fleet.add_argument(
+        "--drain-delay",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="the backends' drain delay",
+    )
+    fleet.add_argument(
+        "--grace-period",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="the backends' stop grace",
+    )
+    fleet.add_argument(
+        "--auth-token",
+        action="append",
+        default=[],
+        metavar="TOKEN",
+        help="enable auth on the backends with this token (repeatable; default: no auth)",
+    )
+    fleet.add_argument(
         "--backend-tls",
         action="store_true",
         help="TLS from nginx to the backends, verified against a fleet CA (the chart's "
         "tls.enabled behind a gateway that originates TLS)",
     )
-    p.add_argument(
-        "--weights",
-        default="",
-        help="each cluster's percent of the calls, e.g. cluster-a=80,cluster-b=20 (nginx "
-        "weight= spread over each cluster's pods)",
-    )
-    p.add_argument(
-        "--route-header",
-        default="",
-        help="calls with this header naming a cluster (NAME: cluster-b) go to that cluster only",
-    )
-    p.add_argument(
-        "--standby",
-        action="append",
-        default=[],
-        help="a standby cluster (nginx backup servers): calls only while no active backend "
-        "can take them (--scenario failover: the last cluster unless given)",
-    )
-    p.add_argument(
-        "--prometheus",
-        action="store_true",
-        help="also run Prometheus (apt-get install -y prometheus) on 127.0.0.1, scraping every "
-        "backend each second and evaluating the chart's alert rules",
-    )
-    p.add_argument("--scenario", choices=SCENARIOS, help="run this scenario, report, and exit")
-    p.add_argument("--rps", type=float, default=250.0, help="scenario traffic rate")
-    p.add_argument("--max-failed", type=int, default=None, help="failed calls allowed (drain: 0)")
-    p.add_argument("--json", action="store_true", help="scenario report as JSON")
-    p.add_argument(
-        "--html",
-        default="",
-        metavar="FILE",
-        help="also write the scenario's report as an HTML page: the traffic over time by "
-        "cluster and by pod, errors marked, the scenario's events drawn on it",
-    )
-    p.add_argument("--keep", action="store_true", help="keep the work folder (logs, conf)")
-    p.add_argument("--nginx", default="", help="nginx binary (default: found on PATH)")
-    p.add_argument(
+    fleet.add_argument(
         "--no-web",
         dest="web",
         action="store_false",
         help="no gRPC-Web ports on the backends, no /web/ page on the gateway",
     )
+    gateway = p.add_argument_group("gateway")
+    gateway.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="gateway port (0: any free one)"
+    )
+    gateway.add_argument(
+        "--fail-timeout",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="nginx fail_timeout: how long a failed backend is left out",
+    )
+    gateway.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="nginx grpc_connect_timeout",
+    )
+    gateway.add_argument(
+        "--nginx", default="", metavar="PATH", help="nginx binary (default: nginx on PATH)"
+    )
+    routing = p.add_argument_group("traffic policy")
+    routing.add_argument(
+        "--weights",
+        default="",
+        metavar="NAME=PCT,...",
+        help="each cluster's percent of the calls, e.g. cluster-a=80,cluster-b=20 (nginx "
+        "weight= spread over each cluster's pods; default: even)",
+    )
+    routing.add_argument(
+        "--route-header",
+        default="",
+        metavar="HEADER",
+        help="calls with this header naming a cluster (HEADER: cluster-b) go to that cluster "
+        "only (default: none)",
+    )
+    routing.add_argument(
+        "--standby",
+        action="append",
+        default=[],
+        metavar="CLUSTER",
+        help="a standby cluster (nginx backup servers): calls only while no active backend "
+        "can take them (default: none; --scenario failover: the last cluster)",
+    )
+    scenario = p.add_argument_group("scenario")
+    scenario.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        help="run this scenario under traffic, report, and exit (default: none, keep the "
+        "fleet up until Ctrl-C)",
+    )
+    scenario.add_argument(
+        "--rps", type=float, default=250.0, metavar="N", help="the scenario's calls per second"
+    )
+    allowed = ", ".join(f"{name} {scenarios.allowed_failures(name)}" for name in SCENARIOS)
+    scenario.add_argument(
+        "--max-failed",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"failed calls the scenario may have (default: {allowed})",
+    )
+    scenario.add_argument("--json", action="store_true", help="print the scenario's report as JSON")
+    scenario.add_argument(
+        "--html",
+        default="",
+        metavar="FILE",
+        help="also write the scenario's report as an HTML page: the traffic over time by "
+        "cluster and by pod, errors marked, the scenario's events drawn on it (default: none)",
+    )
+    other = p.add_argument_group("other")
+    other.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="also run Prometheus (apt-get install -y prometheus) on 127.0.0.1, scraping every "
+        "backend each second and evaluating the chart's alert rules",
+    )
+    other.add_argument("--keep", action="store_true", help="keep the work folder (logs, conf)")
     p.set_defaults(func=cmd_rehearse)
 
 
