@@ -204,8 +204,9 @@ def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
     )
 
 
-def print_banner(r: Rehearsal, out: TextIO) -> None:
-    """What runs where, and commands to try, on ``out`` (stderr when stdout is JSON)."""
+def print_banner(r: Rehearsal, out: TextIO, scenario: str | None = None) -> None:
+    """What runs where, on ``out`` (stderr when stdout is JSON); then commands to try and
+    how to stop, or, with a ``scenario``, that it ends by itself."""
     print(
         f"gateway: https://{r.address} (TLS for grpc.example.com, self-signed: {r.cert})", file=out
     )
@@ -242,17 +243,25 @@ def print_banner(r: Rehearsal, out: TextIO) -> None:
             file=out,
         )
     print(f"work folder: {r.workdir} (nginx.conf, logs)", file=out)
+    if scenario is not None:
+        print(
+            f"scenario: {scenario}; it ends by itself and prints its report "
+            "(Ctrl-C stops it early)",
+            file=out,
+            flush=True,
+        )
+        return
     print("try:", file=out)
     for command in r.commands():
         print(f"  {command}", file=out)
     print("Ctrl-C stops everything.", file=out, flush=True)
 
 
-def print_report(summary: dict[str, Any], as_json: bool) -> None:
+def print_report(summary: dict[str, Any], as_json: bool, allowed: int | None = None) -> None:
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    print("\n".join(report_lines(summary)))
+    print("\n".join(report_lines(summary, allowed)))
 
 
 async def _main(args: argparse.Namespace, config: RehearsalConfig) -> int:
@@ -273,7 +282,8 @@ async def _main(args: argparse.Namespace, config: RehearsalConfig) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     async with rehearsal:
         # With --json, stdout is the report alone (for jq and files); the banner goes to stderr.
-        print_banner(rehearsal, sys.stderr if args.json and args.scenario else sys.stdout)
+        out = sys.stderr if args.json and args.scenario else sys.stdout
+        print_banner(rehearsal, out, args.scenario)
         if args.scenario is None:
             await stop.wait()
             return EXIT_OK
@@ -295,7 +305,7 @@ async def _main(args: argparse.Namespace, config: RehearsalConfig) -> int:
             return 130
         result = task.result()
         summary = result.summary()
-        print_report(summary, args.json)
+        print_report(summary, args.json, allowed)
         if args.html:
             await asyncio.to_thread(Path(args.html).write_text, to_html(result, allowed))
             print(f"greeter rehearse: wrote {args.html}", file=sys.stderr)
