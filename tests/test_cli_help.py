@@ -128,7 +128,7 @@ def test_help_ends_with_examples(helps: dict[str, str]) -> None:
         assert "examples:\n  greeter " in text, f"{command} has no examples"
 
 
-def test_load_flags_are_grouped_by_purpose(helps: dict[str, str]) -> None:
+def test_flags_are_grouped_by_purpose(helps: dict[str, str]) -> None:
     text = helps["greeter load"]
     groups = re.findall(r"^(\w[\w ]*):$", text, re.M)
     assert groups[:7] == ["options", "target", "call", "load shape", "client", "report", "gates"]
@@ -145,6 +145,9 @@ def test_load_flags_are_grouped_by_purpose(helps: dict[str, str]) -> None:
     assert "--protocol" in section("target")
     assert "--connections N       HTTP/2 connections" in text
     assert "(default: 1)" in section("client")
+    serve = re.findall(r"^(\w[\w ]*)(?: \(.*\))?:$", helps["greeter serve"], re.M)
+    assert serve[:4] == ["options", "ports", "processes", "calls"], serve
+    assert {"identity", "shutdown", "TLS", "auth", "fault injection", "logging"} <= set(serve)
     rehearse = " ".join(helps["greeter rehearse"].split())
     assert "(default: drain 0, outage 10, failover 26)" in rehearse
 

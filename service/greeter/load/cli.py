@@ -38,6 +38,7 @@ from greeter.load.engine import ConnectError
 from greeter.load.report import EXIT_BAD_ARGS, EXIT_CONNECT, EXIT_FAILED, Report, wall_time
 from greeter.load.runner import run_load
 from greeter.load.timeline import DEFAULT_INTERVAL
+from greeter.wording import plural
 
 FORMATS = ("summary", "json", "csv", "html")
 # greeter load merge warns when the runs' measured starts were further apart than this.
@@ -480,7 +481,12 @@ class ProgressLine:
         last_count, last_time = self._last
         rate = (count - last_count) / (elapsed - last_time) if elapsed > last_time else 0.0
         self._last = (count, elapsed)
-        parts = [f"{count} calls", f"{errors} errors", f"{rate:,.0f}/s", f"{elapsed:.1f}s"]
+        parts = [
+            plural(count, "call"),
+            plural(errors, "error"),
+            f"{rate:,.0f}/s",
+            f"{elapsed:.1f}s",
+        ]
         if self._config.duration:
             parts.append(f"{max(0.0, self._config.duration - elapsed):.1f}s left")
         elif self._config.total:
