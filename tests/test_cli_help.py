@@ -186,6 +186,7 @@ GHZ, GRPCURL = "ghz's", "grpcurl's"
             2,
             f"{GHZ} -O influx-summary is not a format here",
         ),
+        (["load", "h:1", "--format=pretty"], 2, f"{GHZ} --format pretty is not a format here"),
         (["load", "h:1", "--count-errors"], 2, "the latency statistics always count every call"),
         (["call", "h:1", "-insecure"], 2, "use --insecure (TLS without verifying the server"),
         (["call", "h:1", "-d", '{"name":"x"}'], 2, f"{GRPCURL} -d is not a flag here; use --name"),

@@ -97,11 +97,12 @@ def shown_default(value: object) -> str:
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors exit with a code of the subcommand's choosing,
-    which answers flags from other tools (``habits``: flag -> one line; ``value_habits``:
-    dest -> value -> advice) with one line instead of its usage, and which hands its
-    arguments to a ``nested`` command when the first word names it (``greeter load merge
-    ...``: a word, where ``greeter load`` wants an address; flags may come before it)."""
+    """An ArgumentParser whose usage errors exit with a code of the subcommand's choosing;
+    which answers flags from other tools with one line instead of its usage (``habits``:
+    flag -> the line; ``value_habits``: dest -> a ghz value we do not take -> advice); and
+    which hands its arguments to a ``nested`` command when the first word names it
+    (``greeter load merge ...``: a word, where ``greeter load`` wants an address; flags may
+    come before it)."""
 
     exit_code = EXIT_BAD_ARGS
 
@@ -142,12 +143,20 @@ class Parser(argparse.ArgumentParser):
     def _answer_habits(self, words: Sequence[str]) -> None:
         for index, owner in self._words(words):
             word = words[index]
-            if owner is not None:  # a value of ours: one another tool's flag takes?
-                advice = self.value_habits.get(owner.dest, {}).get(word)
-                if advice:
-                    self._refuse(f"ghz's {words[index - 1]} {word} is not a format here; {advice}")
-            elif word.startswith("-") and word.partition("=")[0] in self.habits:
-                self._refuse(self.habits[word.partition("=")[0]])
+            if owner is not None:  # a value of ours: one ghz's flag takes and we do not?
+                self._answer_value(words[index - 1], owner, word)
+                continue
+            flag, eq, value = word.partition("=")
+            action = self._option_string_actions.get(flag)
+            if eq and action is not None:  # --format=pretty
+                self._answer_value(flag, action, value)
+            elif word.startswith("-") and flag in self.habits:
+                self._refuse(self.habits[flag])
+
+    def _answer_value(self, flag: str, action: argparse.Action, value: str) -> None:
+        advice = self.value_habits.get(action.dest, {}).get(value)
+        if advice:
+            self._refuse(f"ghz's {flag} {value} is not a format here; {advice}")
 
     def _first_word(self, words: Sequence[str]) -> int | None:
         """Where the first word that is neither a flag nor a flag's value is."""
