@@ -103,6 +103,25 @@ def _call(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+class _StartAt(argparse.Action):
+    """``--start-at``: Unix seconds in ``start_at``, and what was typed in ``start_at_text``
+    (a relative ``+30s`` is this run's own, and the run says which moment it means)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        try:
+            at = parse_start_at(str(values), time.time())
+        except ValueError as exc:
+            parser.error(f"argument --start-at: {exc}")
+        setattr(namespace, self.dest, at)
+        namespace.start_at_text = str(values)
+
+
 def _json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -255,6 +274,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     shape.add_argument(
         "--start-at",
+        action=_StartAt,
         default=None,
         metavar="TIME",
         help="start the measured load at this moment, after connecting and warming up: an "
@@ -405,18 +425,9 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         engine=args.engine,
         timeline_interval=args.timeline_interval,
         protocol=args.protocol,
-        start_at=_start_at(args.start_at),
+        start_at=args.start_at,
         **gates_from_args(args),
     )
-
-
-def _start_at(text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        return parse_start_at(text, time.time())
-    except ValueError as exc:
-        raise ConfigError(f"--start-at: {exc}") from None
 
 
 def _relative_start_notice(text: str | None, at: float | None) -> None:
@@ -515,7 +526,7 @@ def main(args: argparse.Namespace) -> int:
     except (TargetError, ConfigError) as exc:
         print(f"greeter load: {exc}", file=sys.stderr)
         return EXIT_BAD_ARGS
-    _relative_start_notice(args.start_at, config.start_at)
+    _relative_start_notice(getattr(args, "start_at_text", None), config.start_at)
     progress = ProgressLine(config) if config.progress else None
     began = time.perf_counter()
 
