@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -144,3 +146,36 @@ def test_skiptls_is_insecure_against_a_tls_server(spawn_server, tmp_path):
     result = greeter("load", "--skipTLS", "-n", "20", proc.address, "-O", "json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["count"] == 20
+
+
+def test_access_log_peers_read_the_same_on_both_ports(spawn_server):
+    """A call over IPv6 to the gRPC port and one to the web port: the access log writes both
+    peers as ipv6:[::1]:PORT (gRPC's own form is URL-encoded: ipv6:%5B::1%5D:PORT)."""
+    web_port = free_port()
+    proc = spawn_server(
+        env={
+            "GREETER_HOST": "[::]",
+            "GREETER_WEB_HOST": "[::]",
+            "GREETER_WEB_PORT": str(web_port),
+            "GREETER_ACCESS_LOG": "true",
+        }
+    )
+    for args in ([f"[::1]:{proc.port}"], [f"[::1]:{web_port}", "--protocol", "grpc-web"]):
+        result = greeter("call", *args)
+        assert result.returncode == 0, result.stderr
+
+    def peers() -> list[str]:
+        lines = proc.output()[1].splitlines()
+        return [
+            r["peer"]
+            for r in map(json.loads, lines)
+            if r.get("msg") == "rpc" and r.get("method") == "/helloworld.Greeter/SayHello"
+        ]
+
+    # The server writes a call's line just after its reply went out: wait for both (bounded).
+    deadline = time.monotonic() + 10
+    while len(peers()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(peers()) == 2, proc.output()[1]
+    for peer in peers():
+        assert re.fullmatch(r"ipv6:\[::1\]:\d+", peer), peers()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import json
 import random
+import re
 import subprocess
 import sys
 import time
@@ -160,7 +161,7 @@ def test_separate_runs_merge_to_the_sum_of_their_samples(
     for key in ("count", "ok", "errors", "status_codes"):
         assert one_run[key] == merged[key], key
     assert sum(r["count"] for r in one_run["by_pod"].values()) == 750
-    assert set(one_run) == set(merged)
+    assert set(one_run) | {"starts_apart_s"} == set(merged)  # a merge says how far apart
 
 
 # -- exact: the merge of parts equals the report of the whole ----------------------------
@@ -328,22 +329,35 @@ def test_merge_is_a_command_not_an_address(tmp_path: Path) -> None:
     bad = load_cli("merge", str(junk))
     assert bad.returncode == EXIT_BAD_ARGS
     assert "junk.json: not JSON" in bad.stderr
-    # 'merge' after a flag is an address, and says where 'merge' goes.
+    # 'merge' after flags is still the command (tests/test_cli_help.py: a run's flag there).
     late = load_cli("-q", "merge")
     assert late.returncode == EXIT_BAD_ARGS
-    assert "greeter load merge FILE" in late.stderr
+    assert "greeter load merge: error: the following arguments are required: FILE" in late.stderr
 
 
 # -- formats and gates ---------------------------------------------------------------------
 def test_merged_formats_and_gates(spawn_server: Spawn, tmp_path: Path) -> None:
     srv = spawn_server(env=identity_env("east", "east-1"))
     files = [str(tmp_path / f"{i}.json") for i in range(2)]
+    # One after the other, each with +0.2s: a relative --start-at counts from each run's own
+    # launch, so these did not start together, and the merge must not say they did.
     for f in files:
-        result = load_cli(srv.address, "-n", "60", "-c", "3", "--procs", "1", "-O", "json", "-o", f)
+        run = [srv.address, "-n", "60", "-c", "3", "--procs", "1", "--start-at", "+0.2s"]
+        result = load_cli(*run, "-O", "json", "-o", f)
         assert result.returncode == 0, result.stderr
+        notice = r"--start-at \+0.2s is (\S+); to start other runs together with this one, "
+        assert re.search(notice + r"give them --start-at \1", result.stderr), result.stderr
+    reports = [json.loads(Path(f).read_text()) for f in files]
+    starts = [datetime.datetime.fromisoformat(r["started_at"]) for r in reports]
+    apart = (starts[1] - starts[0]).total_seconds()
+    assert apart > 0.2  # the second run was launched after the first had ended
     page = tmp_path / "merged.html"
-    text = load_cli("merge", *files, "--html", str(page), "--expect-cluster", "east")
+    text = load_cli("-q", "merge", *files, "--html", str(page), "--expect-cluster", "east")
     assert text.returncode == 0, text.stderr
+    assert f"Starts:\t{apart:.3f} s apart (first run to last)" in text.stdout
+    assert "the runs had different --start-at times" in text.stdout
+    assert "s late" not in text.stdout
+    assert f"warning: the runs' measured starts were {apart:.3f} s apart" in text.stderr
     assert "Merged:\t2 runs" in text.stdout
     assert "Count:\t\t120" in text.stdout
     assert "merged from 2 runs" in page.read_text()
@@ -397,6 +411,11 @@ def test_runs_given_the_same_start_at_start_together(spawn_server: Spawn, tmp_pa
     assert merged["duration_s"] < max(r["duration_s"] for r in reports) + 0.5
     assert merged["options"]["rps"] == 100
     assert merged["options"]["start_at"] == reports[0]["options"]["start_at"]
+    assert merged["starts_apart_s"] < 0.5
+    text = load_cli("merge", *map(str, files))
+    assert "warning" not in text.stderr or merged["starts_apart_s"] > 0.1, text.stderr
+    assert f"Starts:\t{merged['starts_apart_s']:.3f} s apart" in text.stdout
+    assert re.search(r"\(--start-at; the latest run \d+\.\d{3} s late\)", text.stdout)
 
 
 def test_a_start_at_in_the_past_starts_late_and_says_so(spawn_server: Spawn) -> None:

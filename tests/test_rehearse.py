@@ -517,22 +517,38 @@ async def test_cluster_outage_is_bounded(tmp_path: Path, backend_tls: bool) -> N
 
 
 def test_outage_report_says_no_failed_calls_when_none_failed() -> None:
-    """The human report of an outage without, then with, failed calls (no "Nones")."""
+    """The human report of an outage without, then with, a failed call (no "Nones"): the
+    verdict first, aligned lines, the events on the traffic's clock, the call the gateway
+    answered with a 502 labelled as reaching no backend, words in the right number."""
     ok = [Outcome(0.1 * i, "OK", sent=0.1 * i - 0.01, cluster="cluster-a") for i in range(1, 40)]
-    for outcomes, failed in ((ok, 0), ([*ok, Outcome(2.05, "UNAVAILABLE", sent=2.02)], 1)):
+    lost = Outcome(2.05, "UNAVAILABLE", sent=2.02, details="Received http2 header with status: 502")
+    events = [{"at_s": 2.5, "event": "sigkill", "cluster": "cluster-b", "pods": ["b-0", "b-1"]}]
+    for outcomes, failed in ((ok, 0), ([*ok, lost], 1)):
         report = TrafficReport(outcomes=sorted(outcomes, key=lambda o: o.at), duration=4.0)
-        summary = scenarios.ScenarioResult(
-            "cluster-outage", scenarios.outage_summary(report, 2.0, 2.01, []), []
-        ).summary()
-        text = "\n".join(report_lines(summary))
+        outage = scenarios.outage_summary(report, 2.0, 2.01, [])
+        summary = scenarios.ScenarioResult("cluster-outage", outage, events, None, 0.5).summary()
+        lines = report_lines(summary)
+        text = "\n".join(lines)
         assert summary["failed"] == failed
         assert "None" not in text, text
+        assert "{" not in text, text
+        assert "  events         2.000  sigkill" in text, text  # 2.5 on the rehearsal's clock
+        assert "cluster cluster-b; pods b-0, b-1" in text, text
+        assert "rehearsal clock began 0.500 s earlier" in text, text
         if failed:
-            assert "no failed calls" not in text
-            assert "failures from 2.05s" in text, text
-            assert "last failed call sent 0.02s after the kill" in text, text
+            assert lines[0] == "PASSED: 1 failed of 40 calls (allowed 10)", text
+            assert "  failed calls   1, answered 2.050-2.050 s; the last sent 0.020 s after" in text
+            assert "no backend (gateway 502)   1    2.5%" in text, text
+            assert (
+                "  failed         sent   2.020 s  answered   2.050 s  UNAVAILABLE  no backend"
+                in text
+            )
         else:
-            assert "  no failed calls (kill at 2.0s)" in text.splitlines(), text
+            assert lines[0] == "PASSED: 0 failed of 39 calls (allowed 10)", text
+            assert "  failed calls   none (the SIGKILL at 2.000 s)" in lines, text
+        assert report_lines(summary, allowed=0)[0].startswith(
+            f"{'FAILED' if failed else 'PASSED'}: "
+        )
 
 
 def test_outage_page_from_a_probes_records() -> None:
@@ -582,7 +598,10 @@ def test_outage_page_from_a_probes_records() -> None:
     assert calls(result, "by_cluster", "cluster-b", 4.5, math.inf) == [25] * 3
     text = report.to_html(result, 2)  # allowing 2 failed calls: failed
     assert read_page(text).verdict["data-passed"] == "false"
-    assert "<strong>FAILED</strong>: 3 failed of 603 calls, 2 allowed" in text
+    assert "<strong>FAILED</strong>: 3 failed of 603 calls (allowed 2)" in text
+    # The tables' row of calls that named no backend says so ("reset": not a gateway 502).
+    assert "<td>no backend named</td>" in text
+    assert "<td>(none)</td>" not in text
 
 
 @pytest.mark.parametrize(
@@ -633,6 +652,34 @@ def test_outage_from_the_command_line_writes_json_and_the_page(tmp_path: Path) -
     labels = ["kill cluster-b", "restart cluster-b", "cluster-b back"]
     for chart in ("timeline", "timeline by pod"):
         assert [m["label"] for m in shown.markers[chart]] == labels, shown.markers[chart]
+
+
+def test_outage_in_the_terminal_reads_like_a_report(tmp_path: Path) -> None:
+    """The scenario without --json, as a person runs it: a banner that says the scenario ends
+    by itself (no commands to try, no "Ctrl-C stops everything"), then the verdict line first
+    and aligned lines, no Python reprs, the events on the traffic's clock (the live lines on
+    stderr name the rehearsal's), words in the right number."""
+    require_tool("nginx", "apt-get install -y nginx-light")
+    command = [sys.executable, "-m", "greeter", "rehearse", "--scenario", "outage"]
+    options = ["--port", "0", "--rps", "100", "--pods", "1", "--no-canary", "--no-web"]
+    run = subprocess.run(
+        [*command, *options], capture_output=True, text=True, timeout=180, cwd=ROOT, check=False
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    banner, report_text = run.stdout.split("scenario: outage; it ends by itself", 1)
+    assert "try:" not in banner
+    assert "Ctrl-C stops everything" not in run.stdout
+    lines = report_text.splitlines()[1:]
+    assert re.fullmatch(r"PASSED: [\d,]+ failed of [\d,]+ calls \(allowed 10\)", lines[0]), lines
+    assert lines[1].startswith("cluster-outage: SIGKILL every backend of cluster-b"), lines
+    for label in ("traffic", "times", "status codes", "by cluster", "by pod", "events"):
+        assert any(line.startswith(f"  {label.ljust(14)} ") for line in lines), (label, lines)
+    text = "\n".join(lines)
+    assert not re.search(r"[{}]|'\w+': |\b1 (calls|errors)\b|\(none\)", text), text
+    assert re.search(r"^  events +[\d.]+  traffic running  rps 100\.0$", text, re.M), text
+    assert re.search(r"^rehearsal clock +[\d.]+ s  sigkill", run.stderr, re.M), run.stderr
+    if "UNAVAILABLE" in text:  # calls the gateway could not pass on: labelled as such
+        assert "no backend (gateway 502)" in text, text
 
 
 # -- traffic policies: weights, header routing, active/standby -------------------------------
@@ -894,7 +941,10 @@ def test_failover_report_names_the_phases_and_shares() -> None:
         report_lines(scenarios.ScenarioResult("cluster-failover", summary, []).summary())
     )
     assert "None" not in text, text
-    assert "standby cluster-b: share 0.0% before the kill, 100.0% while cluster-a was down" in text
-    assert "first call again at 6.1s, share 100.0% from 7.05s" in text, text
-    assert "before the kill (ended 0.0-2.0s): 19 calls, failed 0" in text, text
+    assert "standby share  cluster-b: 0.0% before the kill, 100.0% while cluster-a was down" in text
+    assert "first call again at 6.100 s, share 100.0% from 7.050 s" in text, text
+    assert (
+        "before the kill (calls ended 0.000-2.000 s): 19 calls, 0 failed; served: cluster-a 19"
+        in text
+    ), text
     assert summary["phases"]["active_down"]["by_cluster"] == {"cluster-b": 40}

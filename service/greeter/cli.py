@@ -16,13 +16,14 @@ import json
 import logging
 import os
 import sys
+import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 import grpc
 
-from greeter import __version__, logs, settings
+from greeter import __version__, habits, logs, settings
 from greeter.client import (
     Target,
     TargetError,
@@ -44,54 +45,197 @@ PROTOCOLS = ("grpc", "grpc-web", "grpc-web-text")
 PLUGINS = ("greeter.load.cli", "greeter.deploy", "greeter.rehearse")
 
 
+# Flags and file names stay whole: no line ends inside --expect-cluster or grpc-web-text.
+_WRAP: dict[str, Any] = {"break_on_hyphens": False, "break_long_words": False}
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Descriptions and epilogs filled paragraph by paragraph, except paragraphs with an
+    indented line (examples), which keep their lines; and every flag that takes a value
+    shows its default: "(default: X)" is added unless the help says it."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for paragraph in text.split("\n\n"):
+            lines = paragraph.splitlines()
+            if any(line[:1].isspace() for line in lines):
+                paragraphs.append("\n".join(indent + line for line in lines))
+            else:
+                text = " ".join(paragraph.split())
+                paragraphs.append(textwrap.fill(text, width, **_WRAP, initial_indent=indent))
+        return "\n\n".join(paragraphs)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, **_WRAP)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or not action.option_strings
+            or action.nargs == 0
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+        ):
+            return text
+        return f"{text} (default: {shown_default(default)})"
+
+
+def shown_default(value: object) -> str:
+    """A default as a user would type it (``%`` escaped for argparse)."""
+    if isinstance(value, list | tuple) and not value:
+        text = "none"
+    elif isinstance(value, list | tuple):
+        text = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    elif isinstance(value, float):
+        text = f"{value:g}"
+    else:
+        text = str(value)
+    return (text or '""').replace("%", "%%")
+
+
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors exit with a code of the subcommand's choosing,
-    and which hands its arguments to a ``nested`` command when the first one names it
-    (``greeter load merge ...``: a word, where ``greeter load`` wants an address)."""
+    """An ArgumentParser whose usage errors exit with a code of the subcommand's choosing;
+    which answers flags from other tools with one line instead of its usage (``habits``:
+    flag -> the line; ``value_habits``: dest -> a ghz value we do not take -> advice); and
+    which hands its arguments to a ``nested`` command when the first word names it
+    (``greeter load merge ...``: a word, where ``greeter load`` wants an address; flags may
+    come before it)."""
 
     exit_code = EXIT_BAD_ARGS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
         self.nested: dict[str, argparse.ArgumentParser] = {}
+        self.habits: dict[str, str] = {}
+        self.value_habits: dict[str, dict[str, str]] = {}
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
-        if args and args[0] in self.nested:
-            return self.nested[args[0]].parse_args(args[1:], namespace), []
-        return super().parse_known_args(args, namespace)
+        words = list(sys.argv[1:] if args is None else args)
+        self._answer_habits(words)
+        first = self._first_word(words)
+        if first is not None and words[first] in self.nested:
+            rest = words[:first] + words[first + 1 :]
+            return self.nested[words[first]].parse_args(rest, namespace), []
+        return super().parse_known_args(words, namespace)
+
+    def _words(self, words: Sequence[str]) -> Iterator[tuple[int, argparse.Action | None]]:
+        """Each word before ``--``, with our flag whose value it is (None: it is not one)."""
+        owner: argparse.Action | None = None
+        for index, word in enumerate(words):
+            if owner is not None:
+                yield index, owner
+                owner = None
+                continue
+            if word == "--":
+                return
+            flag, eq, _ = word.partition("=")
+            action = self._option_string_actions.get(flag)
+            if action is not None and not eq and action.nargs is None:
+                owner = action
+            yield index, None
+
+    def _answer_habits(self, words: Sequence[str]) -> None:
+        for index, owner in self._words(words):
+            word = words[index]
+            if owner is not None:  # a value of ours: one ghz's flag takes and we do not?
+                self._answer_value(words[index - 1], owner, word)
+                continue
+            flag, eq, value = word.partition("=")
+            action = self._option_string_actions.get(flag)
+            if eq and action is not None:  # --format=pretty
+                self._answer_value(flag, action, value)
+            elif word.startswith("-") and flag in self.habits:
+                self._refuse(self.habits[flag])
+
+    def _answer_value(self, flag: str, action: argparse.Action, value: str) -> None:
+        advice = self.value_habits.get(action.dest, {}).get(value)
+        if advice:
+            self._refuse(f"ghz's {flag} {value} is not a format here; {advice}")
+
+    def _first_word(self, words: Sequence[str]) -> int | None:
+        """Where the first word that is neither a flag nor a flag's value is."""
+        for index, owner in self._words(words):
+            if owner is None and not words[index].startswith("-"):
+                return index
+        return None
+
+    def _refuse(self, message: str) -> NoReturn:
+        self.exit(self.exit_code, f"{self.prog}: {message}\n")
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(self.exit_code, f"{self.prog}: error: {message}\n")
 
 
+DESCRIPTION = "A reference gRPC Greeter: serve it, call it, check its health, load test it."
+EPILOG = """examples:
+  greeter serve --port 50051
+  greeter call localhost:50051 --name Ada
+  greeter health localhost:50051
+  greeter load localhost:50051 -c 8 --connections 4 -z 30s --rps 500
+
+Run greeter COMMAND --help for a command's flags; README.md and docs/ say more."""
+SERVE_EPILOG = """examples:
+  greeter serve --port 50051 --cluster-name cluster-a
+  GREETER_DRAIN_DELAY=10 greeter serve --web-port 8080 --log-format json"""
+CALL_EPILOG = """examples:
+  greeter call localhost:50051 --name Ada
+  greeter call localhost:50051 --method SayHelloStreamReply --json
+  greeter call 10.0.0.7:443 --insecure --authority grpc.example.com -m x-canary:true
+  greeter call localhost:8080 --protocol grpc-web
+
+exit codes: 0 ok; 1 the call failed; 2 bad arguments."""
+HEALTH_EPILOG = """examples:
+  greeter health localhost:50051
+  greeter health localhost:50051 --service helloworld.Greeter
+  greeter health 10.0.0.7:443 --insecure --authority grpc.example.com --readiness
+
+exit codes (grpc-health-probe's): 0 serving; 1 bad arguments; 2 connection failure;
+3 RPC failure; 4 not serving."""
+
+
 def build_parser() -> Parser:
-    parser = Parser(prog="greeter", description=__doc__.splitlines()[0])
+    parser = Parser(prog="greeter", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"greeter {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    sub = parser.add_subparsers(
+        dest="command", required=True, parser_class=Parser, metavar="COMMAND", help="one of:"
+    )
 
     serve = sub.add_parser(
         "serve",
         help="run the Greeter server",
         description="Run the Greeter server. Every flag can also be set as GREETER_<FLAG> "
         "in the environment (e.g. GREETER_DRAIN_DELAY=10); flags win.",
+        epilog=SERVE_EPILOG,
     )
     settings.add_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
-    call = sub.add_parser("call", help="call the Greeter once and show who served it")
-    add_target_arguments(call)
-    call.add_argument("--name", default="world", help="the name to greet")
-    call.add_argument("--method", default="SayHello", choices=CALL_METHODS)
-    call.add_argument("-t", "--timeout", type=float, default=10.0, help="call deadline, seconds")
-    call.add_argument("--json", action="store_true", help="print the result as JSON")
-    call.add_argument(
-        "--protocol",
-        choices=PROTOCOLS,
-        default="grpc",
-        help="grpc (default), or gRPC-Web to a web port or gateway (grpc-web-text: base64)",
+    call = sub.add_parser(
+        "call",
+        help="call the Greeter once and show who served it",
+        description="Call the Greeter once; print the reply and who served it (cluster, pod, "
+        "node, zone from the x-greeter-* metadata) and how long it took.",
+        epilog=CALL_EPILOG,
+    )
+    call.habits = habits.CALL
+    add_target_arguments(call, protocols=PROTOCOLS)
+    calling = call.add_argument_group("call")
+    calling.add_argument("--name", default="world", help="the name to greet")
+    calling.add_argument(
+        "--method", default="SayHello", choices=CALL_METHODS, help="the Greeter method to call"
+    )
+    calling.add_argument(
+        "-t", "--timeout", type=float, default=10.0, metavar="SECONDS", help="call deadline"
+    )
+    calling.add_argument(
+        "--json", action="store_true", help="print the result as JSON (replies, identity, time)"
     )
     call.set_defaults(func=cmd_call)
 
@@ -99,18 +243,36 @@ def build_parser() -> Parser:
         "health",
         help="check gRPC health (exit 0 serving, 1 bad arguments, 2 connection failure, "
         "3 RPC failure, 4 not serving)",
+        description="Ask a server's grpc.health.v1.Health/Check (or greeter.v1.Readiness/Check)"
+        ", with grpc-health-probe's exit codes, so probes and scripts written for it work.",
+        epilog=HEALTH_EPILOG,
     )
     health.exit_code = HEALTH_BAD_ARGS
+    health.habits = habits.HEALTH
     add_target_arguments(health)
-    health.add_argument("--service", default="", help="service to check ('' = the server)")
-    health.add_argument(
+    check = health.add_argument_group("check")
+    check.add_argument(
+        "--service",
+        default="",
+        metavar="NAME",
+        help='service to check (default: "", the server as a whole)',
+    )
+    check.add_argument(
         "--readiness",
         action="store_true",
         help="ask /greeter.v1.Readiness/Check (NOT_SERVING as the status code UNAVAILABLE, "
         "what ALB's gRPC health checks see) instead of grpc.health.v1.Health/Check",
     )
-    health.add_argument("-t", "--timeout", type=float, default=5.0, help="deadline, seconds")
-    health.add_argument("--connect-timeout", type=float, default=5.0, help="seconds")
+    check.add_argument(
+        "-t", "--timeout", type=float, default=5.0, metavar="SECONDS", help="check deadline"
+    )
+    check.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="time to connect",
+    )
     health.set_defaults(func=cmd_health)
 
     for module in PLUGINS:

@@ -46,15 +46,29 @@ class Target:
         return self.tls or self.insecure or bool(self.cacert or self.cert)
 
 
-def add_target_arguments(parser: argparse.ArgumentParser) -> None:
-    """The connection flags, with the names grpcurl and ghz users already type."""
-    parser.add_argument("address", help="host:port, [v6]:port or dns:///host:port")
-    g = parser.add_argument_group("connection")
+def add_target_arguments(parser: argparse.ArgumentParser, protocols: Sequence[str] = ()) -> None:
+    """The target flags, with the names grpcurl and ghz users already type (``protocols``:
+    also ``--protocol``, the first one the default)."""
+    g = parser.add_argument_group("target")
+    g.add_argument("address", help="host:port, [v6]:port or dns:///host:port")
+    if protocols:
+        g.add_argument(
+            "--protocol",
+            choices=protocols,
+            default=protocols[0],
+            help="grpc (HTTP/2), or gRPC-Web over HTTP/1.1 to a web port or gateway "
+            "(grpc-web-text: its base64 form)",
+        )
     g.add_argument("--tls", action="store_true", help="use TLS (implied by the flags below)")
     g.add_argument(
         "--plaintext", action="store_true", help="no TLS (the default without TLS flags)"
     )
-    g.add_argument("--cacert", default="", help="PEM CA bundle to verify the server with")
+    g.add_argument(
+        "--cacert",
+        default="",
+        metavar="FILE",
+        help="PEM CA bundle to verify the server with (default: the system's)",
+    )
     g.add_argument(
         "--insecure",
         "--skipTLS",
@@ -66,12 +80,21 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--authority",
         default="",
-        help="virtual host (:authority and TLS name), e.g. grpc.example.com",
+        metavar="NAME",
+        help="virtual host (:authority and TLS name), e.g. grpc.example.com "
+        "(default: the address's host)",
     )
-    g.add_argument("--cert", default="", help="PEM client certificate for mTLS")
-    g.add_argument("--key", default="", help="PEM client key for mTLS")
     g.add_argument(
-        "--lb-policy", default="", choices=("", *LB_POLICIES), help="for dns:/// targets"
+        "--cert", default="", metavar="FILE", help="PEM client certificate for mTLS (default: none)"
+    )
+    g.add_argument(
+        "--key", default="", metavar="FILE", help="PEM client key for mTLS (default: none)"
+    )
+    g.add_argument(
+        "--lb-policy",
+        default="",
+        choices=LB_POLICIES,
+        help="load balancing over a dns:/// target's addresses (default: gRPC's, pick_first)",
     )
     g.add_argument(
         "-m",
@@ -79,7 +102,8 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY:VALUE",
-        help="request metadata, repeatable (e.g. -m 'authorization:Bearer T')",
+        help="request metadata, repeatable, or a JSON object "
+        "(e.g. -m 'authorization:Bearer T'; default: none)",
     )
 
 

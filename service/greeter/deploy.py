@@ -168,29 +168,46 @@ async def install(
     )
 
 
+DEPLOY_EXAMPLES = """examples:
+  greeter deploy render --cluster-name cluster-a > manifests.yaml
+  greeter deploy install --cluster-name cluster-a -f my-values.yaml --wait"""
+
+
 def register(subparsers: Any) -> None:
     """Add ``greeter deploy render|install`` to the CLI's subparsers."""
     parser = subparsers.add_parser(
-        "deploy", help="render or install the Helm chart (needs greeter[deploy] and helm)"
+        "deploy",
+        help="render or install the Helm chart (needs greeter[deploy] and helm)",
+        epilog=DEPLOY_EXAMPLES,
     )
-    actions = parser.add_subparsers(dest="deploy_action", required=True)
+    actions = parser.add_subparsers(
+        dest="deploy_action", required=True, metavar="ACTION", help="one of:"
+    )
     for name, help_text in (
         ("render", "print the chart's manifests, as Argo CD would apply them"),
         ("install", "helm upgrade --install into the current kube context"),
     ):
-        sub = actions.add_parser(name, help=help_text)
-        sub.add_argument("--cluster-name", help="this cluster's name (GREETER_CLUSTER_NAME)")
+        sub = actions.add_parser(name, help=help_text, epilog=DEPLOY_EXAMPLES)
+        sub.add_argument(
+            "--cluster-name",
+            help="this cluster's name, the pods' GREETER_CLUSTER_NAME (default: the values')",
+        )
         sub.add_argument("--namespace", "-n", default=DEFAULT_NAMESPACE, help="namespace")
         sub.add_argument("--release", default=DEFAULT_RELEASE, help="Helm release name")
         sub.add_argument(
-            "-f", "--values", action="append", default=[], type=Path, help="values file"
+            "-f",
+            "--values",
+            action="append",
+            default=[],
+            type=Path,
+            help="values file (repeatable)",
         )
         sub.add_argument("--set", action="append", default=[], help="key=value (repeatable)")
         sub.add_argument("--chart", help=f"chart folder (default ${CHART_ENV} or ./chart)")
         sub.add_argument("--helm", help=f"helm binary (default ${HELM_ENV} or helm on PATH)")
         if name == "install":
             sub.add_argument("--wait", action="store_true", help="wait for ready; roll back")
-            sub.add_argument("--timeout", help="helm timeout, e.g. 5m")
+            sub.add_argument("--timeout", help="helm timeout, e.g. 5m (default: helm's, 5m)")
             sub.add_argument("--dry-run", action="store_true", help="ask helm to simulate")
         else:
             sub.add_argument("--include-tests", action="store_true", help="add the test pod")

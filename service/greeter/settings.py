@@ -400,9 +400,29 @@ def describe(name: str) -> str:
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 
+# ``greeter serve --help`` groups the flags: each group starts at the setting named here and
+# runs to the next (the settings are declared in this order).
+HELP_GROUPS = {
+    "host": "ports",
+    "workers": "processes",
+    "stream_count": "calls",
+    "cluster_name": "identity (x-greeter-* metadata and metrics labels)",
+    "drain_delay": "shutdown",
+    "keepalive_time": "connections and limits",
+    "tls_cert": "TLS",
+    "auth_enabled": "auth",
+    "fault_enabled": "fault injection",
+    "log_level": "logging",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one ``--flag`` per setting. Flags stay raw text: :func:`load` parses them."""
+    """Add one ``--flag`` per setting, in groups. Flags stay raw text: :func:`load` parses
+    them."""
+    group: Any = parser
     for f in _FIELDS.values():
+        if f.name in HELP_GROUPS:
+            group = parser.add_argument_group(HELP_GROUPS[f.name])
         default = f.default
         if isinstance(default, grpc.StatusCode):
             default = default.name
@@ -412,8 +432,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             # A bare switch means true (``--auth-enabled``), ``--no-auth-enabled`` false, and an
             # explicit value still works (``--auth-enabled false``), like the env variable.
             text = str(default).lower()
-            group = parser.add_mutually_exclusive_group()
-            group.add_argument(
+            exclusive = group.add_mutually_exclusive_group()
+            exclusive.add_argument(
                 flag_name(f.name),
                 dest=f.name,
                 nargs="?",
@@ -422,7 +442,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 metavar="BOOL",
                 help=f"{f.metadata['help']} [env {env_name(f.name)}, default {text!r}]",
             )
-            group.add_argument(
+            exclusive.add_argument(
                 "--no-" + flag_name(f.name)[2:],
                 dest=f.name,
                 action="store_const",
@@ -430,7 +450,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 help=f"same as {flag_name(f.name)} false",
             )
             continue
-        parser.add_argument(
+        group.add_argument(
             flag_name(f.name),
             dest=f.name,
             default=None,

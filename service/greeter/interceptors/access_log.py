@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from urllib.parse import unquote
 
 import grpc
 
@@ -21,6 +22,12 @@ def _authority(context: grpc.aio.ServicerContext) -> str:
         if key in (":authority", "host"):
             return str(value)
     return ""
+
+
+def readable_peer(peer: str) -> str:
+    """gRPC's peer, URL-encoded (``ipv6:%5B::1%5D:34932``), as the web port writes it and a
+    person reads it (``ipv6:[::1]:34932``); ``ipv4:127.0.0.1:5000`` stays as it is."""
+    return unquote(peer) if "%" in peer else peer
 
 
 class _Budget:
@@ -78,7 +85,7 @@ class AccessLog:
                     "method": path,
                     "code": call.code.name,
                     "duration_ms": round(call.duration * 1000, 3),
-                    "peer": ctx.peer() if call.peer is None else call.peer,
+                    "peer": readable_peer(ctx.peer() if call.peer is None else call.peer),
                     "authority": _authority(ctx),
                     "received": call.received,
                     "sent": call.sent,

@@ -2,7 +2,8 @@
 ``greeter load merge FILE...``: -O json reports of several runs, merged exactly.
 
 Flags follow ghz where they mean the same thing (-c -n -z --rps --connections
---load-schedule -t --connect-timeout --insecure --cacert --authority -m -O -o).
+--load-schedule -t --connect-timeout --insecure --cacert --authority -m -O -o); ghz's
+flags we do not take are answered by :mod:`greeter.habits`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from greeter import habits
 from greeter.client import TargetError, target_from_args
 from greeter.load import merge, render
 from greeter.load.config import (
@@ -33,22 +35,40 @@ from greeter.load.config import (
     parse_threshold,
 )
 from greeter.load.engine import ConnectError
-from greeter.load.report import EXIT_BAD_ARGS, EXIT_CONNECT, EXIT_FAILED, Report
+from greeter.load.report import EXIT_BAD_ARGS, EXIT_CONNECT, EXIT_FAILED, Report, wall_time
 from greeter.load.runner import run_load
 from greeter.load.timeline import DEFAULT_INTERVAL
+from greeter.wording import plural
 
 FORMATS = ("summary", "json", "csv", "html")
-EPILOG = """exit codes: 0 ok; 1 a threshold missed, --max-error-rate exceeded, the split
-off or undecided (--expect-split, --expect-cluster) or no call succeeded; 2 bad
-arguments; 3 could not connect; 130 interrupted (the partial report is printed first).
-See docs/load.md. To merge the -O json reports of several runs (e.g. one per machine):
-greeter load merge FILE... (see greeter load merge --help)."""
+# greeter load merge warns when the runs' measured starts were further apart than this.
+STARTS_APART_WARNING_S = 0.1
+DESCRIPTION = """Load test a Greeter (or a gateway in front of Greeters) and show which cluster
+and pod served the calls. Flags follow ghz where they mean the same thing."""
+EPILOG = """examples:
+  greeter load localhost:50051 -c 8 --connections 4 -z 30s
+  greeter load localhost:50051 --rps 500 -z 1m --max-latency p99=50ms --max-error-rate 0.1%
+  greeter load 10.0.0.7:443 --insecure --authority grpc.example.com \\
+      --expect-split cluster-a=80,cluster-b=20 -n 5000
+  greeter load localhost:50051 -z 30s --rps 200 -O json -o run.json
+  greeter load merge run-1.json run-2.json      (the -O json reports of several runs)
+
+several machines at once: give every run the same absolute --start-at, e.g.
+  --start-at "$(date -u -d '+30 sec' +%FT%TZ)" computed once and passed to all of them.
+
+exit codes: 0 ok; 1 a gate failed (--max-latency, --max-error-rate, --expect-split,
+--expect-cluster) or no call succeeded; 2 bad arguments; 3 could not connect; 130
+interrupted (the partial report is printed first). See docs/load.md."""
 MERGE_DESCRIPTION = """Merge the -O json reports of several greeter load runs (one per machine,
 pod or process) into one report, exactly: counts and histograms add up, percentiles come
 from the merged histogram, the rate from the union of the runs' time windows, timelines
 line up on the wall clock. Reports of another target, call, schema version, histogram
 layout or timeline interval are refused (exit 2)."""
-MERGE_EPILOG = """exit codes: 0 ok; 1 a gate failed (as for greeter load); 2 bad arguments,
+MERGE_EPILOG = """examples:
+  greeter load merge run-1.json run-2.json
+  cat runs/*.json | greeter load merge - --max-latency p99=50ms -O html -o merged.html
+
+exit codes: 0 ok; 1 a gate failed (as for greeter load); 2 bad arguments,
 an unreadable input, or reports that do not merge; 130 some report was interrupted.
 See docs/load.md, "Merging reports"."""
 
@@ -83,11 +103,23 @@ def _call(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _start_at(text: str) -> float:
-    try:
-        return parse_start_at(text, time.time())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+class _StartAt(argparse.Action):
+    """``--start-at``: Unix seconds in ``start_at``, and what was typed in ``start_at_text``
+    (a relative ``+30s`` is this run's own, and the run says which moment it means)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        try:
+            at = parse_start_at(str(values), time.time())
+        except ValueError as exc:
+            parser.error(f"argument --start-at: {exc}")
+        setattr(namespace, self.dest, at)
+        namespace.start_at_text = str(values)
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -104,40 +136,46 @@ def register(sub: Any) -> None:
     parser = sub.add_parser(
         "load",
         help="load test the Greeter and show which cluster and pod served each call",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        description=DESCRIPTION,
         epilog=EPILOG,
     )
     parser.exit_code = EXIT_BAD_ARGS
+    parser.habits = habits.LOAD
+    parser.value_habits = {"format": habits.LOAD_FORMATS}
     add_arguments(parser)
     parser.set_defaults(func=main)
     merging = type(parser)(
         prog=f"{parser.prog} merge", description=MERGE_DESCRIPTION, epilog=MERGE_EPILOG
     )
     merging.exit_code = EXIT_BAD_ARGS
+    merging.value_habits = parser.value_habits
     add_merge_arguments(merging)
     merging.set_defaults(func=merge_main)
     parser.nested["merge"] = merging
 
 
 def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    inputs = parser.add_argument_group("reports")
+    inputs.add_argument(
         "files",
         nargs="+",
         metavar="FILE",
         help="-O json reports (- : standard input; a file may hold several, one after another)",
     )
     _add_report_arguments(parser.add_argument_group("report"))
+    _add_gate_arguments(parser.add_argument_group("gates"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from greeter.client import add_target_arguments
 
-    add_target_arguments(parser)
-    calls = parser.add_argument_group("calls")
+    add_target_arguments(parser, protocols=PROTOCOLS)
+    calls = parser.add_argument_group("call")
     calls.add_argument(
         "--call",
         type=_call,
         default="SayHello",
+        metavar="METHOD",
         help=f"{', '.join(CALLS)} (or the full name, e.g. helloworld.Greeter.SayHello)",
     )
     calls.add_argument(
@@ -145,154 +183,215 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         type=_json_object,
         default=None,
-        help='the request as JSON, e.g. \'{"name":"Bob"}\'',
+        metavar="JSON",
+        help='the request as JSON, e.g. \'{"name":"Bob"}\' (default: {}, an empty request)',
     )
-    calls.add_argument("--name", default=None, help="shorthand for -d '{\"name\": NAME}'")
+    calls.add_argument(
+        "--name",
+        default=None,
+        help="shorthand for -d '{\"name\": NAME}' (default: none; ghz's --name, a test "
+        "name, has no equivalent)",
+    )
     calls.add_argument(
         "--stream-count",
         type=int,
         default=None,
-        help="replies asked of SayHelloStreamReply; messages sent per bidi call",
+        metavar="N",
+        help="replies asked of SayHelloStreamReply; messages sent per bidi call "
+        "(default: the server's, 10)",
+    )
+    calls.add_argument(
+        "-t", "--timeout", type=_duration, default="20s", metavar="DURATION", help="call deadline"
     )
     shape = parser.add_argument_group("load shape")
-    shape.add_argument("-c", "--concurrency", type=int, default=50, help="workers (default 50)")
     shape.add_argument(
-        "-n", "--total", type=int, default=None, help="calls to make (default 200 without -z)"
+        "-c", "--concurrency", type=int, default=50, metavar="N", help="workers (calls in flight)"
+    )
+    shape.add_argument(
+        "-n",
+        "--total",
+        type=int,
+        default=None,
+        metavar="N",
+        help="calls to make (default: 200 without -z, no limit with it)",
     )
     shape.add_argument(
         "-z",
         "--duration",
         type=_duration,
         default=None,
-        help="run this long, e.g. 30s, 2m (with -n: whichever comes first)",
+        metavar="DURATION",
+        help="run this long, e.g. 30s, 2m; with -n: whichever comes first (default: none)",
     )
     shape.add_argument(
         "--rps",
         type=float,
         default=None,
-        help="open-loop rate, calls per second (latency from the intended send)",
+        metavar="N",
+        help="open-loop rate, calls per second; latency counts from the intended send "
+        "(default: none, each worker sends its next call when the last one ends)",
     )
     shape.add_argument(
         "--load-schedule",
         choices=SCHEDULES,
         default="const",
-        help="const (--rps), step or line (like ghz)",
+        help="const (--rps), step or line (ghz's): the rate from --load-start to --load-end",
     )
-    shape.add_argument("--load-start", type=float, default=None, help="schedule's first rps")
-    shape.add_argument("--load-end", type=float, default=None, help="schedule's last rps")
+    shape.add_argument(
+        "--load-start",
+        type=float,
+        default=None,
+        metavar="N",
+        help="the schedule's first rps (default: none; needed by step and line)",
+    )
+    shape.add_argument(
+        "--load-end",
+        type=float,
+        default=None,
+        metavar="N",
+        help="the schedule's last rps (default: none, keep going)",
+    )
     shape.add_argument(
         "--load-step",
         type=float,
         default=0.0,
+        metavar="N",
         help="rps added per step (step) or per second (line)",
     )
     shape.add_argument(
-        "--load-step-duration", type=_duration, default=0.0, help="how long each step lasts (step)"
-    )
-    shape.add_argument(
-        "--connections",
-        type=int,
-        default=1,
-        help="HTTP/2 connections to spread workers over (default 1)",
-    )
-    shape.add_argument(
-        "--procs", type=int, default=None, help="worker processes (default: one per core)"
+        "--load-step-duration",
+        type=_duration,
+        default="0s",
+        metavar="DURATION",
+        help="how long each step lasts (step)",
     )
     shape.add_argument(
         "--warmup",
         type=_duration,
-        default=0.0,
+        default="0s",
+        metavar="DURATION",
         help="run this long before measuring (not reported)",
     )
     shape.add_argument(
-        "-t", "--timeout", type=_duration, default=20.0, help="per-call deadline (default 20s)"
-    )
-    shape.add_argument(
-        "--connect-timeout", type=_duration, default=10.0, help="time to connect (default 10s)"
-    )
-    shape.add_argument(
         "--start-at",
-        type=_start_at,
+        action=_StartAt,
         default=None,
         metavar="TIME",
         help="start the measured load at this moment, after connecting and warming up: an "
-        "RFC 3339 time (2026-05-01T12:00:00Z) or +30s; runs given the same time start "
-        "together, so N runs at --rps R give N x R (late: starts at once, says so)",
+        "RFC 3339 time (2026-05-01T12:00:00Z), which runs on several machines can share, "
+        "or +30s, counted from this run's own start (it does not line up runs launched "
+        "apart: compute one absolute time instead, date -u -d '+30 sec' +%%FT%%TZ). A "
+        "time that has passed starts at once and says how late (default: start when ready)",
     )
-    out = parser.add_argument_group("report")
-    _add_report_arguments(out)
-    out.add_argument("-q", "--quiet", action="store_true", help="no live progress")
-    out.add_argument("--uvloop", action="store_true", help="run the client on uvloop")
-    out.add_argument(
+    client = parser.add_argument_group("client")
+    client.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        metavar="N",
+        help="HTTP/2 connections to spread the workers over (4 or more against one Greeter "
+        "directly: see README)",
+    )
+    client.add_argument(
+        "--procs",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"client processes (default: one per core, here {default_procs()})",
+    )
+    client.add_argument(
+        "--connect-timeout",
+        type=_duration,
+        default="10s",
+        metavar="DURATION",
+        help="time to connect",
+    )
+    client.add_argument(
         "--engine",
         choices=ENGINES,
         default="auto",
-        help="client engine: h2 (lean HTTP/2, unary calls to one address), grpc, or auto "
-        "(h2 where it applies; default)",
+        help="h2 (lean HTTP/2, unary calls to one address), grpc, or auto: h2 where it applies",
     )
-    out.add_argument(
-        "--protocol",
-        choices=PROTOCOLS,
-        default="grpc",
-        help="grpc (default), or gRPC-Web over HTTP/1.1 to a web port or gateway "
-        "(grpc-web-text: its base64 form); runs the grpc-web engine",
-    )
-    out.add_argument(
-        "--timeline-interval",
-        type=_duration,
-        default=DEFAULT_INTERVAL,
-        help="length of each timeline bucket, e.g. 1s (default), 500ms; at least 10ms",
-    )
+    client.add_argument("--uvloop", action="store_true", help="run the client on uvloop")
+    _add_report_arguments(parser.add_argument_group("report"))
+    _add_gate_arguments(parser.add_argument_group("gates"))
 
 
 def _add_report_arguments(out: Any) -> None:
-    """Output and gates: the same for a run and for a merge."""
+    """Output: the same for a run and for a merge (a merge takes -q and ignores it, so that
+    greeter load -q merge ... works)."""
     out.add_argument("-O", "--format", choices=FORMATS, default="summary", help="output format")
-    out.add_argument("-o", "--output", default="", help="write the report to this file")
-    out.add_argument("--html", default="", help="also write an HTML report with a chart")
     out.add_argument(
-        "--percentiles",
-        type=_percentiles,
-        default=DEFAULT_PERCENTILES,
-        help="e.g. 50,90,95,99,99.9",
+        "-o",
+        "--output",
+        default="",
+        metavar="FILE",
+        help="write the report to this file (default: standard output)",
     )
     out.add_argument(
-        "--max-error-rate",
-        type=_rate,
-        default=None,
-        help="fail (exit 1) above this error rate: 0.01 or 1%%",
-    )
-    out.add_argument(
-        "--max-latency",
-        action="append",
-        default=[],
-        metavar="STAT=LIMIT",
-        help="fail (exit 1) if a latency is above, e.g. p99=250ms (repeatable)",
-    )
-    out.add_argument(
-        "--expect-split",
-        default=None,
-        metavar="NAME=PCT,...",
-        help="fail (exit 1) unless successful calls spread over clusters as given, e.g. "
-        "cluster-a=80,cluster-b=20 (an exact test per cluster; see docs/load.md)",
-    )
-    out.add_argument(
-        "--expect-cluster",
-        default=None,
-        metavar="NAME",
-        help="fail (exit 1) unless every successful call was served by cluster NAME",
-    )
-    out.add_argument(
-        "--split-confidence",
-        default=None,
-        metavar="C",
-        help="confidence of the split gate, 0.99 (default) or 99%%",
+        "--html",
+        default="",
+        metavar="FILE",
+        help="also write an HTML report with a chart (default: none)",
     )
     out.add_argument(
         "--timeline-csv",
         default="",
         metavar="FILE",
-        help="also write the timeline as CSV: one row per bucket",
+        help="also write the timeline as CSV, one row per bucket (default: none)",
+    )
+    out.add_argument(
+        "--percentiles",
+        type=_percentiles,
+        default=DEFAULT_PERCENTILES,
+        metavar="LIST",
+        help="latency percentiles to report",
+    )
+    out.add_argument(
+        "--timeline-interval",
+        type=_duration,
+        default=f"{DEFAULT_INTERVAL:g}s",
+        metavar="DURATION",
+        help="length of each timeline bucket, e.g. 500ms; at least 10ms",
+    )
+    out.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
+
+
+def _add_gate_arguments(gates: Any) -> None:
+    """The gates that judge a run or a merge (exit 1 when one fails)."""
+    gates.add_argument(
+        "--max-error-rate",
+        type=_rate,
+        default=None,
+        metavar="RATE",
+        help="fail (exit 1) above this error rate: 0.01 or 1%% (default: no limit)",
+    )
+    gates.add_argument(
+        "--max-latency",
+        action="append",
+        default=[],
+        metavar="STAT=LIMIT",
+        help="fail (exit 1) if a latency is above, e.g. p99=250ms (repeatable; default: none)",
+    )
+    gates.add_argument(
+        "--expect-split",
+        default=None,
+        metavar="NAME=PCT,...",
+        help="fail (exit 1) unless successful calls spread over clusters as given, e.g. "
+        "cluster-a=80,cluster-b=20 (an exact test per cluster; see docs/load.md; default: none)",
+    )
+    gates.add_argument(
+        "--expect-cluster",
+        default=None,
+        metavar="NAME",
+        help="fail (exit 1) unless every successful call was served by cluster NAME "
+        "(default: none)",
+    )
+    gates.add_argument(
+        "--split-confidence",
+        default=None,
+        metavar="C",
+        help="confidence of the split gate, 0.99 or 99%% (default: 0.99)",
     )
 
 
@@ -328,6 +427,19 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         protocol=args.protocol,
         start_at=args.start_at,
         **gates_from_args(args),
+    )
+
+
+def _relative_start_notice(text: str | None, at: float | None) -> None:
+    """``--start-at +30s`` counts from this run's launch: say which moment that is, so that
+    other runs can be given it (the same +30s launched later would start later)."""
+    if text is None or at is None or not text.strip().startswith("+"):
+        return
+    moment = wall_time(at)
+    print(
+        f"greeter load: --start-at {text.strip()} is {moment}; to start other runs together "
+        f"with this one, give them --start-at {moment}",
+        file=sys.stderr,
     )
 
 
@@ -380,7 +492,12 @@ class ProgressLine:
         last_count, last_time = self._last
         rate = (count - last_count) / (elapsed - last_time) if elapsed > last_time else 0.0
         self._last = (count, elapsed)
-        parts = [f"{count} calls", f"{errors} errors", f"{rate:,.0f}/s", f"{elapsed:.1f}s"]
+        parts = [
+            plural(count, "call"),
+            plural(errors, "error"),
+            f"{rate:,.0f}/s",
+            f"{elapsed:.1f}s",
+        ]
         if self._config.duration:
             parts.append(f"{max(0.0, self._config.duration - elapsed):.1f}s left")
         elif self._config.total:
@@ -404,18 +521,12 @@ def render_report(report: Report, fmt: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.address == "merge":
-        print(
-            "greeter load: to merge reports, 'merge' comes right after 'load': "
-            "greeter load merge FILE... (a host named merge: give its port, merge:50051)",
-            file=sys.stderr,
-        )
-        return EXIT_BAD_ARGS
     try:
         config = config_from_args(args)
     except (TargetError, ConfigError) as exc:
         print(f"greeter load: {exc}", file=sys.stderr)
         return EXIT_BAD_ARGS
+    _relative_start_notice(getattr(args, "start_at_text", None), config.start_at)
     progress = ProgressLine(config) if config.progress else None
     began = time.perf_counter()
 
@@ -449,6 +560,15 @@ def merge_main(args: argparse.Namespace) -> int:
     except (ConfigError, merge.MergeError) as exc:
         print(f"greeter load merge: {exc}", file=sys.stderr)
         return EXIT_BAD_ARGS
+    apart = report.data["starts_apart_s"]
+    if apart > STARTS_APART_WARNING_S:
+        print(
+            f"greeter load merge: warning: the runs' measured starts were {apart:.3f} s apart, "
+            "so they did not run side by side throughout (the rate counts the union of their "
+            "windows); to line runs up, give each the same absolute --start-at, e.g. "
+            "$(date -u -d '+30 sec' +%FT%TZ)",
+            file=sys.stderr,
+        )
     interrupted = "some of the reports were interrupted: the merge covers the calls that finished"
     return _emit(report, args, "greeter load merge", interrupted)
 

@@ -285,4 +285,18 @@ def merge_reports(docs: Sequence[tuple[str, dict[str, Any]]], **gates: Any) -> R
     config = LoadConfig(
         target=target, call=first["call"], timeline_interval=interval, procs=1, **gates
     )
-    return build_report(config, outcome, options=merged_options(docs))
+    report = build_report(config, outcome, options=merged_options(docs))
+    report.data["starts_apart_s"] = round(starts_apart(docs), 6)
+    return report
+
+
+def starts_apart(docs: Sequence[tuple[str, dict[str, Any]]]) -> float:
+    """Seconds from the earliest measured start of the runs in ``docs`` to the latest (a
+    merged input brings its own runs' spread). Runs given the same absolute ``--start-at``
+    start within milliseconds; ``+30s`` counts from each run's own launch, so runs launched
+    apart start as far apart."""
+    spans = []
+    for _, doc in docs:
+        first = _epoch(doc["started_at"])
+        spans.append((first, first + float(doc.get("starts_apart_s") or 0.0)))
+    return max(last for _, last in spans) - min(first for first, _ in spans)

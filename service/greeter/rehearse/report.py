@@ -13,34 +13,167 @@ import html
 from typing import Any
 
 from greeter.load import render
+from greeter.load.engine import UNKNOWN
 from greeter.load.report import Report
 from greeter.rehearse import scenarios
+from greeter.wording import plural
+
+# What each scenario did, for the line under the verdict.
+WHAT = {
+    "rolling-drain": "SIGTERM each backend in turn under greeter load, restart it",
+    "cluster-outage": "SIGKILL every backend of {cluster} under traffic, then restart them",
+    "cluster-failover": "SIGKILL the active {active}; the standby {standby} takes the calls",
+}
+SCENARIO_FLAGS = {
+    "rolling-drain": "drain",
+    "cluster-outage": "outage",
+    "cluster-failover": "failover",
+}
+NO_BACKEND = "no backend (gateway 502)"
+NO_IDENTITY = "no backend named"  # failed without naming a backend, and not a gateway 502
+LABEL = 15  # the width of the report's left column
 
 
-def report_lines(summary: dict[str, Any]) -> list[str]:
-    """A scenario's summary for people (``--json`` prints the summary itself)."""
+def report_lines(summary: dict[str, Any], allowed: int | None = None) -> list[str]:
+    """A scenario's summary for people (``--json`` prints the summary itself): the verdict
+    first, then aligned lines; every time on the traffic's clock. ``allowed``: failed calls
+    the scenario may have (default: the scenario's own)."""
+    if allowed is None:
+        allowed = scenarios.allowed_failures(SCENARIO_FLAGS[summary["scenario"]])
+    return [verdict_line(summary, allowed), *detail_lines(summary)]
+
+
+def verdict_line(summary: dict[str, Any], allowed: int) -> str:
+    """``PASSED: 1 failed of 2,925 calls (allowed 10)`` or ``FAILED: ...``."""
+    ok = scenarios.passed(summary, allowed)
+    line = (
+        f"{summary['failed']:,} failed of {plural(summary['count'], 'call')} (allowed {allowed:,})"
+    )
+    late = summary.get("failures_sent_after_dead")
+    if summary["scenario"] == "cluster-failover" and late:
+        line += f"; {late:,} sent after the active backends had exited (allowed 0)"
+    return f"{'PASSED' if ok else 'FAILED'}: {line}"
+
+
+def _row(label: str, text: str) -> str:
+    return f"  {label.ljust(LABEL - 1)} {text}"
+
+
+def _rows(label: str, texts: list[str]) -> list[str]:
+    """The first line labelled, the others under it."""
+    return [_row(label if i == 0 else "", t) for i, t in enumerate(texts)] or [_row(label, "-")]
+
+
+def _gateway_502(summary: dict[str, Any]) -> bool:
+    """Whether the calls that failed without naming a backend were the gateway's 502s."""
+    texts = [str(s.get("details", "")) for s in summary.get("failure_samples", [])]
+    texts += [str(k) for k in (summary.get("errors") or {})]
+    return any("502" in t for t in texts)
+
+
+def _served_by(summary: dict[str, Any], key: str) -> list[str]:
+    """The by-cluster or by-pod table: the successful calls each served, and the calls that
+    reached no backend, each with its share of all calls."""
+    count = summary["count"]
+    served = {name: n for name, n in summary[key].items() if name and name != UNKNOWN}
+    unnamed = count - sum(served.values()) if key == "by_cluster" else None
+    if unnamed is None:  # by pod: what by cluster counted as unnamed
+        unnamed = count - sum(n for name, n in summary["by_cluster"].items() if name != UNKNOWN)
+    rows = sorted(served.items())
+    if unnamed > 0:
+        rows.append((NO_BACKEND if _gateway_502(summary) else NO_IDENTITY, unnamed))
+    width = max((len(name) for name, _ in rows), default=0)
+    digits = max((len(f"{n:,}") for _, n in rows), default=0)
+    return [f"{name:<{width}}  {n:>{digits},}  {_share(n, count):>6}" for name, n in rows]
+
+
+def _share(n: int, count: int) -> str:
+    """``n`` of ``count`` as a percentage; a few calls of many show as <0.1%, not 0.0%."""
+    share = n / count if count else 0.0
+    return "<0.1%" if 0 < share < 0.0005 else f"{share:.1%}"
+
+
+def _event_lines(summary: dict[str, Any]) -> list[str]:
+    t0 = float(summary.get("traffic_started_at_s") or 0.0)
+    times = [f"{e['at_s'] - t0:.3f}" for e in summary["events"]]
+    width = max(map(len, times), default=0)
+    names = max((len(e["event"]) for e in summary["events"]), default=0)
+    lines = []
+    for t, e in zip(times, summary["events"], strict=True):
+        details = scenarios.event_details(
+            {k: v for k, v in e.items() if k not in ("at_s", "event")}
+        )
+        lines.append(f"{t:>{width}}  {e['event']:<{names}}  {details}".rstrip())
+    return lines
+
+
+def detail_lines(summary: dict[str, Any], events: bool = True) -> list[str]:
+    """Everything but the verdict (the page shows the events in a table of its own)."""
+    name = summary["scenario"]
+    what = WHAT.get(name, "").format(
+        cluster=summary.get("cluster") or "one cluster",
+        active=", ".join(summary.get("active", [])),
+        standby=", ".join(summary.get("standby", [])),
+    )
+    codes = ", ".join(f"{code} {n:,}" for code, n in summary["status_codes"].items())
+    started = float(summary.get("traffic_started_at_s") or 0.0)
     lines = [
-        f"{summary['scenario']}: {summary['count']} calls in {summary['duration_s']}s "
-        f"({summary['rps']}/s), failed {summary['failed']}",
-        f"  status codes: {summary['status_codes']}",
-        f"  by cluster:   {summary['by_cluster']}",
-        f"  by pod:       {summary['by_pod']}",
+        f"{name}: {what}",
+        _row(
+            "traffic",
+            f"{plural(summary['count'], 'call')} in {summary['duration_s']} s ({summary['rps']}/s)",
+        ),
+        _row(
+            "times",
+            "seconds since the traffic's first call (the live lines' rehearsal clock "
+            f"began {started:.3f} s earlier)",
+        ),
+        _row("status codes", codes or "-"),
+        *_rows("by cluster", _served_by(summary, "by_cluster")),
+        *_rows("by pod", _served_by(summary, "by_pod")),
     ]
-    lines += [f"  {event}" for event in summary["events"]]
-    if "kill_at_s" in summary:  # the outage: when its failures happened, if any
-        if summary["failed"]:
-            lines.append(
-                f"  failures from {summary['first_failure_s']}s, window "
-                f"{summary['failure_window_s']}s (kill at {summary['kill_at_s']}s); last failed "
-                f"call sent {summary['last_failure_sent_after_kill_s']}s after the kill"
-            )
-        else:
-            lines.append(f"  no failed calls (kill at {summary['kill_at_s']}s)")
+    if events:
+        lines += _rows("events", _event_lines(summary))
+    if "covered_all_restarts" in summary:
+        covered = "covered" if summary["covered_all_restarts"] else "did NOT cover"
+        lines.append(_row("restarts", f"the traffic {covered} every restart"))
+    if "kill_at_s" in summary:  # the outage and the failover: when its failures happened
+        lines.append(_row("failed calls", _failures(summary)))
     if "phases" in summary:  # the failover: where the calls went
         lines += failover_lines(summary)
     if "revived_at_s" in summary:  # the outage and the failover: the victims' return
         lines.append(return_line(summary))
-    lines += [f"  failed: {sample}" for sample in summary.get("failure_samples", [])]
+    lines += _rows("failed", _samples(summary)) if summary.get("failure_samples") else []
+    return lines
+
+
+def _failures(summary: dict[str, Any]) -> str:
+    kill = f"the SIGKILL at {summary['kill_at_s']:.3f} s"
+    failed = summary["failed"]
+    if not failed:
+        return f"none ({kill})"
+    first = summary["first_failure_s"]
+    last = first + summary["failure_window_s"]
+    return (
+        f"{failed:,}, answered {first:.3f}-{last:.3f} s; the last sent "
+        f"{summary['last_failure_sent_after_kill_s']:.3f} s after {kill} (bound "
+        f"{scenarios.OUTAGE_MAX_WINDOW_S:g} s)"
+    )
+
+
+def _samples(summary: dict[str, Any]) -> list[str]:
+    """The first failed calls, one aligned line each."""
+    samples = summary.get("failure_samples", [])
+    width = max(len(s["code"]) for s in samples)
+    lines = []
+    for s in samples:
+        details = str(s["details"])
+        if "502" in details:
+            details = f"{NO_BACKEND}: {details}"
+        lines.append(
+            f"sent {s['sent_s']:7.3f} s  answered {s['at_s']:7.3f} s  "
+            f"{s['code']:<{width}}  {details}"
+        )
     return lines
 
 
@@ -50,22 +183,23 @@ def _percent(share: float | None) -> str:
 
 def failover_lines(summary: dict[str, Any]) -> list[str]:
     standby, active = ", ".join(summary["standby"]), ", ".join(summary["active"])
-    lines = []
+    phases = []
     for key, what in (
         ("before_kill", "before the kill"),
         ("active_down", f"while {active} was down"),
-        ("returned", f"{summary['return_bound_s']:g}s after {active} was SERVING"),
+        ("returned", f"{summary['return_bound_s']:g} s after {active} was SERVING"),
     ):
         phase = summary["phases"][key]
-        lines.append(
-            f"  {what} ({phase['calls']} {phase['from_s']}-{phase['to_s']}s): "
-            f"{phase['count']} calls, failed {phase['failed']}, by cluster {phase['by_cluster']}"
+        served = ", ".join(f"{name} {n:,}" for name, n in phase["by_cluster"].items()) or "-"
+        phases.append(
+            f"{what} (calls {phase['calls']} {phase['from_s']:.3f}-{phase['to_s']:.3f} s): "
+            f"{plural(phase['count'], 'call')}, {phase['failed']:,} failed; served: {served}"
         )
-    lines.append(
-        f"  standby {standby}: share {_percent(summary['standby_share_before_kill'])} before "
-        f"the kill, {_percent(summary['standby_share_after_kill'])} while {active} was down"
+    share = (
+        f"{standby}: {_percent(summary['standby_share_before_kill'])} before the kill, "
+        f"{_percent(summary['standby_share_after_kill'])} while {active} was down"
     )
-    return lines
+    return [*_rows("phases", phases), _row("standby share", share)]
 
 
 def _killed(summary: dict[str, Any]) -> str:
@@ -76,16 +210,16 @@ def _killed(summary: dict[str, Any]) -> str:
 def return_line(summary: dict[str, Any]) -> str:
     returned = summary["returned_at_s"]
     line = (
-        f"  {_killed(summary)}: restarted at {summary['reviving_at_s']}s, SERVING at "
-        f"{summary['revived_at_s']}s, first call again at "
-        f"{'-' if returned is None else f'{returned}s'}"
+        f"restarted at {summary['reviving_at_s']:.3f} s, SERVING at "
+        f"{summary['revived_at_s']:.3f} s, first call again at "
+        f"{'-' if returned is None else f'{returned:.3f} s'}"
     )
     if "phases" in summary:
         line += (
             f", share {_percent(summary['active_share_after_return'])} from "
-            f"{summary['phases']['returned']['from_s']}s"
+            f"{summary['phases']['returned']['from_s']:.3f} s"
         )
-    return line
+    return _row(_killed(summary), line)
 
 
 def _names(event: dict[str, Any]) -> str:
@@ -115,17 +249,18 @@ def markers(result: scenarios.ScenarioResult) -> list[tuple[float, str]]:
 
 def _verdict(summary: dict[str, Any], allowed: int) -> str:
     ok = scenarios.passed(summary, allowed)
-    parts = [f"{summary['failed']} failed of {summary['count']} calls, {allowed} allowed"]
+    parts = [verdict_line(summary, allowed).split(": ", 1)[1]]
     if "kill_at_s" in summary:
         late = summary["last_failure_sent_after_kill_s"]
         if late is not None:
             parts.append(
-                f"the last failed call was sent {late:g}s after the SIGKILL (bound "
-                f"{scenarios.OUTAGE_MAX_WINDOW_S:g}s)"
+                f"the last failed call was sent {late:g} s after the SIGKILL (bound "
+                f"{scenarios.OUTAGE_MAX_WINDOW_S:g} s)"
             )
+        after = summary["failures_sent_after_dead"]
         parts.append(
-            f"{summary['failures_sent_after_dead']} failed calls were sent after the killed "
-            "backends had exited"
+            f"{plural(after, 'failed call')} {'was' if after == 1 else 'were'} sent after the "
+            "killed backends had exited"
         )
     if "covered_all_restarts" in summary:
         covered = "covered" if summary["covered_all_restarts"] else "did NOT cover"
@@ -159,15 +294,20 @@ def to_html(result: scenarios.ScenarioResult, allowed: int) -> str:
     summary = result.summary()
     esc = html.escape
     # The events are in the table, on the traffic's clock; the text has the rest.
-    text = report_lines({**summary, "events": []})
+    text = detail_lines(summary, events=False)
     preface = (
         f"{_verdict(summary, allowed)}\n<h2>Events</h2>\n<p>Times in seconds since the "
         f"traffic's first call (the timeline's clock; the rehearsal's own began "
         f"{result.traffic_started_at_s:.3f}s earlier).</p>\n{_events_table(result)}\n"
         f'<pre class="report">{esc(chr(10).join(text))}</pre>\n'
     )
+    # The load tables' row of calls that named no backend, labelled as in the text.
+    label = NO_BACKEND if _gateway_502(summary) else NO_IDENTITY
+    load = dict(result.load)
+    for key in ("by_cluster", "by_pod"):
+        load[key] = {label if k == UNKNOWN else k: v for k, v in load[key].items()}
     return render.to_html(
-        Report(result.load),
+        Report(load),
         heading=f"greeter rehearse: {result.name}",
         preface=preface,
         markers=markers(result),

@@ -92,8 +92,21 @@ class _Timeline:
         now = time.perf_counter() - self.began
         at = round(now, 3)
         self.events.append({"at_s": at, "event": what, **extra})
-        logger.info("%7.3fs %s %s", at, what, extra or "")
+        # The live lines count from the scenario's start; the report uses the traffic's clock.
+        logger.info("rehearsal clock %7.3f s  %-22s %s", at, what, event_details(extra))
         return now
+
+
+def event_details(extra: dict[str, Any]) -> str:
+    """An event's details for people: ``cluster cluster-b; pods b-0, b-1; survivors none``."""
+    parts = []
+    for key, value in extra.items():
+        if isinstance(value, list | tuple):
+            value = ", ".join(map(str, value)) or "none"
+        if key.endswith("_s"):
+            key, value = key[:-2], f"{value} s"
+        parts.append(f"{key.replace('_', ' ')} {value}")
+    return "; ".join(parts)
 
 
 def _log_size(path: Path) -> int:
