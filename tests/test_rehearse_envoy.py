@@ -39,6 +39,8 @@ from greeter.rehearse.envoy import (
 )
 from greeter.rehearse.fleet import Rehearsal, RehearsalConfig
 from greeter.rehearse.nginx import BACKEND_HOST, HOST, BackendTLS
+from greeter.rehearse.report import report_lines
+from greeter.rehearse.traffic import Outcome, TrafficReport
 
 CLUSTERS = ("cluster-a", "cluster-b")
 
@@ -434,3 +436,17 @@ async def test_tls_origination_verified_and_a_foreign_ca_refused(tmp_path: Path)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         finally:
             await asyncio.to_thread(envoy.stop)
+
+
+def test_calls_envoy_answered_itself_read_as_no_backend() -> None:
+    """Envoy's own answers (its 503s: the pod's connection broke, no healthy pod) are labelled
+    as reaching no backend in the scenario's report, as nginx's 502s are."""
+    ok = [Outcome(0.1 * i, "OK", sent=0.1 * i - 0.01, cluster="cluster-a") for i in range(1, 20)]
+    reset = "upstream connect error or disconnect/reset before headers. reset reason: termination"
+    lost = Outcome(2.05, "UNAVAILABLE", sent=2.02, details=reset)
+    report = TrafficReport(outcomes=[*ok, lost], duration=4.0)
+    outage = scenarios.outage_summary(report, 2.0, 2.01, [])
+    summary = scenarios.ScenarioResult("cluster-outage", outage, [], None, 0.5).summary()
+    text = "\n".join(report_lines(summary))
+    assert "no backend (gateway 503)   1" in text, text
+    assert f"UNAVAILABLE  no backend (gateway 503): {reset}" in text, text

@@ -29,8 +29,22 @@ SCENARIO_FLAGS = {
     "cluster-outage": "outage",
     "cluster-failover": "failover",
 }
-NO_BACKEND = "no backend (gateway 502)"
-NO_IDENTITY = "no backend named"  # failed without naming a backend, and not a gateway 502
+NO_BACKEND = "no backend (gateway 502)"  # nginx: no backend took the call
+NO_BACKEND_ENVOY = "no backend (gateway 503)"  # Envoy: no healthy pod, or the pod's link broke
+NO_IDENTITY = "no backend named"  # failed without naming a backend, and not the gateway's own
+# What each gateway says when it answered a call itself, no backend having taken it.
+_GATEWAY_SAYS = (
+    ("502", NO_BACKEND),
+    ("upstream connect error", NO_BACKEND_ENVOY),
+    ("no healthy upstream", NO_BACKEND_ENVOY),
+)
+
+
+def _no_backend(text: str) -> str:
+    """The label of a failure the gateway answered itself ("" if ``text`` is not one)."""
+    return next((label for says, label in _GATEWAY_SAYS if says in text), "")
+
+
 LABEL = 15  # the width of the report's left column
 
 
@@ -64,11 +78,12 @@ def _rows(label: str, texts: list[str]) -> list[str]:
     return [_row(label if i == 0 else "", t) for i, t in enumerate(texts)] or [_row(label, "-")]
 
 
-def _gateway_502(summary: dict[str, Any]) -> bool:
-    """Whether the calls that failed without naming a backend were the gateway's 502s."""
+def _unnamed_label(summary: dict[str, Any]) -> str:
+    """How the calls that failed without naming a backend are labelled: the gateway's own
+    answers (nginx's 502, Envoy's 503) or just unnamed."""
     texts = [str(s.get("details", "")) for s in summary.get("failure_samples", [])]
     texts += [str(k) for k in (summary.get("errors") or {})]
-    return any("502" in t for t in texts)
+    return next((label for label in map(_no_backend, texts) if label), NO_IDENTITY)
 
 
 def _served_by(summary: dict[str, Any], key: str) -> list[str]:
@@ -81,7 +96,7 @@ def _served_by(summary: dict[str, Any], key: str) -> list[str]:
         unnamed = count - sum(n for name, n in summary["by_cluster"].items() if name != UNKNOWN)
     rows = sorted(served.items())
     if unnamed > 0:
-        rows.append((NO_BACKEND if _gateway_502(summary) else NO_IDENTITY, unnamed))
+        rows.append((_unnamed_label(summary), unnamed))
     width = max((len(name) for name, _ in rows), default=0)
     digits = max((len(f"{n:,}") for _, n in rows), default=0)
     return [f"{name:<{width}}  {n:>{digits},}  {_share(n, count):>6}" for name, n in rows]
@@ -168,8 +183,9 @@ def _samples(summary: dict[str, Any]) -> list[str]:
     lines = []
     for s in samples:
         details = str(s["details"])
-        if "502" in details:
-            details = f"{NO_BACKEND}: {details}"
+        label = _no_backend(details)
+        if label:
+            details = f"{label}: {details}"
         lines.append(
             f"sent {s['sent_s']:7.3f} s  answered {s['at_s']:7.3f} s  "
             f"{s['code']:<{width}}  {details}"
@@ -302,7 +318,7 @@ def to_html(result: scenarios.ScenarioResult, allowed: int) -> str:
         f'<pre class="report">{esc(chr(10).join(text))}</pre>\n'
     )
     # The load tables' row of calls that named no backend, labelled as in the text.
-    label = NO_BACKEND if _gateway_502(summary) else NO_IDENTITY
+    label = _unnamed_label(summary)
     load = dict(result.load)
     for key in ("by_cluster", "by_pod"):
         load[key] = {label if k == UNKNOWN else k: v for k, v in load[key].items()}
