@@ -267,7 +267,9 @@ def _add_report_arguments(out: Any) -> None:
         action="append",
         default=[],
         metavar="STAT=LIMIT",
-        help="fail (exit 1) if a latency is above, e.g. p99=250ms (repeatable)",
+        help="fail (exit 1) if a latency is above, e.g. p99=250ms; server.STAT and "
+        "outside.STAT judge the server's time (its server-timing) and the rest, e.g. "
+        "outside.p99=20ms (repeatable)",
     )
     out.add_argument(
         "--expect-split",

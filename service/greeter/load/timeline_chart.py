@@ -299,8 +299,15 @@ def svg(
     return "".join(out)
 
 
+def _blank_if_none(latency: dict[str, Any] | None) -> list[Any]:
+    """A bucket's p50 and p99 (``outside_ms``), empty where n/a."""
+    latency = latency or {}
+    return ["" if latency.get(p) is None else latency[p] for p in ("p50", "p99")]
+
+
 def to_csv(report: dict[str, Any]) -> str:
-    """One row per bucket: ``t,duration_s,count,errors,rps,p50_ms,p99_ms``, then a column
+    """One row per bucket: ``t,duration_s,count,errors,rps,p50_ms,p99_ms,outside_p50_ms,
+    outside_p99_ms`` (outside: latency minus server-timing; empty when n/a), then a column
     per status code (``status:OK``...), per cluster (``cluster:NAME``) and per pod
     (``pod:NAME``) seen in the run, each holding that bucket's calls."""
     buckets: list[dict[str, Any]] = report["timeline"]
@@ -324,6 +331,8 @@ def to_csv(report: dict[str, Any]) -> str:
             "rps",
             "p50_ms",
             "p99_ms",
+            "outside_p50_ms",
+            "outside_p99_ms",
             *(f"status:{c}" for c in codes),
             *(f"cluster:{c}" for c in clusters),
             *(f"pod:{p}" for p in pods),
@@ -341,6 +350,7 @@ def to_csv(report: dict[str, Any]) -> str:
                 round(b["count"] / length, 3) if length > 0 else 0.0,
                 "" if lat["p50"] is None else lat["p50"],
                 "" if lat["p99"] is None else lat["p99"],
+                *_blank_if_none(b.get("outside_ms")),
                 *(b["status_codes"].get(c, 0) for c in codes),
                 *(b["by_cluster"].get(c, 0) for c in clusters),
                 *(b["by_pod"].get(p, 0) for p in pods),
