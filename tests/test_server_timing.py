@@ -11,9 +11,11 @@ import grpc
 import pytest
 from web_support import SAY_HELLO, STREAM, hello, request
 
-from conftest import channel_to, free_port, running
+from conftest import channel_to, free_port, running, until
 from greeter import timing
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
+from greeter.client import Target
+from greeter.rehearse.traffic import Traffic, load_report
 
 TOKEN = [("authorization", "Bearer t0k")]
 
@@ -122,3 +124,17 @@ async def test_greeter_call_shows_it():
             line = done.stdout.splitlines()[-1]
             assert line.startswith("server-timing: app;dur="), done.stdout
             assert timing.server_us(line.removeprefix("server-timing: ")) is not None
+
+
+async def test_the_rehearsals_probe_reads_it_into_its_load_report():
+    async with running() as server:
+        traffic = Traffic(Target(f"127.0.0.1:{server.port}"), rps=200.0, concurrency=4)
+        task = asyncio.ensure_future(traffic.run())
+        await traffic.running.wait()
+        await until(lambda: len(traffic.report.outcomes), lambda n: n >= 20, timeout=30)
+        traffic.stop()
+        await task
+    report = load_report(traffic)
+    assert report["timed"] == report["count"] >= 20
+    assert report["by_cluster"]["cluster-a"]["outside_ms"]["p50"] is not None
+    assert report["server_ms"]["p50"] is not None
