@@ -4,7 +4,8 @@ The hot path is kept short, because a Python client spends most of its CPU in
 grpc itself: requests are serialized once and sent as bytes through the
 channel's multicallable (no per-call serializer), responses are not
 deserialized (only counted), metadata is built once, each worker is a plain
-loop (no task per call), the serving identity is read from the trailers, and
+loop (no task per call), the serving identity and the server's own time (its
+``server-timing``, greeter.timing) are read from the trailers, and
 latencies go straight into preallocated histogram counts. The timeline costs one comparison
 per call (greeter.load.timeline).
 """

@@ -1,8 +1,9 @@
 """The run over time: per-interval buckets of calls, status codes, latency and backends.
 
 Recording stays off the per-call path. A :class:`Timeline` keeps a copy of the recorder's
-cumulative counters (status codes, calls per backend, the latency histogram's counts) as
-they were at the last interval edge; ``engine.record`` only compares the call's finishing
+cumulative counters (status codes, calls per backend, the counts of the latency histogram
+and of the latency outside the server) as
+they were at the last interval edge; ``recorder.record`` only compares the call's finishing
 time with the next edge, and the first call to finish past it makes the timeline close the
 bucket: the difference between the counters now and the copy is everything that finished
 in that interval, exactly (latency as sparse histogram buckets, so per-bucket percentiles
