@@ -10,9 +10,11 @@ exceptions, cancellation and deadline expiry) for the ``after`` hooks.
 The same layer stamps every reply with the server's own time: a ``server-timing``
 trailer (W3C Server-Timing, ``app;dur=0.052``: milliseconds from the moment the call
 entered this wrapper to the moment its status is handed to grpc), set together with
-the interceptors' trailers (the serving identity) in the one ``set_trailing_metadata``
-the call makes anyway. A refusal (a before-hook's ``context.abort``) is stamped before
-it is sent: a hook returns the abort's coroutine instead of awaiting it.
+the interceptors' trailers (the serving identity): no layer of its own, one clock read
+and one more ``set_trailing_metadata`` per call (the identity's, as the call starts,
+stays: an abort from inside a handler is sent at once and carries that). A refusal (a
+before-hook's ``context.abort``) is stamped before it is sent: a hook returns the
+abort's coroutine instead of awaiting it.
 """
 
 from __future__ import annotations
