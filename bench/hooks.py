@@ -48,7 +48,9 @@ class FakeContext:
 
 
 CONFIGS: dict[str, dict[str, Any]] = {
-    "no hooks": {"pod_name": "", "access_log": False, "metrics_port": 0},
+    "no hooks": {"pod_name": "", "access_log": False, "metrics_port": 0, "server_timing": False},
+    "server-timing": {"pod_name": "", "access_log": False, "metrics_port": 0},
+    "identity, no server-timing": {"access_log": False, "metrics_port": 0, "server_timing": False},
     "identity": {"access_log": False, "metrics_port": 0},
     "identity+metrics": {"access_log": False},
     "identity+metrics+log 1%": {"access_log_sample": 0.01, "access_log_budget": 0},
@@ -74,7 +76,7 @@ def handler(settings: Settings) -> Any:
             self.handlers = handlers
 
     capture = Capture()
-    registrar.install([capture], interceptors(settings, metrics))
+    registrar.install([capture], interceptors(settings, metrics), timing=settings.server_timing)
     return capture.handlers["SayHello"].unary_unary
 
 

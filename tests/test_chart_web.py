@@ -87,9 +87,13 @@ def test_emissary_mappings_page_and_cors(render: Any) -> None:
     assert len(grpc) == 1
     cors = grpc[0]["spec"]["cors"]
     assert cors["origins"] == ["https://app.example.com"]
-    assert {"grpc-status", "grpc-message", "x-greeter-cluster", "x-greeter-pod"} <= set(
-        cors["exposed_headers"]
-    )
+    assert {
+        "grpc-status",
+        "grpc-message",
+        "x-greeter-cluster",
+        "x-greeter-pod",
+        "server-timing",
+    } <= set(cors["exposed_headers"])
     assert "POST" in cors["methods"]
 
 

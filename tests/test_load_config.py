@@ -64,5 +64,18 @@ def test_parsers() -> None:
     assert parse_threshold("mean=20").stat == "mean"
     with pytest.raises(ValueError, match="p<percent>"):
         parse_threshold("p200=1")
+    # The latency split: server.STAT and outside.STAT; total. is the plain form.
+    outside = parse_threshold("outside.p99=20ms")
+    assert (outside.scope, outside.stat, outside.limit_ms, outside.name) == (
+        "outside",
+        "p99",
+        20,
+        "outside.p99",
+    )
+    assert parse_threshold("server.mean<=2").scope == "server"
+    assert parse_threshold("total.p99.9=1s") == parse_threshold("p99.9=1s")
+    for bad in ("inside.p99=1ms", "outside.=1ms", "outside.p99", "server.p0=1ms"):
+        with pytest.raises(ValueError, match=r"p99=250ms|p<percent>|positive"):
+            parse_threshold(bad)
     assert call_name("helloworld.Greeter.SayHello") == "SayHello"
     assert call_name("/grpc.health.v1.Health/Check") == "Check"

@@ -20,7 +20,7 @@ import pytest
 from load_support import load_cli
 
 from greeter.client import Target
-from greeter.load import LoadConfig, engine, schema
+from greeter.load import LoadConfig, recorder, schema
 from greeter.load.config import parse_start_at
 from greeter.load.engine import Recorder
 from greeter.load.histogram import bucket_bounds
@@ -131,6 +131,11 @@ def test_separate_runs_merge_to_the_sum_of_their_samples(
     assert hdr["sum"] == sum(r["hdr"]["sum"] for r in reports)
     assert hdr["min"] == min(r["hdr"]["min"] for r in reports)
     assert hdr["max"] == max(r["hdr"]["max"] for r in reports)
+    # The latency split adds up the same way: every reply carried the server's timing.
+    assert merged["timed"] == sum(r["timed"] for r in reports) == 750
+    for part in ("server", "outside"):
+        theirs = summed_buckets([r[f"{part}_hdr"] for r in reports])
+        assert dict(merged[f"{part}_hdr"]["buckets"]) == dict(theirs), part
     for p in (50, 90, 95, 99, 99.9):
         assert merged["latency_ms"][f"p{p:g}"] == percentile_ms(buckets, p, hdr["min"], hdr["max"])
     # Per (cluster, pod): the histograms added up too.
@@ -169,15 +174,19 @@ def recorded(
     samples: list[tuple[int, int, str, str]], interval: float, monkeypatch: pytest.MonkeyPatch
 ) -> Recorder:
     """A recorder fed ``samples`` (finish time from the run's start and latency, both in
-    TICKs, code, pod) through engine.record, on a clock that reads the samples' times.
+    TICKs, code, pod) through recorder.record, on a clock that reads the samples' times.
     Times in whole TICKs make the clock arithmetic exact, so a sample's latency is the same
-    whatever its run's start."""
+    whatever its run's start. pod-3 sends no server-timing; the others say the server took
+    a share of each call that depends on the sample alone."""
     rec = Recorder()
     rec.track(0.0, interval)
     for ticks, latency, code, pod in sorted(samples):
         now = ticks * TICK
-        monkeypatch.setattr(engine, "_perf", lambda now=now: now)
-        engine.record(rec, now - latency * TICK, code, f"cluster-{pod[-1]}", pod, "boom")
+        monkeypatch.setattr(recorder, "_perf", lambda now=now: now)
+        server = -1 if pod == "pod-3" else int(latency * TICK * 1e6) * (latency % 7) // 10
+        recorder.record(
+            rec, now - latency * TICK, code, f"cluster-{pod[-1]}", pod, "boom", None, server
+        )
     rec.close_timeline()
     return rec
 
@@ -224,6 +233,59 @@ def test_merged_parts_equal_the_report_of_all_samples(
         if key not in ("options", "merged_from"):
             assert merged[key] == value, key
     assert merged["options"]["concurrency"] == 3 * config.concurrency
+
+
+SPLIT_FIELDS = ("timed", "server_ms", "outside_ms", "server_hdr", "outside_hdr")
+
+
+def without_split(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` as a greeter load from before the latency split wrote it."""
+    old = {k: v for k, v in doc.items() if k not in SPLIT_FIELDS}
+    old["backends"] = [
+        {k: v for k, v in r.items() if k not in SPLIT_FIELDS} for r in doc["backends"]
+    ]
+    for table in ("by_cluster", "by_pod"):
+        old[table] = {
+            name: {k: v for k, v in r.items() if k not in SPLIT_FIELDS}
+            for name, r in doc[table].items()
+        }
+    old["timeline"] = [
+        {k: v for k, v in row.items() if k not in ("outside_ms", "outside_hdr")}
+        for row in doc["timeline"]
+    ]
+    return old
+
+
+def test_reports_from_before_the_split_still_merge(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(7)
+    interval = 0.5
+    config = LoadConfig(target=Target("127.0.0.1:1"), timeline_interval=interval)
+    docs = []
+    for i in range(2):
+        samples = [
+            (rng.randrange(int(2.0 / TICK)), int(rng.lognormvariate(7, 1) * 1e-6 / TICK), "OK",
+             rng.choice(["pod-1", "pod-3"]))
+            for _ in range(200)
+        ]  # fmt: skip
+        outcome = Outcome(recorded(samples, interval, monkeypatch), T0, 2.0, False)
+        docs.append((f"part{i}", json.loads(build_report(config, outcome).to_json())))
+    new, old = docs[0][1], without_split(docs[1][1])
+    jsonschema.validate(old, schema())  # what an older greeter load wrote is still valid
+    merged = merge_reports([("new", new), ("old", old)], percentiles=config.percentiles)
+    assert merged["count"] == 400
+    # The old report's calls count as calls without a server-timing: the split is exactly
+    # the new report's.
+    assert merged["timed"] == new["timed"] > 0
+    for part in ("server", "outside"):
+        assert merged[f"{part}_hdr"] == new[f"{part}_hdr"]
+        assert merged[f"{part}_ms"] == new[f"{part}_ms"]
+    # Neither side told anything: n/a (null), never zeros.
+    both_old = merge_reports([("a", old), ("b", without_split(new))])
+    assert both_old["timed"] == 0
+    assert both_old["server_ms"] is None
+    assert both_old["outside_ms"] is None
+    assert all(r["server_ms"] is None for r in both_old["by_cluster"].values())
+    assert all(row["outside_ms"] == {"p50": None, "p99": None} for row in both_old["timeline"])
 
 
 def test_the_rate_counts_the_union_of_the_windows() -> None:

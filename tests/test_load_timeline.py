@@ -144,6 +144,8 @@ def test_errors_land_in_the_buckets_where_the_calls_finished(
         assert int(row["cluster:c1"]) == bucket["by_cluster"].get("c1", 0)
         assert int(row["pod:p1"]) == bucket["by_pod"].get("p1", 0)
         assert row["p99_ms"] == ("" if bucket["count"] == 0 else str(bucket["latency_ms"]["p99"]))
+        outside = bucket["outside_ms"]["p99"]
+        assert row["outside_p99_ms"] == ("" if outside is None else str(outside))
 
     # The HTML: the timeline chart, with the cluster's area, both latency lines and an error
     # mark for each failed bucket, and still no scripts.
@@ -151,7 +153,9 @@ def test_errors_land_in_the_buckets_where_the_calls_finished(
     chart.feed(page.read_text())
     assert chart.found
     assert chart.clusters == ["c1"]
-    assert chart.series == ["p50", "p99"]
+    # The refusals carried the server's timing (the 600 ms delay is the server's): the
+    # latency outside the server gets its own two lines.
+    assert chart.series == ["p50", "p99", "outside p50", "outside p99"]
     assert chart.error_marks == len(failed)
     assert "<script" not in page.read_text()
 

@@ -194,7 +194,10 @@ def read_page(page: str) -> ScenarioPage:
     parsed.close()
     assert parsed.open == [], parsed.open
     svgs = re.findall(r"<svg .*?</svg>", page, flags=re.S)
-    assert len(svgs) == 3  # the two timelines and the latency histogram
+    # The two timelines and the latency histogram, and "where the latency goes" when the
+    # replies carried the servers' server-timing (a probe's replayed records do not).
+    split = 'class="latency-split"' in page
+    assert len(svgs) == 3 + split
     for svg in svgs:
         ET.fromstring(svg)
     assert "<script" not in page
@@ -390,6 +393,11 @@ def test_greeter_load_through_the_gateway_sees_both_clusters(rehearsal: Rehearsa
     assert set(report["by_cluster"]) == set(rehearsal.config.clusters)
     for cluster in rehearsal.config.clusters:
         assert report["by_cluster"][cluster]["count"] >= 100  # round robin over 4 backends
+    # nginx passes the backends' server-timing trailer through: every call is split.
+    assert report["timed"] == 400
+    for part in ("server_ms", "outside_ms"):
+        assert report[part]["p50"] is not None
+        assert all(row[part] is not None for row in report["by_cluster"].values())
 
 
 # -- TLS from the gateway to the backends -----------------------------------------------------

@@ -71,6 +71,7 @@ BAD_VALUES = [
     ("log_level", "loud"),
     ("log_format", "xml"),
     ("reflection", "maybe"),
+    ("server_timing", "sometimes"),
     ("auth_exempt", "everything"),
     ("tls_cert", "/does/not/exist.pem"),
     ("tls_client_ca", "/does/not/exist.pem"),

@@ -215,7 +215,7 @@ async def test_cors_listed_origin_gets_preflight_and_exposed_headers():
         assert reply.headers["access-control-allow-origin"] == app
         assert reply.headers["vary"].lower() == "origin"
         exposed = {h.strip() for h in reply.headers["access-control-expose-headers"].split(",")}
-        assert {"grpc-status", "grpc-message", *IDENTITY} <= exposed
+        assert {"grpc-status", "grpc-message", "server-timing", *IDENTITY} <= exposed
         other = await request(port, SAY_HELLO, method="OPTIONS", origin="https://other.example")
         assert other.status == 403
     async with web(web_cors_origins=("*",)) as server:

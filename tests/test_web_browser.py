@@ -23,7 +23,7 @@ async def test_page_calls_the_greeter_and_shows_who_answered(tmp_path):
                 use_page(driver, url, "Chromium", 3)
                 shown = {
                     key: text_of(driver, key)
-                    for key in ("reply", "cluster", "pod", "node", "zone", "latency")
+                    for key in ("reply", "cluster", "pod", "node", "zone", "latency", "server-time")
                 }
                 rows = repeat(driver, 12)
                 shot = screenshot(driver, tmp_path / "grpc-web-page.png")
@@ -36,5 +36,8 @@ async def test_page_calls_the_greeter_and_shows_who_answered(tmp_path):
     assert shown["node"] == "node-1"
     assert shown["zone"] == "zone-b"
     assert shown["latency"].endswith(" ms")
+    # The browser read the server's own time from the server-timing trailer.
+    assert shown["server-time"].endswith(" ms")
+    assert float(shown["server-time"].removesuffix(" ms")) >= 0
     assert rows == [("browser-c", "pod-a", 12, 0)]
     assert (tmp_path / "grpc-web-page.png").stat().st_size > 1000, shot

@@ -30,6 +30,7 @@ from greeter.client import (
     add_target_arguments,
     identity_of,
     plaintext_hint,
+    server_timing_of,
     target_from_args,
 )
 
@@ -336,6 +337,7 @@ async def _call(target: Target, method: str, name: str, timeout: float) -> dict[
             "replies": replies,
             "identity": identity_of(headers, trailers),
             "took_ms": round((time.perf_counter() - started) * 1000, 3),
+            "server_timing": server_timing_of(trailers, headers),
         }
 
 
@@ -372,6 +374,7 @@ async def _call_web(
         "replies": [helloworld_pb2.HelloReply.FromString(m).message for m in result.messages],
         "identity": identity_of(result.headers, result.trailers),
         "took_ms": round(took * 1000, 3),
+        "server_timing": server_timing_of(result.trailers, result.headers),
     }
 
 
@@ -412,6 +415,7 @@ def cmd_call(args: argparse.Namespace) -> int:
         print(reply)
     served = ", ".join(f"{k.removeprefix('x-greeter-')}={v}" for k, v in result["identity"].items())
     print(f"served by: {served or 'unknown (no x-greeter-* metadata)'} in {result['took_ms']} ms")
+    print(f"server-timing: {result['server_timing'] or 'none (the server sent no server-timing)'}")
     return 0
 
 

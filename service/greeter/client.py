@@ -20,6 +20,27 @@ from pathlib import Path
 
 import grpc
 
+from greeter import timing
+
+# gRPC status names by number, and HTTP status → gRPC code as grpc maps a non-200
+# response (gRPC "HTTP to gRPC Status Code Mapping"; anything else is UNKNOWN): the h2 load
+# engine and the gRPC-Web client both read responses by them.
+CODE_NAMES = (
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED",
+)  # fmt: skip
+HTTP_CODES = {
+    400: "INTERNAL",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "UNIMPLEMENTED",
+    429: "UNAVAILABLE",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "UNAVAILABLE",
+}
 IDENTITY_KEYS = ("x-greeter-cluster", "x-greeter-pod", "x-greeter-node", "x-greeter-zone")
 LB_POLICIES = ("pick_first", "round_robin")
 
@@ -327,6 +348,15 @@ def open_channel(
     if creds is None:
         return grpc.aio.insecure_channel(address, options=opts)
     return grpc.aio.secure_channel(address, creds, options=opts)
+
+
+def server_timing_of(*metadata: Sequence[tuple[str, object]] | None) -> str | None:
+    """The ``server-timing`` value found first in trailers and/or headers, as sent."""
+    for md in metadata:
+        for key, value in md or ():
+            if key == timing.KEY:
+                return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    return None
 
 
 def identity_of(*metadata: Sequence[tuple[str, object]] | None) -> dict[str, str]:

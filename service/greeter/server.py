@@ -211,7 +211,7 @@ class GreeterServer:
             self._servers = [
                 grpc.aio.server(options=server_options(s)) for _ in range(listener_count(s))
             ]
-            registrar.install(self._servers, chain)
+            registrar.install(self._servers, chain, timing=s.server_timing)
             self._start_metrics_endpoint()
             self.port = self._bind(self._servers)
         self._bind_web(registrar)

@@ -242,6 +242,11 @@ class Settings:
     log_level: str = _setting("info", "debug, info, warning or error", parse_str)
     log_format: str = _setting("json", "json or text", parse_str)
     access_log: bool = _setting(True, "log one line per RPC", parse_bool)
+    server_timing: bool = _setting(
+        True,
+        "send a server-timing trailer (app;dur=MS: the server's own time) on every reply",
+        parse_bool,
+    )
     access_log_budget: int = _setting(
         10, "OK calls logged in full each second before sampling starts", parse_int
     )

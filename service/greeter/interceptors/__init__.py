@@ -1,10 +1,12 @@
 """Server interceptors, one concern each, composed by :mod:`greeter.pipeline`.
 
 An interceptor's ``bind(method)`` returns the :class:`~greeter.pipeline.Hooks`
-for that method, or None: ``before(context, metadata)`` (sync or async; it may
-abort the call; ``metadata`` is the request's, read once per call when a hook
-sets ``reads_metadata``) and ``after(record)`` (sync; sees the final status,
-duration and message counts). Interceptors are bound to each method once, when
+for that method, or None: ``before(context, metadata)`` (sync or async; it
+refuses the call by returning ``context.abort(...)`` unawaited, so the pipeline
+can stamp the server-timing trailer first; ``metadata`` is the request's, read
+once per call when a hook sets ``reads_metadata``), ``after(record)`` (sync; sees
+the final status, duration and message counts) and ``trailers`` (metadata for
+every reply, set by the pipeline). Interceptors are bound to each method once, when
 the server is built, so a call pays only for the hooks that apply to its method.
 """
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 
 import grpc
 
@@ -47,15 +47,14 @@ class Auth:
         allowed = [token.allows(method) for token in tokens]
         path = method.path
 
-        async def before(context: grpc.aio.ServicerContext, metadata: Metadata) -> None:
+        def before(context: grpc.aio.ServicerContext, metadata: Metadata) -> Awaitable[None] | None:
             presented = None
             for key, value in metadata:
                 if key == AUTHORIZATION:
                     presented = value if isinstance(value, str) else value.decode("latin-1")
                     break
             if not presented or presented[: len(BEARER)].lower() != BEARER:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, _REJECT_MISSING)
-                return
+                return context.abort(grpc.StatusCode.UNAUTHENTICATED, _REJECT_MISSING)
             secret = presented[len(BEARER) :].strip().encode("utf-8", "replace")
             digest = hashlib.sha256(secret[:MAX_TOKEN_BYTES]).digest()
             match = -1
@@ -63,10 +62,11 @@ class Auth:
                 if hmac.compare_digest(digest, token.digest) and len(secret) <= MAX_TOKEN_BYTES:
                     match = index
             if match < 0:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, _REJECT_INVALID)
-            elif not allowed[match]:
-                await context.abort(
+                return context.abort(grpc.StatusCode.UNAUTHENTICATED, _REJECT_INVALID)
+            if not allowed[match]:
+                return context.abort(
                     grpc.StatusCode.PERMISSION_DENIED, f"token is not allowed to call {path}"
                 )
+            return None
 
         return Hooks(before=before, reads_metadata=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable
 
 import grpc
 
@@ -60,7 +61,9 @@ class Faults:
             return None
         draw = random.random
 
-        async def before(context: grpc.aio.ServicerContext, metadata: Metadata) -> None:
+        async def before(
+            context: grpc.aio.ServicerContext, metadata: Metadata
+        ) -> Awaitable[None] | None:
             delay = self._delay if draw() < self._delay_fraction else 0.0
             status = self._status if draw() < self._status_fraction else None
             for key, value in metadata:
@@ -70,10 +73,13 @@ class Faults:
                     elif key == STATUS_HEADER:
                         status = parse_status(str(value))
                 except ValueError as exc:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{key}: {exc}")
+                    return context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{key}: {exc}")
             if delay > 0:
                 await sleep_at_least(delay)
             if status is not None and status is not grpc.StatusCode.OK:
-                await context.abort(status, f"injected fault: {status.name}")
+                # Returned, not awaited: the pipeline stamps the server-timing (the delay
+                # included), then sends it.
+                return context.abort(status, f"injected fault: {status.name}")
+            return None
 
         return Hooks(before=before, reads_metadata=True)

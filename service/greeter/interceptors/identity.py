@@ -1,8 +1,9 @@
 """Tells the caller where its call was served: cluster, pod, node and zone.
 
 Unary calls carry the identity in the trailers (set without an extra write,
-and still sent when the call fails); streams also send it in the response
-headers, so a client knows the backend before the first message arrives.
+and still sent when the call fails: the pipeline sets them as the call starts,
+and again with the server-timing as it ends); streams also send it in the
+response headers, so a client knows the backend before the first message arrives.
 """
 
 from __future__ import annotations
@@ -24,16 +25,11 @@ class Identity:
             return None
 
         if not method.response_streaming:
-
-            def before(context: grpc.aio.ServicerContext, request_metadata: Metadata) -> None:
-                context.set_trailing_metadata(metadata)
-
-            return Hooks(before=before)
+            return Hooks(trailers=metadata)
 
         async def before_stream(
             context: grpc.aio.ServicerContext, request_metadata: Metadata
         ) -> None:
-            context.set_trailing_metadata(metadata)
             await context.send_initial_metadata(metadata)
 
-        return Hooks(before=before_stream)
+        return Hooks(before=before_stream, trailers=metadata)

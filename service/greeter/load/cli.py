@@ -371,7 +371,9 @@ def _add_gate_arguments(gates: Any) -> None:
         action="append",
         default=[],
         metavar="STAT=LIMIT",
-        help="fail (exit 1) if a latency is above, e.g. p99=250ms (repeatable; default: none)",
+        help="fail (exit 1) if a latency is above, e.g. p99=250ms; server.STAT and "
+        "outside.STAT judge the server's time (its server-timing) and the rest, e.g. "
+        "outside.p99=20ms (repeatable; default: none)",
     )
     gates.add_argument(
         "--expect-split",

@@ -4,7 +4,8 @@ The hot path is kept short, because a Python client spends most of its CPU in
 grpc itself: requests are serialized once and sent as bytes through the
 channel's multicallable (no per-call serializer), responses are not
 deserialized (only counted), metadata is built once, each worker is a plain
-loop (no task per call), the serving identity is read from the trailers, and
+loop (no task per call), the serving identity and the server's own time (its
+``server-timing``, greeter.timing) are read from the trailers, and
 latencies go straight into preallocated histogram counts. The timeline costs one comparison
 per call (greeter.load.timeline).
 """
@@ -13,140 +14,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
 
+from greeter import timing
 from greeter.client import TargetError, channel_options, credentials, plaintext_hint
 from greeter.load import h2engine, webengine
 from greeter.load.config import CALLS, LoadConfig
-from greeter.load.histogram import Histogram
-from greeter.load.timeline import Timeline
+from greeter.load.recorder import NO_SERVER_TIME, UNKNOWN, Backend, Recorder, record
 from greeter.threads import helper_threads
+
+# Backend, Recorder, record and UNKNOWN live in greeter.load.recorder; importable from here.
+__all__ = ["UNKNOWN", "Backend", "ConnectError", "Recorder", "Run", "record", "resolved_engine"]
 
 CLUSTER_KEY = "x-greeter-cluster"
 POD_KEY = "x-greeter-pod"
+SERVER_TIMING_KEY = timing.KEY
 STREAM_COUNT_HEADER = "x-greeter-stream-count"
-UNKNOWN = "(none)"  # no identity metadata came back (a gateway error, no connection...)
-MAX_ERROR_MESSAGES = 50  # distinct error messages kept; the rest are counted under "other"
-_OTHER = "(other messages)"
 DUE_SLACK = 1e-9  # seconds: 450 steps of 1/150 s fall short of 3 s by float rounding
 
 
 class ConnectError(RuntimeError):
     """The target could not be reached (refused, TLS mismatch, timed out)."""
-
-
-@dataclass
-class Backend:
-    """What one serving (cluster, pod) did."""
-
-    hist: Histogram = field(default_factory=Histogram)
-    errors: int = 0
-
-
-class Recorder:
-    """Counters and histograms for one process; merges exactly with others."""
-
-    def __init__(self) -> None:
-        self.hist = Histogram()
-        self.status: dict[str, int] = {}
-        self.messages: dict[str, int] = {}
-        self.backends: dict[tuple[str, str], Backend] = {}
-        self.replies = 0  # response messages received (streams count each one)
-        self.first_us = 0  # stream calls: time to the first reply
-        self.timeline: Timeline | None = None
-        self.timeline_edge = math.inf  # when the timeline's current bucket ends
-
-    def track(self, start: float, interval: float) -> None:
-        """Keep a timeline: buckets of ``interval`` seconds from ``start`` (perf_counter)."""
-        self.timeline = Timeline(start, interval)
-        self.timeline_edge = self.timeline.next_edge()
-
-    def roll_timeline(self, now: float) -> None:
-        """A call finished at ``now``, at or past ``timeline_edge``: close the bucket."""
-        if self.timeline is not None:
-            self.timeline_edge = self.timeline.roll(self, now)
-
-    def close_timeline(self) -> None:
-        """No call finishes any more: close the timeline's last bucket."""
-        if self.timeline is not None:
-            self.timeline.close(self)
-        self.timeline_edge = math.inf
-
-    @property
-    def count(self) -> int:
-        return self.hist.count
-
-    @property
-    def errors(self) -> int:
-        return self.hist.count - self.status.get("OK", 0)
-
-    def backend(self, cluster: str, pod: str) -> Backend:
-        key = (cluster, pod)
-        found = self.backends.get(key)
-        if found is None:
-            found = self.backends[key] = Backend()
-        return found
-
-    def error(self, code: str, details: str) -> None:
-        message = f"{code}: {details}" if details else code
-        if message not in self.messages and len(self.messages) >= MAX_ERROR_MESSAGES:
-            message = _OTHER
-        self.messages[message] = self.messages.get(message, 0) + 1
-
-    def merge(self, other: Recorder, timeline_offset: int = 0) -> None:
-        """Add ``other``'s counts to these, exactly; its timeline's first bucket goes to
-        index ``timeline_offset`` of this one's."""
-        self.hist.merge(other.hist)
-        for code, n in other.status.items():
-            self.status[code] = self.status.get(code, 0) + n
-        for message, n in other.messages.items():
-            self.messages[message] = self.messages.get(message, 0) + n
-        for (cluster, pod), b in other.backends.items():
-            mine = self.backend(cluster, pod)
-            mine.hist.merge(b.hist)
-            mine.errors += b.errors
-        self.replies += other.replies
-        self._merge_timeline(other, timeline_offset)
-
-    def _merge_timeline(self, other: Recorder, offset: int) -> None:
-        if other.timeline is None:
-            return
-        if self.timeline is None:
-            self.timeline = Timeline(other.timeline.start, other.timeline.interval)
-        self.timeline.merge(other.timeline, offset)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "hist": self.hist.to_dict(),
-            "status": dict(self.status),
-            "messages": dict(self.messages),
-            "replies": self.replies,
-            "backends": [
-                [cluster, pod, b.hist.to_dict(), b.errors]
-                for (cluster, pod), b in self.backends.items()
-            ],
-            "timeline": None if self.timeline is None else self.timeline.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Recorder:
-        rec = cls()
-        rec.hist = Histogram.from_dict(data["hist"])
-        rec.status = {str(k): int(v) for k, v in data["status"].items()}
-        rec.messages = {str(k): int(v) for k, v in data["messages"].items()}
-        rec.replies = int(data["replies"])
-        for cluster, pod, hist, errors in data["backends"]:
-            rec.backends[(cluster, pod)] = Backend(Histogram.from_dict(hist), int(errors))
-        if data.get("timeline") is not None:
-            rec.timeline = Timeline.from_dict(data["timeline"])
-        return rec
 
 
 class Schedule:
@@ -205,14 +98,20 @@ def _metadata(config: LoadConfig) -> grpc.aio.Metadata | None:
     return grpc.aio.Metadata(*pairs) if pairs else None
 
 
-def _identity(trailers: Any) -> tuple[str, str]:
+def _identity(trailers: Any) -> tuple[str, str, int]:
+    """Cluster, pod and the server's own time (µs; -1 if none) from a call's trailers."""
     cluster = pod = UNKNOWN
+    server = NO_SERVER_TIME
     for key, value in trailers or ():
         if key == CLUSTER_KEY:
             cluster = value
         elif key == POD_KEY:
             pod = value
-    return cluster, pod
+        elif key == SERVER_TIMING_KEY:
+            found = server_us(value)
+            if found is not None:
+                server = found
+    return cluster, pod, server
 
 
 def _code_name(code: grpc.StatusCode | None) -> str:
@@ -221,32 +120,7 @@ def _code_name(code: grpc.StatusCode | None) -> str:
 
 Caller = Callable[[Recorder, float], Any]
 AUTO_H2 = True  # --engine auto picks h2 where it applies
-_perf = time.perf_counter
-
-
-def record(
-    rec: Recorder,
-    began: float,
-    code: str,
-    cluster: str,
-    pod: str,
-    details: str,
-    now: float | None = None,
-) -> None:
-    """One finished call: latency since ``began``, status, serving identity, error; it
-    ended ``now`` (default: this moment; a replay of recorded calls passes their end)."""
-    if now is None:
-        now = _perf()
-    if now >= rec.timeline_edge:  # the only per-call cost of the timeline
-        rec.roll_timeline(now)
-    us = int((now - began) * 1e6)
-    rec.hist.record(us)
-    rec.status[code] = rec.status.get(code, 0) + 1
-    backend = rec.backend(cluster, pod)
-    backend.hist.record(us)
-    if code != "OK":
-        backend.errors += 1
-        rec.error(code, details)
+server_us = timing.server_us
 
 
 def resolved_engine(config: LoadConfig) -> str:
@@ -297,7 +171,8 @@ def _make_caller(channel: Any, config: LoadConfig) -> Caller:
     rpc_error = grpc.aio.AioRpcError
 
     def finish(rec: Recorder, began: float, code: str, trailers: Any, details: str) -> None:
-        record(rec, began, code, *_identity(trailers), details)
+        cluster, pod, server = _identity(trailers)
+        record(rec, began, code, cluster, pod, details, None, server)
 
     if config.call in ("SayHello", "Check"):
         unary = channel.unary_unary(path, _registered_method=True)

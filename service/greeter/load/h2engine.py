@@ -38,8 +38,9 @@ from urllib.parse import unquote_to_bytes
 
 from hpack import Decoder, HPACKError
 
-from greeter import __version__
-from greeter.client import Target, split_host_port, tls_context
+from greeter import __version__, timing
+from greeter.client import CODE_NAMES, HTTP_CODES, Target, split_host_port, tls_context
+from greeter.load.recorder import NO_SERVER_TIME
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Frame types (RFC 9113 section 6).
@@ -65,24 +66,6 @@ ATTEMPTS = 3  # tries for a call whose stream was never processed (GOAWAY, REFUS
 RECONNECT_BACKOFF = 1.0  # seconds between failed connection attempts
 HEADER_CACHE = 512  # decoded header blocks kept (cleared when the dynamic table changes)
 
-CODE_NAMES = (
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-    "UNAUTHENTICATED",
-)  # fmt: skip
-# HTTP status → gRPC code, as grpc maps a non-200 response (gRPC "HTTP to gRPC Status
-# Code Mapping"); anything else is UNKNOWN.
-HTTP_CODES = {
-    400: "INTERNAL",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "UNIMPLEMENTED",
-    429: "UNAVAILABLE",
-    502: "UNAVAILABLE",
-    503: "UNAVAILABLE",
-    504: "UNAVAILABLE",
-}
 # RST_STREAM error code → gRPC code (gRPC over HTTP/2, "Errors"); the rest are INTERNAL.
 RST_CODES = {
     0x7: "UNAVAILABLE",  # REFUSED_STREAM
@@ -93,15 +76,20 @@ RST_CODES = {
 
 CLUSTER_KEY = b"x-greeter-cluster"
 POD_KEY = b"x-greeter-pod"
+SERVER_TIMING_KEY = timing.KEY_BYTES
+# The server-timing as grpc-core sends it: the block's last field, a literal without
+# indexing (0x00) with a literal name, neither Huffman-coded. Everything before it in a
+# trailers block repeats call after call; only this value changes (see _on_headers).
+_TIMING_FIELD = b"\x00" + bytes([len(SERVER_TIMING_KEY)]) + SERVER_TIMING_KEY
 UNKNOWN = "(none)"
 
 _FRAME_HEAD = struct.Struct(">BHBBL")  # length (24 bits as 8 + 16), type, flags, stream id
 _SETTING = struct.Struct(">HL")
 _U32 = struct.Struct(">L")
 
-# A call's outcome: gRPC code name, details, cluster, pod.
-Result = tuple[str, str, str, str]
-RETRY = ("", "", "", "")  # the stream was never processed: try again on another connection
+# A call's outcome: gRPC code name, details, cluster, pod, server time (µs; -1: none).
+Result = tuple[str, str, str, str, int]
+RETRY = ("", "", "", "", NO_SERVER_TIME)  # the stream was never processed: try another connection
 # REFUSED_STREAM: the server did not process the stream either (RFC 9113 8.7), typically a
 # slot at its stream limit not freed yet; the call waits for a slot on the same connection
 # and goes again (as grpc-core's transparent retry does), reported only if it keeps happening.
@@ -110,6 +98,7 @@ REFUSED: Result = (
     f"Received RST_STREAM with error code {REFUSED_STREAM}",
     UNKNOWN,
     UNKNOWN,
+    NO_SERVER_TIME,
 )
 
 
@@ -248,8 +237,9 @@ class UnaryRequest:
 
 
 # -- response headers ---------------------------------------------------------------------
-# What a header block says: :status, grpc-status, grpc-message, cluster, pod (None: absent).
-Summary = tuple[int | None, int | None, str | None, str | None, str | None]
+# What a header block says: :status, grpc-status, grpc-message, cluster, pod, server time
+# in µs (None: absent).
+Summary = tuple[int | None, int | None, str | None, str | None, str | None, int | None]
 
 
 def _text(raw: bytes) -> str:
@@ -257,7 +247,7 @@ def _text(raw: bytes) -> str:
 
 
 def summarize(headers: Iterable[tuple[bytes, bytes]]) -> Summary:
-    status = grpc_status = None
+    status = grpc_status = server = None
     message = cluster = pod = None
     for name, value in headers:
         if name == b":status":
@@ -270,7 +260,9 @@ def summarize(headers: Iterable[tuple[bytes, bytes]]) -> Summary:
             cluster = _text(value)
         elif name == POD_KEY:
             pod = _text(value)
-    return status, grpc_status, message, cluster, pod
+        elif name == SERVER_TIMING_KEY:
+            server = timing.server_us(value)
+    return status, grpc_status, message, cluster, pod, server
 
 
 def _percent_decode(raw: bytes) -> str:
@@ -290,6 +282,7 @@ class _Stream:
         "pod",
         "received",
         "request",
+        "server",
         "sid",
     )
 
@@ -304,21 +297,24 @@ class _Stream:
         self.message: str | None = None
         self.cluster: str | None = None
         self.pod: str | None = None
+        self.server = NO_SERVER_TIME
         self.received = 0
 
 
 def _outcome(st: _Stream) -> Result:
     cluster = st.cluster or UNKNOWN
     pod = st.pod or UNKNOWN
+    server = st.server
     http = st.http
     if http is not None and http != 200:
         code = HTTP_CODES.get(http, "UNKNOWN")
-        return code, f"Received http2 header with status: {http}", cluster, pod
+        return code, f"Received http2 header with status: {http}", cluster, pod, server
     status = st.grpc_status
     if status is None:
-        return "INTERNAL", "the server ended the stream without a grpc-status", cluster, pod
+        why = "the server ended the stream without a grpc-status"
+        return "INTERNAL", why, cluster, pod, server
     name = CODE_NAMES[status] if 0 <= status < len(CODE_NAMES) else "UNKNOWN"
-    return name, st.message or "", cluster, pod
+    return name, st.message or "", cluster, pod, server
 
 
 class H2Connection(asyncio.Protocol):
@@ -385,7 +381,7 @@ class H2Connection(asyncio.Protocol):
         streams = list(self.streams.values())
         self.streams.clear()
         for st in streams:
-            self._resolve(st, ("UNAVAILABLE", self.error, UNKNOWN, UNKNOWN))
+            self._resolve(st, ("UNAVAILABLE", self.error, UNKNOWN, UNKNOWN, NO_SERVER_TIME))
         self._retry_pending()
         if not self.lost.done():
             self.lost.set_result(None)
@@ -462,6 +458,7 @@ class H2Connection(asyncio.Protocol):
                             f"Received RST_STREAM with error code {error}",
                             st.cluster or UNKNOWN,
                             st.pod or UNKNOWN,
+                            st.server,
                         ),
                     )
                     self._after_end()
@@ -495,6 +492,16 @@ class H2Connection(asyncio.Protocol):
             st.received = 0
 
     def _on_headers(self, sid: int, flags: int, block: bytes) -> None:
+        server = None
+        # The server-timing differs in every trailers block: read it apart, so the rest of
+        # the block (the same call after call) is still found in the cache.
+        at = block.rfind(_TIMING_FIELD)
+        if at >= 0:
+            start = at + len(_TIMING_FIELD) + 1
+            length = block[start - 1] if start <= len(block) else 0x80
+            if length < 0x7F and start + length == len(block):  # plain, short, and last
+                server = timing.server_us(block[start:])
+                block = block[:at]
         summary = self.cache.get(block)
         if summary is None:
             summary = self._decode(block)
@@ -503,7 +510,11 @@ class H2Connection(asyncio.Protocol):
         st = self.streams.get(sid)
         if st is None:
             return
-        status, grpc_status, message, cluster, pod = summary
+        status, grpc_status, message, cluster, pod, found = summary
+        if server is None:
+            server = found
+        if server is not None:
+            st.server = server
         if status is not None:
             st.http = status
         if grpc_status is not None:
@@ -590,7 +601,7 @@ class H2Connection(asyncio.Protocol):
         request = st.request
         if request.size > self.peer_stream_window:
             detail = f"request ({request.size} bytes) exceeds the server's stream window"
-            self._resolve(st, ("INTERNAL", detail, UNKNOWN, UNKNOWN))
+            self._resolve(st, ("INTERNAL", detail, UNKNOWN, UNKNOWN, NO_SERVER_TIME))
             return
         sid = self.next_id
         self.next_id = sid + 2
@@ -658,7 +669,8 @@ class H2Connection(asyncio.Protocol):
             deadlines.popleft()
             if st.sid and self.streams.pop(st.sid, None) is not None:
                 self._write(_frame(RST_STREAM, 0, st.sid, _U32.pack(CANCEL)))
-            self._resolve(st, ("DEADLINE_EXCEEDED", "Deadline Exceeded", UNKNOWN, UNKNOWN))
+            expired = ("DEADLINE_EXCEEDED", "Deadline Exceeded", UNKNOWN, UNKNOWN, NO_SERVER_TIME)
+            self._resolve(st, expired)
         if deadlines:
             self.timer = self.loop.call_at(deadlines[0].deadline, self._expire)
         self._after_end()
@@ -796,7 +808,8 @@ class H2Channel:
             await asyncio.wait_for(asyncio.gather(*(c.lost for c in conns)), 1.0)
 
 
-Record = Callable[[Any, float, str, str, str, str], None]  # rec, began, code, cluster, pod, msg
+# rec, began, code, cluster, pod, message, now (None: now), server µs (-1: no server-timing)
+Record = Callable[[Any, float, str, str, str, str, float | None, int], None]
 
 
 def make_caller(
@@ -814,19 +827,23 @@ def make_caller(
             if conn is None or not conn.open:
                 conn = await channel.ready(connect_timeout)
                 if conn is None:
-                    record(rec, began, "UNAVAILABLE", UNKNOWN, UNKNOWN, channel.last_error)
+                    record(
+                        rec, began, "UNAVAILABLE", UNKNOWN, UNKNOWN, channel.last_error, None,
+                        NO_SERVER_TIME,
+                    )  # fmt: skip
                     return
             result = await conn.call(request)
             if result is REFUSED and attempt < ATTEMPTS - 1:
                 continue
             if result is not RETRY:
-                code, details, cluster, pod = result
+                code, details, cluster, pod, server = result
                 if code == "OK":
                     rec.replies += 1
-                record(rec, began, code, cluster, pod, details)
+                record(rec, began, code, cluster, pod, details, None, server)
                 return
             conn = None
-        record(rec, began, "UNAVAILABLE", UNKNOWN, UNKNOWN, "the server refused the call again")
+        again = "the server refused the call again"
+        record(rec, began, "UNAVAILABLE", UNKNOWN, UNKNOWN, again, None, NO_SERVER_TIME)
         await sleep(0)
 
     return unary_call

@@ -21,18 +21,20 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import math
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from greeter.client import Target
 from greeter.load.config import LoadConfig
-from greeter.load.engine import Backend, Recorder
 from greeter.load.histogram import SUB_BITS, Histogram
+from greeter.load.outcome import Outcome, combine, union_length
+from greeter.load.recorder import Backend, Recorder
 from greeter.load.report import SCHEMA_ID, Report, build_report
 from greeter.load.timeline import MIN_INTERVAL, Timeline
+
+# Outcome, combine and union_length live in greeter.load.outcome; importable from here.
+__all__ = ["MergeError", "Outcome", "combine", "merge_reports", "read_reports", "union_length"]
 
 MAX_TIMELINE_BUCKETS = 1_000_000  # a merged timeline longer than this is refused
 SUMMED_OPTIONS = ("concurrency", "connections", "procs")
@@ -41,64 +43,6 @@ SUMMED_OR_NULL_OPTIONS = ("total", "rps")  # null as soon as one report has none
 
 class MergeError(ValueError):
     """Reports that cannot be merged, or an input that is not a report (exit 2)."""
-
-
-@dataclass
-class Outcome:
-    """What a run measured (or several runs, merged), before it becomes a report."""
-
-    recorder: Recorder
-    started: float  # wall clock (Unix seconds) when the load phase began
-    duration: float  # seconds measured; merged: the length of the union of the windows
-    interrupted: bool
-    span: float | None = None  # from ``started`` to the last window's end (None: duration)
-    start_lag: float | None = None  # --start-at: how late the load phase began (the worst)
-    merged_from: int = 1  # the runs in it
-
-    @property
-    def ended(self) -> float:
-        return self.started + (self.duration if self.span is None else self.span)
-
-
-def union_length(windows: Iterable[tuple[float, float]]) -> float:
-    """The length of the union of the ``(start, end)`` windows."""
-    total = 0.0
-    reach = -math.inf
-    for start, end in sorted(windows):
-        if end <= reach:
-            continue
-        total += end - max(start, reach)
-        reach = end
-    return total
-
-
-def _offset(part: Outcome, first: float) -> int:
-    """Whole timeline intervals between the earliest start and ``part``'s."""
-    timeline = part.recorder.timeline
-    if timeline is None:
-        return 0
-    return max(0, round((part.started - first) / timeline.interval))
-
-
-def combine(parts: Sequence[Outcome]) -> Outcome:
-    """The exact merge of ``parts``: the one function both ``--procs`` and
-    ``greeter load merge`` use."""
-    if not parts:
-        raise ValueError("nothing to merge")
-    first = min(part.started for part in parts)
-    merged = Recorder()
-    for part in parts:
-        merged.merge(part.recorder, _offset(part, first))
-    lags = [part.start_lag for part in parts if part.start_lag is not None]
-    return Outcome(
-        recorder=merged,
-        started=first,
-        duration=max(union_length((p.started, p.ended) for p in parts), 1e-9),
-        interrupted=any(part.interrupted for part in parts),
-        span=max(part.ended for part in parts) - first,
-        start_lag=max(lags) if lags else None,
-        merged_from=sum(part.merged_from for part in parts),
-    )
 
 
 # -- reports --------------------------------------------------------------------------
@@ -227,11 +171,12 @@ def outcome_of(name: str, doc: dict[str, Any]) -> Outcome:
     try:
         rec = Recorder()
         rec.hist = Histogram.from_dict(doc["hdr"])
+        rec.server, rec.outside = _split_of(doc)
         rec.status = {str(k): int(v) for k, v in doc["status_codes"].items()}
         rec.messages = {str(k): int(v) for k, v in doc["error_messages"].items()}
         rec.replies = int(doc["replies"])
         for row in doc["backends"]:
-            backend = Backend(Histogram.from_dict(row["hdr"]), int(row["errors"]))
+            backend = Backend(Histogram.from_dict(row["hdr"]), int(row["errors"]), *_split_of(row))
             rec.backends[(str(row["cluster"]), str(row["pod"]))] = backend
         interval = float(doc["options"]["timeline_interval_s"])
         rec.timeline = Timeline.from_report(doc["timeline"], interval)
@@ -249,6 +194,14 @@ def outcome_of(name: str, doc: dict[str, Any]) -> Outcome:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise MergeError(f"{name}: not a complete greeter load report ({exc!r})") from None
+
+
+def _split_of(part: dict[str, Any]) -> tuple[Histogram, Histogram]:
+    """A report's (or a backend row's) server and outside histograms; empty in a report
+    from before the split (its calls then count as replies without a server-timing)."""
+    if "server_hdr" not in part:
+        return Histogram(), Histogram()
+    return Histogram.from_dict(part["server_hdr"]), Histogram.from_dict(part["outside_hdr"])
 
 
 def merged_options(docs: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:

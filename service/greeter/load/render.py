@@ -24,6 +24,48 @@ def _pct_keys(latency: dict[str, float]) -> list[str]:
     return [k for k in latency if k.startswith("p")]
 
 
+NA = "n/a"  # a part of the latency split no reply told (no server-timing): never a zero
+SPLIT_PARTS = ("server", "outside")
+
+
+def _part_ms(row: dict[str, Any], part: str, stat: str) -> float | None:
+    """``stat`` of ``row``'s ``part`` (``total``, ``server``, ``outside``), None: n/a."""
+    stats = row["latency_ms"] if part == "total" else row.get(f"{part}_ms")
+    return None if stats is None else stats.get(stat)
+
+
+def _fmt_part(value: float | None) -> str:
+    return NA if value is None else _fmt_ms(value)
+
+
+def _split_summary_lines(d: dict[str, Any]) -> list[str]:
+    """Where the latency goes: total, server (its server-timing) and outside, side by side."""
+    timed = d.get("timed", 0)
+    if not timed:
+        return [
+            "Where the latency goes: n/a (no reply carried a server-timing trailer: the "
+            "server does not send one)"
+        ]
+    stats = ["mean", *(p for p in ("p50", "p90", "p99", "p99.9") if p in d["latency_ms"])]
+    share = f"{timed} of {d['count']} calls" if timed != d["count"] else f"all {timed} calls"
+    lines = [f"Where the latency goes ({share} told their server time):"]
+    rows = [["", *stats]]
+    for part in ("total", *SPLIT_PARTS):
+        rows.append([part, *(_fmt_part(_part_ms(d, part, s)) for s in stats)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        lines.append(
+            "  "
+            + "  ".join(
+                [
+                    r[0].ljust(widths[0]),
+                    *(c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)),
+                ]
+            )
+        )
+    return lines
+
+
 def summary(report: Report) -> str:
     d = report.data
     out: list[str] = []
@@ -61,6 +103,8 @@ def summary(report: Report) -> str:
             n = bar["count"]
             mark = "∎" * (round(n / top * BAR_WIDTH) if n else 0)
             add(f"  {bar['to_ms']:10.3f} ms [{n:>{len(str(top))}}]\t|{mark}")
+        add("")
+        out.extend(_split_summary_lines(d))
     add("")
     add("Status code distribution:")
     for code, n in d["status_codes"].items():
@@ -80,7 +124,8 @@ def summary(report: Report) -> str:
         for t in d["thresholds"]:
             verdict = "ok" if t["passed"] else "FAILED"
             op = f"{t['op']} " if "op" in t else ""
-            add(f"  {t['name']:<16} {t['value']:g} (limit {op}{t['limit']:g})  {verdict}")
+            value = NA if t["value"] is None else f"{t['value']:g}"
+            add(f"  {t['name']:<16} {value} (limit {op}{t['limit']:g})  {verdict}")
     if "split" in d:
         add("")
         out.extend(_split_summary(d["split"]))
@@ -113,7 +158,8 @@ def _window(d: dict[str, Any]) -> list[str]:
 
 def _table(rows: dict[str, dict[str, Any]], title: str, pcts: list[str]) -> str:
     shown = [p for p in ("p50", "p99") if p in pcts] or pcts[:2]
-    header = [title, "count", "share", *shown, "errors"]
+    split = [(part, p) for part in SPLIT_PARTS for p in shown]
+    header = [title, "count", "share", *shown, *(f"{part} {p}" for part, p in split), "errors"]
     lines = [header]
     for name, row in rows.items():
         lines.append(
@@ -122,6 +168,7 @@ def _table(rows: dict[str, dict[str, Any]], title: str, pcts: list[str]) -> str:
                 str(row["count"]),
                 f"{row['share']:.1%}",
                 *(f"{row['latency_ms'][p]:.2f} ms" for p in shown),
+                *(_fmt_part(_part_ms(row, part, p)) for part, p in split),
                 str(row["errors"]),
             ]
         )
@@ -170,15 +217,29 @@ CSV_FIELDS = ("kind", "name", "count", "share", "errors", "min_ms", "mean_ms", "
 
 def to_csv(report: Report) -> str:
     """One row for the whole run, then one per cluster and per pod, then status codes.
-    Columns: kind,name,count,share,errors,min_ms,mean_ms,max_ms,<percentiles>_ms."""
+    Columns: kind,name,count,share,errors,min_ms,mean_ms,max_ms,<percentiles>_ms, then
+    timed and the same latency columns prefixed server_ and outside_ (empty: n/a, no
+    reply carried a server-timing)."""
     d = report.data
     pcts = _pct_keys(d["latency_ms"])
+    stats = ["min", "mean", "max", *pcts]
+    split_fields = [f"{part}_{s}_ms" for part in SPLIT_PARTS for s in stats]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     gate = d.get("split")
-    writer.writerow([*CSV_FIELDS, *(f"{p}_ms" for p in pcts), *(SPLIT_CSV_FIELDS if gate else ())])
+    writer.writerow(
+        [
+            *CSV_FIELDS,
+            *(f"{p}_ms" for p in pcts),
+            "timed",
+            *split_fields,
+            *(SPLIT_CSV_FIELDS if gate else ()),
+        ]
+    )
 
-    def row(kind: str, name: str, count: int, share: float, errors: int, lat: dict) -> None:
+    def row(kind: str, name: str, count: int, share: float, errors: int, r: dict) -> None:
+        lat = r.get("latency_ms", {})
+        parts = [r.get(f"{part}_ms") or {} for part in SPLIT_PARTS]
         writer.writerow(
             [
                 kind,
@@ -186,22 +247,21 @@ def to_csv(report: Report) -> str:
                 count,
                 share,
                 errors,
-                lat.get("min", ""),
-                lat.get("mean", ""),
-                lat.get("max", ""),
-                *(lat.get(p, "") for p in pcts),
+                *(lat.get(s, "") for s in stats),
+                r.get("timed", ""),
+                *(part.get(s, "") for part in parts for s in stats),
             ]
         )
 
-    row("total", d["target"], d["count"], 1.0 if d["count"] else 0.0, d["errors"], d["latency_ms"])
+    row("total", d["target"], d["count"], 1.0 if d["count"] else 0.0, d["errors"], d)
     for kind, key in (("cluster", "by_cluster"), ("pod", "by_pod")):
         for name, r in d[key].items():
-            row(kind, name, r["count"], r["share"], r["errors"], r["latency_ms"])
+            row(kind, name, r["count"], r["share"], r["errors"], r)
     for code, n in d["status_codes"].items():
         share = round(n / d["count"], 6) if d["count"] else 0.0
         row("status", code, n, share, 0 if code == "OK" else n, {})
     if gate:
-        _split_csv(writer, gate, len(CSV_FIELDS) - 4 + len(pcts))
+        _split_csv(writer, gate, len(CSV_FIELDS) - 4 + len(pcts) + 1 + len(split_fields))
     return buf.getvalue()
 
 
@@ -274,14 +334,18 @@ def to_html(
     esc = html.escape
     pcts = _pct_keys(d["latency_ms"])
 
+    split = [(part, p) for part in SPLIT_PARTS for p in ("p50", "p99") if p in pcts]
+
     def table(rows: dict[str, dict[str, Any]], title: str) -> str:
-        head = "".join(f"<th>{esc(h)}</th>" for h in (title, "count", "share", *pcts, "errors"))
+        names = (title, "count", "share", *pcts, *(f"{a} {p}" for a, p in split), "errors")
+        head = "".join(f"<th>{esc(h)}</th>" for h in names)
         body = "".join(
-            "<tr><td>{}</td><td>{}</td><td>{:.1%}</td>{}<td>{}</td></tr>".format(
+            "<tr><td>{}</td><td>{}</td><td>{:.1%}</td>{}{}<td>{}</td></tr>".format(
                 esc(name),
                 r["count"],
                 r["share"],
                 "".join(f"<td>{r['latency_ms'][p]:.2f}</td>" for p in pcts),
+                "".join(f"<td>{_fmt_part(_part_ms(r, a, p))}</td>" for a, p in split),
                 r["errors"],
             )
             for name, r in rows.items()
@@ -305,11 +369,85 @@ Started {esc(d["started_at"])}{_merged_html(d)}.</p>
 {preface}{_timeline_section(report, markers, by_pod)}
 <h2>Latency</h2>{_svg_chart(report)}
 <table>{stats}</table>
+<h2>Where the latency goes</h2>
+{_latency_split_html(d)}
 <h2>Status codes</h2><table>{codes}</table>
 <h2>By cluster</h2>{table(d["by_cluster"], "cluster")}
 <h2>By pod</h2>{table(d["by_pod"], "pod")}
 {_split_html(d.get("split"))}</body></html>
 """
+
+
+SERVER_COLOR = "#2ca58d"
+OUTSIDE_COLOR = "#e07b00"
+
+
+def _latency_split_html(d: dict[str, Any], width: int = 720) -> str:
+    """Each cluster's (and all calls') mean latency as one bar, split into the server's
+    time (its server-timing) and the rest (network, gateways, client): the means add up,
+    so the bar is the mean latency and the orange part is what the gateway path cost.
+    Then the table of total, server and outside percentiles."""
+    esc = html.escape
+    rows = [("all calls", d), *d["by_cluster"].items()]
+    timed = [r for _, r in rows if r.get("timed")]
+    if not timed:
+        return (
+            f"<p>{NA}: no reply carried a server-timing trailer (the server does not send one).</p>"
+        )
+    top = max(r["server_ms"]["mean"] + r["outside_ms"]["mean"] for r in timed) or 1.0
+    label_w, bar_w, row_h = 140, width - 140 - 10, 34
+    height = row_h * len(rows) + 30
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="where the latency goes" '
+        f'class="latency-split" font-family="sans-serif" font-size="12">',
+        f'<rect x="{label_w}" y="4" width="12" height="10" fill="{SERVER_COLOR}"/>'
+        f'<text x="{label_w + 16}" y="13">server (its server-timing)</text>'
+        f'<rect x="{label_w + 200}" y="4" width="12" height="10" fill="{OUTSIDE_COLOR}"/>'
+        f'<text x="{label_w + 216}" y="13">outside: network, gateways, client (mean ms)</text>',
+    ]
+    for i, (name, r) in enumerate(rows):
+        y = 24 + i * row_h
+        out.append(f'<text x="0" y="{y + 15}">{esc(name)}</text>')
+        if not r.get("timed"):
+            out.append(f'<text x="{label_w}" y="{y + 15}">{NA} (no server-timing)</text>')
+            continue
+        server, outside = r["server_ms"]["mean"], r["outside_ms"]["mean"]
+        total = server + outside
+        x = float(label_w)
+        for part, value, color in (
+            ("server", server, SERVER_COLOR),
+            ("outside", outside, OUTSIDE_COLOR),
+        ):
+            w = value / top * bar_w
+            share = value / total if total else 0.0
+            out.append(
+                f'<rect class="part" data-row="{esc(name)}" data-part="{part}" '
+                f'data-share="{share:.4f}" x="{x:.1f}" y="{y}" width="{w:.1f}" height="20" '
+                f'fill="{color}"><title>{esc(name)}: {part} {value:.3f} ms of '
+                f"{total:.3f} ms ({share:.0%})</title></rect>"
+            )
+            x += w
+        share = outside / total if total else 0.0
+        out.append(
+            f'<text x="{min(x + 6, width - 170):.1f}" y="{y + 15}">{total:.2f} ms, '
+            f"{share:.0%} outside</text>"
+        )
+    out.append("</svg>")
+    stats = [k for k in ("mean", "p50", "p90", "p99", "p99.9") if k in d["latency_ms"]]
+    head = "".join(f"<th>{esc(h)}</th>" for h in ("", *stats))
+    body = "".join(
+        f"<tr><th>{part}</th>"
+        + "".join(f"<td>{_fmt_part(_part_ms(d, part, k))}</td>" for k in stats)
+        + "</tr>"
+        for part in ("total", *SPLIT_PARTS)
+    )
+    note = (
+        f"<p>{d.get('timed', 0)} of {d['count']} calls told their server time. Outside = "
+        "latency minus the server's own time, call by call: the network, gateways, the "
+        "client, and queueing inside the server before its handler ran.</p>"
+    )
+    return "".join(out) + f"\n{note}<table><tr>{head}</tr>{body}</table>"
 
 
 def _merged_html(d: dict[str, Any]) -> str:

@@ -8,15 +8,13 @@ import json
 import math
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from greeter.load import split, timeline
 from greeter.load.config import LoadConfig, percentile_name
 from greeter.load.engine import resolved_engine
 from greeter.load.histogram import Histogram, bucket_bounds
-
-if TYPE_CHECKING:
-    from greeter.load.merge import Outcome
+from greeter.load.outcome import Outcome
 
 SCHEMA_ID = "greeter-load-report/v1"
 EXIT_OK = 0
@@ -43,6 +41,23 @@ def latency_stats(hist: Histogram, percentiles: tuple[float, ...]) -> dict[str, 
     for p in percentiles:
         stats[percentile_name(p)] = _ms(hist.percentile(p))
     return stats
+
+
+# The latency split: ``server_ms`` (the replies' server-timing) and ``outside_ms`` (total
+# minus server: network, gateways, client), of the ``timed`` calls, whose reply had one.
+SPLIT_PARTS = ("server", "outside")
+
+
+def split_stats(
+    server: Histogram, outside: Histogram, percentiles: tuple[float, ...]
+) -> dict[str, Any]:
+    """``timed``, ``server_ms`` and ``outside_ms`` (null, "n/a", when no reply had it)."""
+    timed = server.count
+    return {
+        "timed": timed,
+        "server_ms": latency_stats(server, percentiles) if timed else None,
+        "outside_ms": latency_stats(outside, percentiles) if timed else None,
+    }
 
 
 def histogram_bars(hist: Histogram, bars: int = CHART_BARS) -> list[dict[str, Any]]:
@@ -93,6 +108,8 @@ class Group:
     hist: Histogram
     errors: int
     cluster: str | None  # pods: the cluster they are in
+    server: Histogram = field(default_factory=Histogram)
+    outside: Histogram = field(default_factory=Histogram)
 
 
 def _backend_table(
@@ -105,6 +122,7 @@ def _backend_table(
             "share": round(g.hist.count / total, 6) if total else 0.0,
             "errors": g.errors,
             "latency_ms": latency_stats(g.hist, percentiles),
+            **split_stats(g.server, g.outside, percentiles),
         }
         if g.cluster is not None:
             row["cluster"] = g.cluster
@@ -161,6 +179,8 @@ def build_report(
             group = groups.setdefault(name, Group(Histogram(), 0, of))
             group.hist.merge(backend.hist)
             group.errors += backend.errors
+            group.server.merge(backend.server)
+            group.outside.merge(backend.outside)
     data: dict[str, Any] = {
         "schema": SCHEMA_ID,
         "target": config.target.address,
@@ -179,14 +199,24 @@ def build_report(
         "rps": round(count / duration, 3) if duration > 0 else 0.0,
         "replies": rec.replies,
         "latency_ms": latency_stats(hist, percentiles),
+        **split_stats(rec.server, rec.outside, percentiles),
         "histogram": histogram_bars(hist),
         "status_codes": dict(sorted(rec.status.items(), key=lambda kv: -kv[1])),
         "error_messages": dict(sorted(rec.messages.items(), key=lambda kv: -kv[1])),
         "by_cluster": _backend_table(clusters, count, percentiles),
         "by_pod": _backend_table(pods, count, percentiles),
         "hdr": hist.to_dict(),
+        "server_hdr": rec.server.to_dict(),
+        "outside_hdr": rec.outside.to_dict(),
         "backends": [
-            {"cluster": cluster, "pod": pod, "errors": b.errors, "hdr": b.hist.to_dict()}
+            {
+                "cluster": cluster,
+                "pod": pod,
+                "errors": b.errors,
+                "hdr": b.hist.to_dict(),
+                "server_hdr": b.server.to_dict(),
+                "outside_hdr": b.outside.to_dict(),
+            }
             for (cluster, pod), b in sorted(rec.backends.items())
         ],
         "timeline": timeline.report(rec.timeline, span, config.timeline_interval),
@@ -220,20 +250,32 @@ def _check(config: LoadConfig, report: Report) -> list[dict[str, Any]]:
                 f"error rate {data['error_rate']:.2%} exceeds --max-error-rate "
                 f"{config.max_error_rate:.2%}"
             )
-    hist = Histogram.from_dict(data["hdr"])
     for t in config.thresholds:
-        if t.stat in data["latency_ms"]:
-            value = data["latency_ms"][t.stat]
-        else:
-            value = _ms(hist.percentile(float(t.stat[1:])))
-        passed = bool(data["count"]) and value <= t.limit_ms
-        checks.append(
-            {"name": f"latency_{t.stat}", "limit": t.limit_ms, "value": value, "passed": passed}
-        )
-        if not passed:
-            report.failures.append(f"latency {t.stat} {value:g} ms exceeds {t.limit_ms:g} ms")
+        value = _stat(data, t.scope, t.stat)
+        name = "latency_" + t.name.replace(".", "_")  # latency_p99, latency_outside_p99
+        passed = bool(data["count"]) and value is not None and value <= t.limit_ms
+        checks.append({"name": name, "limit": t.limit_ms, "value": value, "passed": passed})
+        if value is None:
+            report.failures.append(
+                f"latency {t.name} is n/a: no reply carried a server-timing trailer "
+                f"(a server that does not send it, or one run with --no-server-timing)"
+            )
+        elif not passed:
+            report.failures.append(f"latency {t.name} {value:g} ms exceeds {t.limit_ms:g} ms")
     checks.extend(_check_split(config, report))
     return checks
+
+
+def _stat(data: dict[str, Any], scope: str, stat: str) -> float | None:
+    """``stat`` (``p99``, ``mean``...) of the total latency, or of its ``server`` or
+    ``outside`` part (None when no reply carried a server-timing)."""
+    key, hdr = ("latency_ms", "hdr") if scope == "total" else (f"{scope}_ms", f"{scope}_hdr")
+    stats = data[key]
+    if stats is None:
+        return None
+    if stat in stats:
+        return float(stats[stat])
+    return _ms(Histogram.from_dict(data[hdr]).percentile(float(stat[1:])))
 
 
 def _check_split(config: LoadConfig, report: Report) -> list[dict[str, Any]]:

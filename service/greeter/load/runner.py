@@ -26,15 +26,9 @@ from typing import Any
 
 from greeter.client import TargetError
 from greeter.load.config import ConfigError, LoadConfig
-from greeter.load.engine import (
-    ConnectError,
-    Recorder,
-    Run,
-    connected,
-    request_bytes,
-    start_loop,
-)
-from greeter.load.merge import Outcome, combine
+from greeter.load.engine import ConnectError, Run, connected, request_bytes, start_loop
+from greeter.load.outcome import Outcome, combine
+from greeter.load.recorder import Recorder
 from greeter.load.report import Report, build_report, wall_time
 
 logger = logging.getLogger(__name__)

@@ -1,8 +1,9 @@
 """The run over time: per-interval buckets of calls, status codes, latency and backends.
 
 Recording stays off the per-call path. A :class:`Timeline` keeps a copy of the recorder's
-cumulative counters (status codes, calls per backend, the latency histogram's counts) as
-they were at the last interval edge; ``engine.record`` only compares the call's finishing
+cumulative counters (status codes, calls per backend, the counts of the latency histogram
+and of the latency outside the server) as
+they were at the last interval edge; ``recorder.record`` only compares the call's finishing
 time with the next edge, and the first call to finish past it makes the timeline close the
 bucket: the difference between the counters now and the copy is everything that finished
 in that interval, exactly (latency as sparse histogram buckets, so per-bucket percentiles
@@ -22,17 +23,26 @@ import math
 import operator
 from dataclasses import dataclass, field
 from itertools import compress
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from greeter.load.histogram import BUCKETS, bucket_bounds, bucket_of, percentile_of
-
-if TYPE_CHECKING:
-    from greeter.load.engine import Recorder
+from greeter.load.histogram import BUCKETS, Histogram, bucket_bounds, bucket_of, percentile_of
 
 DEFAULT_INTERVAL = 1.0  # seconds
 MIN_INTERVAL = 0.01  # closing a bucket costs up to a few hundred µs: at most 100 a second
 _EDGE_SLACK = 1e-6  # a run lasting a whole number of intervals, give or take float rounding
 K = TypeVar("K")
+
+
+class Counters(Protocol):
+    """What a timeline reads of a recorder (greeter.load.recorder.Recorder): its cumulative
+    counters, which only ever grow."""
+
+    hist: Histogram
+    outside: Histogram
+    status: dict[str, int]
+
+    @property
+    def backends(self) -> dict[tuple[str, str], Any]: ...
 
 
 def _add(mine: dict[K, int], theirs: dict[K, int]) -> None:
@@ -47,6 +57,8 @@ class Bucket:
     latency: dict[int, int] = field(default_factory=dict)  # histogram bucket index -> calls
     status: dict[str, int] = field(default_factory=dict)
     backends: dict[tuple[str, str], int] = field(default_factory=dict)  # (cluster, pod) -> calls
+    # Latency outside the server (total minus server-timing) of the calls that had one.
+    outside: dict[int, int] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -56,34 +68,76 @@ class Bucket:
         _add(self.latency, other.latency)
         _add(self.status, other.status)
         _add(self.backends, other.backends)
+        _add(self.outside, other.outside)
 
     def percentiles_us(self, *percents: float) -> list[int]:
         """The latency at each of ``percents`` of this bucket's calls, by the totals'
         histogram rule; the bucket's exact min and max are not kept, so its lowest and
         highest histogram buckets' bounds stand in for them (exact below 1024 µs, within
         0.2 % above). Zeros when the bucket is empty."""
-        pairs = sorted(self.latency.items())
-        if not pairs:
-            return [0 for _ in percents]
-        low, high = bucket_bounds(pairs[0][0])[0], bucket_bounds(pairs[-1][0])[1]
-        count = sum(self.latency.values())
-        return [percentile_of(pairs, count, p, low, high) for p in percents]
+        return _percentiles(self.latency, percents)
+
+    def outside_percentiles_us(self, *percents: float) -> list[int] | None:
+        """The same for the latency outside the server; None when no call had a
+        server-timing."""
+        return _percentiles(self.outside, percents) if self.outside else None
 
     def to_list(self) -> list[Any]:
         return [
-            [[i, n] for i, n in sorted(self.latency.items())],
+            _sparse(self.latency),
             dict(self.status),
             [[cluster, pod, n] for (cluster, pod), n in sorted(self.backends.items())],
+            _sparse(self.outside),
         ]
 
     @classmethod
     def from_list(cls, data: list[Any]) -> Bucket:
-        latency, status, backends = data
+        latency, status, backends = data[:3]
+        outside = data[3] if len(data) > 3 else []  # reports from before the split have none
         return cls(
-            {int(i): int(n) for i, n in latency},
+            _dense(latency),
             {str(k): int(v) for k, v in status.items()},
             {(str(c), str(p)): int(n) for c, p, n in backends},
+            _dense(outside),
         )
+
+
+def _sparse(counts: dict[int, int]) -> list[list[int]]:
+    return [[i, n] for i, n in sorted(counts.items())]
+
+
+def _dense(pairs: list[Any]) -> dict[int, int]:
+    return {int(i): int(n) for i, n in pairs}
+
+
+def _percentiles(counts: dict[int, int], percents: tuple[float, ...]) -> list[int]:
+    pairs = sorted(counts.items())
+    if not pairs:
+        return [0 for _ in percents]
+    low, high = bucket_bounds(pairs[0][0])[0], bucket_bounds(pairs[-1][0])[1]
+    count = sum(counts.values())
+    return [percentile_of(pairs, count, p, low, high) for p in percents]
+
+
+class _Copy:
+    """A histogram's counts as they were at the last edge."""
+
+    __slots__ = ("count", "counts")
+
+    def __init__(self) -> None:
+        self.counts = [0] * BUCKETS
+        self.count = 0
+
+    def take(self, hist: Histogram) -> dict[int, int]:
+        """What ``hist`` recorded since the last take (sparse: bucket index -> calls)."""
+        if hist.count == self.count:
+            return {}
+        self.count = hist.count
+        lo, hi = bucket_of(hist.min), bucket_of(hist.max) + 1
+        now_counts = hist.counts[lo:hi]
+        diff = list(map(operator.sub, now_counts, self.counts[lo:hi]))  # all in C: no loop
+        self.counts[lo:hi] = now_counts
+        return dict(zip(compress(range(lo, hi), diff), filter(None, diff), strict=True))
 
 
 class Timeline:
@@ -95,8 +149,8 @@ class Timeline:
         self.interval = interval
         self.buckets: list[Bucket] = []
         # The recorder's cumulative counters at the last edge.
-        self._hist = [0] * BUCKETS
-        self._count = 0
+        self._hist = _Copy()
+        self._outside = _Copy()
         self._status: dict[str, int] = {}
         self._backends: dict[tuple[str, str], int] = {}
 
@@ -104,7 +158,7 @@ class Timeline:
         """When the bucket being filled ends."""
         return self.start + (len(self.buckets) + 1) * self.interval
 
-    def roll(self, rec: Recorder, now: float) -> float:
+    def roll(self, rec: Counters, now: float) -> float:
         """A call finishes at ``now``, past the edge: close the bucket being filled, add
         empty ones for intervals without a finished call, return the next edge."""
         self.buckets.append(self._take(rec))
@@ -114,22 +168,17 @@ class Timeline:
             edge = self.next_edge()
         return edge
 
-    def close(self, rec: Recorder) -> None:
+    def close(self, rec: Counters) -> None:
         """The run is over: close the bucket being filled."""
         self.buckets.append(self._take(rec))
 
-    def _take(self, rec: Recorder) -> Bucket:
+    def _take(self, rec: Counters) -> Bucket:
         """What ``rec`` recorded since the last edge, as a bucket; the copy moves up."""
         bucket = Bucket()
-        hist = rec.hist
-        if hist.count == self._count:
+        if rec.hist.count == self._hist.count:
             return bucket
-        self._count = hist.count
-        lo, hi = bucket_of(hist.min), bucket_of(hist.max) + 1
-        now_counts = hist.counts[lo:hi]
-        diff = list(map(operator.sub, now_counts, self._hist[lo:hi]))  # all in C: no loop
-        bucket.latency = dict(zip(compress(range(lo, hi), diff), filter(None, diff), strict=True))
-        self._hist[lo:hi] = now_counts
+        bucket.latency = self._hist.take(rec.hist)
+        bucket.outside = self._outside.take(rec.outside)
         seen = self._status
         for code, n in rec.status.items():
             if n != seen.get(code, 0):
@@ -169,7 +218,10 @@ class Timeline:
         ``backends``), exactly as it was recorded, for merging."""
         timeline = cls(0.0, interval)
         timeline.buckets = [
-            Bucket.from_list([row["hdr"], row["status_codes"], row["backends"]]) for row in rows
+            Bucket.from_list(
+                [row["hdr"], row["status_codes"], row["backends"], row.get("outside_hdr", [])]
+            )
+            for row in rows
         ]
         return timeline
 
@@ -200,6 +252,7 @@ def report(timeline: Timeline | None, duration: float, interval: float) -> list[
         count = bucket.count
         raw = bucket.to_list()
         p50, p99 = bucket.percentiles_us(50, 99)
+        outside = bucket.outside_percentiles_us(50, 99)
         by_cluster: dict[str, int] = {}
         by_pod: dict[str, int] = {}
         for (cluster, pod), calls in bucket.backends.items():
@@ -218,10 +271,15 @@ def report(timeline: Timeline | None, duration: float, interval: float) -> list[
                     "p50": _ms(p50) if count else None,
                     "p99": _ms(p99) if count else None,
                 },
+                "outside_ms": {
+                    "p50": None if outside is None else _ms(outside[0]),
+                    "p99": None if outside is None else _ms(outside[1]),
+                },
                 "by_cluster": dict(sorted(by_cluster.items())),
                 "by_pod": dict(sorted(by_pod.items())),
                 "hdr": raw[0],
                 "backends": raw[2],
+                "outside_hdr": raw[3],
             }
         )
     return rows

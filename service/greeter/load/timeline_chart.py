@@ -3,7 +3,9 @@ no external resources) and a CSV with one row per bucket.
 
 The chart has two panels over one time axis: calls per second stacked by cluster (each
 bucket's calls over its length), with every bucket that had errors shaded red and marked
-at the top; under it, each bucket's p50 and p99 latency as step lines. Optionally it is
+at the top; under it, each bucket's p50 and p99 latency as step lines (and, when the
+replies carried a server-timing, the p50 and p99 of the latency outside the server: the
+gateway's part). Optionally it is
 stacked by pod instead, without the latency panel, and marks events (what was done when,
 e.g. a scenario's kills and restarts) as labelled vertical lines through both panels.
 """
@@ -23,6 +25,14 @@ NO_IDENTITY_COLOR = "#b0b0b0"
 ERROR_COLOR = "#d62728"
 P50_COLOR = "#1f3f7a"
 P99_COLOR = "#e07b00"
+OUTSIDE_COLOR = "#8e6bbf"  # latency outside the server (total minus its server-timing)
+# The latency panel's lines: (series, the bucket's field, its stat, colour, dashes).
+LINES = (
+    ("p50", "latency_ms", "p50", P50_COLOR, ""),
+    ("p99", "latency_ms", "p99", P99_COLOR, "5 3"),
+    ("outside p50", "outside_ms", "p50", OUTSIDE_COLOR, "1 3"),
+    ("outside p99", "outside_ms", "p99", OUTSIDE_COLOR, "6 2 1 2"),
+)
 WIDTH = 960
 LEFT, RIGHT = 70, 20
 RATE_H, LAT_H, GAP = 240, 140, 34
@@ -111,6 +121,13 @@ def svg(
     interval = float(report["options"].get("timeline_interval_s") or 1.0)
     esc = html.escape
     key = f"by_{by}"
+    lines = [
+        line
+        for line in LINES
+        if latency and any((b.get(line[1]) or {}).get(line[2]) is not None for b in buckets)
+    ]
+    if latency and not lines:  # no call finished: the panel still names its lines
+        lines = list(LINES[:2])
     clusters = _clusters(buckets, key)
     colors = _colors(clusters)
     totals = {c: sum(b[key].get(c, 0) for b in buckets) for c in clusters}
@@ -118,8 +135,7 @@ def svg(
     # The legend, wrapped to the width; the panels start under it.
     items: list[tuple[str, str]] = [(f"{c} ({totals[c]:,})", "cluster:" + c) for c in clusters]
     items += [("errors", "errors")]
-    if latency:
-        items += [("p50", "p50"), ("p99", "p99")]
+    items += [(name, name) for name, *_ in lines]
     legend: list[str] = []
     x, y = LEFT, 18
     for text, kind in items:
@@ -134,8 +150,8 @@ def svg(
                 f'fill-opacity="0.18" stroke="{ERROR_COLOR}"/>'
             )
         else:
-            dash = ' stroke-dasharray="5 3"' if kind == "p99" else ""
-            color = P99_COLOR if kind == "p99" else P50_COLOR
+            _, _, _, color, dashes = next(line for line in lines if line[0] == kind)
+            dash = f' stroke-dasharray="{dashes}"' if dashes else ""
             mark = (
                 f'<line x1="{x}" y1="{y - 4}" x2="{x + 14}" y2="{y - 4}" stroke="{color}" '
                 f'stroke-width="2"{dash}/>'
@@ -167,7 +183,7 @@ def svg(
     def ry(value: float) -> float:
         return rate_bottom - value / rate_max * RATE_H
 
-    lat_values = [v for b in buckets for v in (b["latency_ms"]["p50"], b["latency_ms"]["p99"]) if v]
+    lat_values = [v for b in buckets for _, f, st, *_ in lines if (v := (b.get(f) or {}).get(st))]
     top_lat = max(lat_values, default=0.0) or 1.0
     lat_ticks = _ticks(top_lat * 1.05, 4)
     if lat_ticks[-1] < top_lat:
@@ -243,18 +259,17 @@ def svg(
             f'fill-opacity="0.85" d="M{" L".join(points)} Z">'
             f"<title>{esc(c)}: {totals[c]:,} calls</title></path>"
         )
-    # p50 and p99 as step lines, broken where a bucket had no calls.
-    lines = (("p50", P50_COLOR, ""), ("p99", P99_COLOR, "5 3")) if latency else ()
-    for name, color, dash in lines:
+    # p50 and p99 (and outside the server) as step lines, broken where a bucket had no calls.
+    for name, field, stat, color, dash in lines:
         segments: list[str] = []
         pen_up = True
         for b in buckets:
-            value = b["latency_ms"][name]
-            if value is None:
+            point = (b.get(field) or {}).get(stat)
+            if point is None:
                 pen_up = True
                 continue
             x0, x1 = px(b["t"]), px(b["t"] + _length(b, interval))
-            yy = ly(value)
+            yy = ly(point)
             segments.append(f"{'M' if pen_up else 'L'}{x0:.1f},{yy:.1f} L{x1:.1f},{yy:.1f}")
             pen_up = False
         if segments:
@@ -299,8 +314,15 @@ def svg(
     return "".join(out)
 
 
+def _blank_if_none(latency: dict[str, Any] | None) -> list[Any]:
+    """A bucket's p50 and p99 (``outside_ms``), empty where n/a."""
+    latency = latency or {}
+    return ["" if latency.get(p) is None else latency[p] for p in ("p50", "p99")]
+
+
 def to_csv(report: dict[str, Any]) -> str:
-    """One row per bucket: ``t,duration_s,count,errors,rps,p50_ms,p99_ms``, then a column
+    """One row per bucket: ``t,duration_s,count,errors,rps,p50_ms,p99_ms,outside_p50_ms,
+    outside_p99_ms`` (outside: latency minus server-timing; empty when n/a), then a column
     per status code (``status:OK``...), per cluster (``cluster:NAME``) and per pod
     (``pod:NAME``) seen in the run, each holding that bucket's calls."""
     buckets: list[dict[str, Any]] = report["timeline"]
@@ -324,6 +346,8 @@ def to_csv(report: dict[str, Any]) -> str:
             "rps",
             "p50_ms",
             "p99_ms",
+            "outside_p50_ms",
+            "outside_p99_ms",
             *(f"status:{c}" for c in codes),
             *(f"cluster:{c}" for c in clusters),
             *(f"pod:{p}" for p in pods),
@@ -341,6 +365,7 @@ def to_csv(report: dict[str, Any]) -> str:
                 round(b["count"] / length, 3) if length > 0 else 0.0,
                 "" if lat["p50"] is None else lat["p50"],
                 "" if lat["p99"] is None else lat["p99"],
+                *_blank_if_none(b.get("outside_ms")),
                 *(b["status_codes"].get(c, 0) for c in codes),
                 *(b["by_cluster"].get(c, 0) for c in clusters),
                 *(b["by_pod"].get(p, 0) for p in pods),

@@ -13,7 +13,9 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from greeter import timing
 from greeter.client import Target
+from greeter.load.recorder import NO_SERVER_TIME
 from greeter.web.client import WebChannel
 
 CLUSTER_KEY = "x-greeter-cluster"
@@ -22,7 +24,8 @@ STREAM_COUNT_HEADER = "x-greeter-stream-count"
 UNKNOWN = "(none)"
 CALLS = ("SayHello", "SayHelloStreamReply", "Check")  # gRPC-Web has no client streams
 
-Record = Callable[[Any, float, str, str, str, str], None]  # rec, began, code, cluster, pod, msg
+# rec, began, code, cluster, pod, message, now (None: now), server µs (-1: no server-timing)
+Record = Callable[[Any, float, str, str, str, str, float | None, int], None]
 
 
 def applies(target: Target, call: str) -> str:
@@ -49,6 +52,8 @@ def make_caller(
     if stream_count is not None and call == "SayHelloStreamReply":
         extra = ((STREAM_COUNT_HEADER, str(stream_count)),)
 
+    server_us = timing.server_us
+
     async def web_call(rec: Any, began: float) -> None:
         result = await channel.call(
             path, payload, timeout=timeout, connect_timeout=connect_timeout, metadata=extra
@@ -56,7 +61,12 @@ def make_caller(
         rec.replies += len(result.messages)
         cluster = result.metadata(CLUSTER_KEY) or UNKNOWN
         pod = result.metadata(POD_KEY) or UNKNOWN
-        record(rec, began, result.code, cluster, pod, result.details)
+        stamped = result.metadata(timing.KEY)
+        server = server_us(stamped) if stamped is not None else None
+        record(
+            rec, began, result.code, cluster, pod, result.details, None,
+            NO_SERVER_TIME if server is None else server,
+        )  # fmt: skip
 
     return web_call
 

@@ -22,11 +22,12 @@ from typing import Any
 
 import grpc
 
-from greeter.client import Target, identity_of, open_channel
+from greeter.client import Target, identity_of, open_channel, server_timing_of
 from greeter.load.config import LoadConfig
-from greeter.load.engine import UNKNOWN, Recorder, record
-from greeter.load.merge import Outcome as LoadOutcome
+from greeter.load.outcome import Outcome as LoadOutcome
+from greeter.load.recorder import NO_SERVER_TIME, UNKNOWN, Recorder, record
 from greeter.load.report import build_report
+from greeter.timing import server_us
 
 # The scenarios' timeline buckets: fine enough to show a few seconds' outage or a backend's
 # drain, coarse enough for each pod to have calls in every bucket at the scenarios' rates.
@@ -43,6 +44,13 @@ class Outcome:
     cluster: str = ""
     pod: str = ""
     details: str = ""
+    server_us: int = NO_SERVER_TIME  # the reply's server-timing (greeter.timing), -1: none
+
+
+def _server_us(trailers: Any) -> int:
+    found = server_timing_of(trailers)
+    us = None if found is None else server_us(found)
+    return NO_SERVER_TIME if us is None else us
 
 
 @dataclass
@@ -139,13 +147,15 @@ class Traffic:
         try:
             call = stub.SayHello(request, timeout=self.timeout, metadata=md)
             await call
-            who = identity_of(await call.initial_metadata(), await call.trailing_metadata())
+            trailers = await call.trailing_metadata()
+            who = identity_of(await call.initial_metadata(), trailers)
             outcome = Outcome(
                 time.perf_counter() - self.started,
                 "OK",
                 sent=sent,
                 cluster=who.get("x-greeter-cluster", ""),
                 pod=who.get("x-greeter-pod", ""),
+                server_us=_server_us(trailers),
             )
         except grpc.aio.AioRpcError as exc:
             outcome = Outcome(
@@ -153,6 +163,7 @@ class Traffic:
                 exc.code().name,
                 sent=sent,
                 details=exc.details() or "",
+                server_us=_server_us(exc.trailing_metadata()),
             )
         finally:
             gate.release()
@@ -215,7 +226,8 @@ def load_report(traffic: Traffic, interval: float = TIMELINE_INTERVAL_S) -> dict
     rec = Recorder()
     rec.track(0.0, interval)
     for o in traffic.report.outcomes:  # sorted by ``at``
-        record(rec, o.sent, o.code, o.cluster or UNKNOWN, o.pod or UNKNOWN, o.details, now=o.at)
+        cluster, pod = o.cluster or UNKNOWN, o.pod or UNKNOWN
+        record(rec, o.sent, o.code, cluster, pod, o.details, now=o.at, server=o.server_us)
     rec.close_timeline()
     duration = max(traffic.report.duration, 1e-9)
     outcome = LoadOutcome(rec, traffic.started_at.timestamp(), duration, False)
@@ -323,6 +335,14 @@ def load_summary(report: dict[str, Any]) -> dict[str, Any]:
         "by_cluster": counts(report.get("by_cluster", {})),
         "by_pod": counts(report.get("by_pod", {})),
         "latency_ms": report.get("latency_ms"),
+        # Where the latency went (the replies' server-timing): null when none carried one.
+        "server_ms": report.get("server_ms"),
+        "outside_ms": report.get("outside_ms"),
+        "split_by_cluster": {
+            name: {"server_ms": row.get("server_ms"), "outside_ms": row.get("outside_ms")}
+            for name, row in report.get("by_cluster", {}).items()
+            if isinstance(row, dict)
+        },
         # Stopped by Ctrl-C (the scenario's interrupt), and the -z limit it was given.
         "interrupted": bool(report.get("interrupted")),
         "limit_s": (report.get("options") or {}).get("duration_s"),

@@ -20,7 +20,7 @@ import grpc
 
 from greeter.client import IDENTITY_KEYS
 from greeter.malformed import Malformed
-from greeter.pipeline import final_code
+from greeter.pipeline import SERVER_TIMING, final_code
 from greeter.web import codec
 from greeter.web.context import WebContext, cancel_code, metadata_value, parse_timeout
 
@@ -35,8 +35,9 @@ Header = tuple[bytes, bytes]
 GRPC_STATUS = "grpc-status"
 GRPC_MESSAGE = "grpc-message"
 WORKER_KEY = "x-greeter-worker"
-# Response headers a browser script may read (CORS hides all but a few otherwise).
-EXPOSED = (GRPC_STATUS, GRPC_MESSAGE, *IDENTITY_KEYS, WORKER_KEY)
+# Response headers a browser script may read (CORS hides all but a few otherwise); the
+# server-timing is a header when the trailers go out in the headers (trailers-only).
+EXPOSED = (GRPC_STATUS, GRPC_MESSAGE, *IDENTITY_KEYS, WORKER_KEY, SERVER_TIMING)
 PREFLIGHT_MAX_AGE = 600
 # Request headers that are HTTP transport or gRPC-Web framing, not call metadata.
 _NOT_METADATA = frozenset(
@@ -143,8 +144,8 @@ class _Response:
         if details:
             status.append((GRPC_MESSAGE, percent_encode(details)))
         trailers = [*status, *((k, _header_text(v)) for k, v in context.trailing_metadata())]
-        if not self.started:  # trailers-only: the status in the headers as well
-            await self._send(self._head(context, status))
+        if not self.started:  # trailers-only: the status (and trailers) in the headers as well
+            await self._send(self._head(context, trailers))
         await self._send(self._body(codec.trailers_frame(trailers), False))
 
 

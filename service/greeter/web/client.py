@@ -21,11 +21,11 @@ from urllib.parse import unquote_to_bytes
 import h11
 
 from greeter import __version__
-from greeter.client import Target, split_host_port, tls_context
-from greeter.load.h2engine import CODE_NAMES, HTTP_CODES
+from greeter.client import CODE_NAMES, HTTP_CODES, Target, split_host_port, tls_context
 from greeter.web import codec
 
-# Status names and the HTTP status → gRPC code mapping are the h2 engine's, shared.
+# Status names and the HTTP status → gRPC code mapping are greeter.client's, shared with
+# the h2 load engine.
 USER_AGENT = f"greeter/{__version__} grpc-web-python"
 MAX_RESPONSE = 64 * 1024 * 1024  # bytes of response body kept per call
 _READ = 65536

@@ -107,7 +107,12 @@ async function grpcWeb(method, name, metadata, onReply) {
   for (const key of IDENTITY) identity[key] = identity[key] || trailers["x-greeter-" + key] || "";
   const status = Number(trailers["grpc-status"] ?? 2);
   const message = decodeURIComponent(trailers["grpc-message"] || "");
-  return { status, message, identity, ms: performance.now() - started };
+  // The server's own time (W3C Server-Timing "app;dur=MS"), from the trailers, or the
+  // headers of a trailers-only reply (the server exposes it to CORS).
+  const timing = trailers["server-timing"] || response.headers.get("server-timing") || "";
+  const dur = /(?:^|,)\s*app\s*;[^,]*dur=([0-9.]+)/.exec(timing);
+  const serverMs = dur ? Number(dur[1]) : null;
+  return { status, message, identity, ms: performance.now() - started, serverMs };
 }
 
 const $ = (id) => document.getElementById(id);
@@ -122,6 +127,7 @@ function show(result, replies) {
   $("reply").textContent = replies.join("\n") || "-";
   for (const key of IDENTITY) $(key).textContent = result.identity[key] || "-";
   $("latency").textContent = result.ms.toFixed(1) + " ms";
+  $("server-time").textContent = result.serverMs === null ? "n/a" : result.serverMs.toFixed(3) + " ms";
 }
 
 async function callOnce(method) {
