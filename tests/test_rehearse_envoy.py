@@ -43,6 +43,7 @@ from greeter.rehearse.report import report_lines
 from greeter.rehearse.traffic import Outcome, TrafficReport
 
 CLUSTERS = ("cluster-a", "cluster-b")
+GATEWAY_DELAY_MS = 50
 
 
 def require_envoy() -> str:
@@ -244,6 +245,26 @@ async def test_calls_web_page_and_envoys_counters_through_envoy(
     assert all(stats["rq_error"] == before[a]["rq_error"] for a, stats in after.items())
     # One upstream HTTP/2 connection per pod (one worker), kept open.
     assert all(stats["cx_active"] == 1 for stats in after.values()), after
+    # Where the latency goes: a delay in the gateway only (Envoy's fault filter, asked for by
+    # the call) shows in the outside share and not in the server's (its server-timing).
+    held = await asyncio.to_thread(
+        load_cli, r.address, "--cacert", str(r.cert), "--authority", HOST,
+        "-n", "200", "-c", "8", "-O", "json",
+        "-m", f"x-envoy-fault-delay-request:{GATEWAY_DELAY_MS}",
+        "--max-latency", f"outside.p50={GATEWAY_DELAY_MS // 2}ms",
+    )  # fmt: skip
+    assert held.returncode == 1, held.stderr  # the outside gate catches the slower gateway
+    delayed = json.loads(held.stdout)
+    assert report["timed"] == report["count"]  # every reply was timed
+    assert delayed["timed"] == delayed["count"]
+    rise = delayed["outside_ms"]["p50"] - report["outside_ms"]["p50"]
+    assert rise >= 0.8 * GATEWAY_DELAY_MS, (report["outside_ms"], delayed["outside_ms"])
+    for run in (report, delayed):
+        assert run["server_ms"]["p50"] < 5.0, run["server_ms"]
+        for cluster in CLUSTERS:
+            assert run["by_cluster"][cluster]["server_ms"]["p50"] < 5.0, run["by_cluster"]
+    for cluster in CLUSTERS:
+        assert delayed["by_cluster"][cluster]["outside_ms"]["p50"] >= 0.8 * GATEWAY_DELAY_MS
     # The page at /web/ in headless Chromium: its files from the web ports, its calls
     # through grpc_web; the answering cluster and pod appear on it.
 
