@@ -225,6 +225,14 @@ async def test_calls_web_page_and_envoys_counters_through_envoy(
     )  # fmt: skip
     assert call.returncode == 0, call.stderr
     assert "served by: cluster=cluster-" in call.stdout
+    web_load = await asyncio.to_thread(
+        load_cli, r.address, "--protocol", "grpc-web", "--cacert", str(r.cert),
+        "--authority", HOST, "-n", "200", "-c", "4", "-O", "json",
+    )  # fmt: skip
+    assert web_load.returncode == 0, web_load.stderr
+    web_report = json.loads(web_load.stdout)
+    assert web_report["status_codes"] == {"OK": 200}
+    assert set(web_report["by_cluster"]) == set(CLUSTERS)
     # Envoy's per-pod counters agree exactly with greeter load's per-pod counts.
     before = envoy.host_stats("fleet")
     done = await asyncio.to_thread(
