@@ -113,3 +113,25 @@ def test_workers_add_up_their_connections_for_the_parent(spawn_server) -> None: 
         assert got == {CONNECTIONS: 4, IN_FLIGHT: 0, BUSIEST: 0}
     code, _, err = server.stop(timeout=30)
     assert code == 0, err
+
+
+async def test_one_channel_with_many_calls_is_served_whole_by_the_default_stream_limit() -> None:
+    # docs/performance.md, "Behind a gateway": the default max_concurrent_streams stays far
+    # above what one client connection carries. A grpcio channel (one connection) with more
+    # calls in flight than the limit gets some refused (UNAVAILABLE, docs/robustness.md F5);
+    # 200 at once, as `greeter load -c 200 --engine grpc` or a gateway worker would send.
+    calls = 200
+    async with (
+        running(stream_interval=0.5, stream_count=4) as server,
+        channels(server.port, 1) as (channel,),
+    ):
+        stub = helloworld_pb2_grpc.GreeterStub(channel)
+        streams = [stub.SayHelloStreamReply(HelloRequest(), timeout=10) for _ in range(calls)]
+        for stream in streams:  # each has started on the server
+            await stream.read()
+        got = await until(lambda: gauges(server.metrics_port), lambda g: g[IN_FLIGHT] == calls)
+        assert got == {CONNECTIONS: 1, IN_FLIGHT: calls, BUSIEST: calls}
+        for stream in streams:
+            for _ in range(3):
+                assert (await stream.read()).message
+            assert await stream.code() == grpc.StatusCode.OK
