@@ -6,6 +6,8 @@ Each round starts each server once (pinned to the first core, as in ``bench.run`
 in an order that rotates between rounds, drives it with h2load (on the last core)
 
 - ``direct``: h2load's own connections (``--connections``, many);
+- ``direct-1``: h2load with the same calls in flight on a single connection: what one
+  Envoy worker sends the server, without Envoy's own cost on the client's core;
 - ``envoy-1`` / ``envoy-2``: through Envoy with ``--concurrency 1`` / ``2``, which opens
   one multiplexed HTTP/2 connection to the server per worker (more only when the
   server's ``max_concurrent_streams`` is reached);
@@ -71,7 +73,8 @@ from bench.run import (
 )
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
 
-PATHS = ("direct", "envoy-1", "envoy-2", "nginx")
+PATHS = ("direct", "direct-1", "envoy-1", "envoy-2", "nginx")
+DEFAULT_PATHS = ("direct", "envoy-1", "envoy-2", "nginx")
 # envoy-<workers>[-<streams>]: with <streams>, Envoy itself puts at most that many calls on
 # one upstream connection (its cluster's http2_protocol_options.max_concurrent_streams) and
 # opens more connections for the rest: the gateway-side way to spread calls.
@@ -269,6 +272,7 @@ class Route:
     port: int
     failures: Callable[[], int] = lambda: 0
     pid: int | None = None  # the gateway's process (its workers are its children)
+    one_connection: bool = False  # h2load puts all its calls on one connection
 
     def cpu(self) -> float:
         """CPU seconds the gateway (with its worker processes) has used; 0 for direct."""
@@ -298,8 +302,8 @@ def gateway(path: str, backend_port: int, core: int | None, scratch: Path) -> It
     """Where to send calls on ``path``: the server's own port for ``direct``, else a
     gateway's, started here in front of it and stopped after the block. On ``direct`` and
     ``nginx`` (which answers a failed upstream with HTTP 502) h2load sees failures itself."""
-    if path == "direct":
-        yield Route(backend_port)
+    if path in ("direct", "direct-1"):
+        yield Route(backend_port, one_connection=path == "direct-1")
         return
     port = free_port()
     folder = Path(tempfile.mkdtemp(prefix=f"{path}-", dir=scratch))
@@ -412,6 +416,14 @@ class Sample:
     stream_connections: int
 
 
+def shape(clients: int, streams: int, one_connection: bool) -> dict[str, int]:
+    """h2load's connections and calls per connection: as asked, or the same calls in flight
+    on a single connection (what one Envoy worker sends a pod, without Envoy's own cost)."""
+    if one_connection:
+        return {"clients": 1, "streams": clients * streams}
+    return {"clients": clients, "streams": streams}
+
+
 def measure_path(
     spec: ServerSpec,
     path: str,
@@ -430,15 +442,18 @@ def measure_path(
         with most_connections(backend_port) as unary_cx:
             unary = load(
                 port, spec, request, args, stream=False,
-                clients=args.connections, streams=args.streams, core=client_core,
+                **shape(args.connections, args.streams, route.one_connection), core=client_core,
             )  # fmt: skip
         middle, gateway_used = cpu_seconds(pid), route.cpu() - gateway_before
         with most_connections(backend_port) as stream_cx:
             stream = load(
                 port, spec, request, args, stream=True,
-                clients=args.stream_connections, streams=args.stream_streams, core=client_core,
+                **shape(args.stream_connections, args.stream_streams, route.one_connection),
+                core=client_core,
             )  # fmt: skip
         after = cpu_seconds(pid)
+        if not (unary.rps and stream.rps):  # a stall (another program on the server's core)
+            raise RuntimeError(f"no call completed in the measured time through {path}")
         failed = route.failures()
         if failed:
             raise RuntimeError(f"{failed} calls through {path} ended with a grpc-status not OK")
@@ -554,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--paths",
         type=path_list,
-        default=list(PATHS),
+        default=list(DEFAULT_PATHS),
         help=f"comma-separated: {','.join(PATHS)}, envoy-W-S "
         "(W workers, at most S calls per upstream connection)",
     )

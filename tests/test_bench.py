@@ -219,4 +219,6 @@ def test_gateway_measures_each_path_against_direct(tmp_path: Path) -> None:
 def test_gateway_refuses_an_unknown_path() -> None:
     done = bench("gateway", "--paths", "envoy-1,haproxy", timeout=30)
     assert done.returncode == 2
-    assert "unknown path(s) haproxy; known: direct, envoy-1, envoy-2, nginx, envoy-" in done.stderr
+    assert "unknown path(s) haproxy; known: direct, direct-1, envoy-1, envoy-2, nginx, envoy-" in (
+        done.stderr
+    )

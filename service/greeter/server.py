@@ -261,7 +261,8 @@ class GreeterServer:
 
         async def refresh() -> None:
             while True:
-                metrics.record_connections(reader.read())
+                # in a thread: reading costs ~0.4 ms per connection, not for the event loop
+                metrics.record_connections(await asyncio.to_thread(reader.read))
                 await asyncio.sleep(CONNECTION_REFRESH_S)
 
         self._refresh = asyncio.create_task(refresh())
