@@ -135,3 +135,11 @@ async def test_one_channel_with_many_calls_is_served_whole_by_the_default_stream
             for _ in range(3):
                 assert (await stream.read()).message
             assert await stream.code() == grpc.StatusCode.OK
+
+
+async def test_a_unix_socket_server_counts_its_connections(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    host = f"unix:{tmp_path}/greeter.sock"
+    async with running(host=host) as server, grpc.aio.insecure_channel(host) as channel:
+        await helloworld_pb2_grpc.GreeterStub(channel).SayHello(HelloRequest())
+        got = await until(lambda: gauges(server.metrics_port), lambda g: g[CONNECTIONS] == 1)
+        assert got[CONNECTIONS] == 1
