@@ -584,8 +584,10 @@ def main(argv: list[str] | None = None) -> int:
     specs = {s.name: s for s in (parse_spec(n) for n in server_names(args.servers))}
     try:
         for path in args.paths:
-            if path != "direct":
-                find("envoy" if path.startswith("envoy") else "nginx", "")
+            if path.startswith("envoy"):
+                find("envoy", ENVOY_HINT)
+            elif path == "nginx":
+                find("nginx", NGINX_HINT)
         h2load.binary()
     except (GatewayError, h2load.H2loadError) as exc:
         parser.error(str(exc))

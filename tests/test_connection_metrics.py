@@ -116,7 +116,7 @@ def test_workers_add_up_their_connections_for_the_parent(spawn_server) -> None: 
 
 
 async def test_one_channel_with_many_calls_is_served_whole_by_the_default_stream_limit() -> None:
-    # docs/performance.md, "Behind a gateway": the default max_concurrent_streams stays far
+    # docs/performance.md, "The server's default stream limit stays at 1000": it stays far
     # above what one client connection carries. A grpcio channel (one connection) with more
     # calls in flight than the limit gets some refused (UNAVAILABLE, docs/robustness.md F5);
     # 200 at once, as `greeter load -c 200 --engine grpc` or a gateway worker would send.
