@@ -255,12 +255,17 @@ def _started_once(
         if proc.poll() is not None:  # it died during the measurement
             raise ServerExited(spec.name, proc.returncode, stderr_tail(log))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 15)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def check_server(port: int, spec: ServerSpec, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -302,32 +307,47 @@ class Sample:
     stream_cpu_us: float
 
 
+def load(
+    port: int,
+    spec: ServerSpec,
+    request: Path,
+    args: argparse.Namespace,
+    *,
+    stream: bool,
+    clients: int,
+    streams: int,
+    core: int | None,
+) -> h2load.H2loadResult:
+    """h2load on SayHello, or on SayHelloStreamReply asking for STREAM_COUNT replies, for
+    ``args.duration`` after ``args.warm_up``, with the server's call headers."""
+    method = "SayHelloStreamReply" if stream else "SayHello"
+    extra = (f"x-greeter-stream-count: {STREAM_COUNT}",) if stream else ()
+    return h2load.run(
+        port,
+        method,
+        request,
+        duration=args.duration,
+        warm_up=args.warm_up,
+        clients=clients,
+        streams=streams,
+        headers=(*spec.headers, *extra),
+        core=core,
+    )
+
+
 def measure(spec: ServerSpec, rnd: int, args: argparse.Namespace, request: Path) -> Sample:
     server_core, client_core = pin_cores() if args.pin else (None, None)
     with started(spec, server_core) as (port, proc):
-        common: dict[str, Any] = {"warm_up": args.warm_up, "core": client_core}
         before = cpu_seconds(proc.pid)
-        unary = h2load.run(
-            port,
-            "SayHello",
-            request,
-            duration=args.duration,
-            clients=args.connections,
-            streams=args.streams,
-            headers=spec.headers,
-            **common,
-        )
+        unary = load(
+            port, spec, request, args, stream=False,
+            clients=args.connections, streams=args.streams, core=client_core,
+        )  # fmt: skip
         middle = cpu_seconds(proc.pid)
-        stream = h2load.run(
-            port,
-            "SayHelloStreamReply",
-            request,
-            duration=args.duration,
-            clients=1,
-            streams=args.stream_concurrency,
-            headers=(*spec.headers, f"x-greeter-stream-count: {STREAM_COUNT}"),
-            **common,
-        )
+        stream = load(
+            port, spec, request, args, stream=True,
+            clients=1, streams=args.stream_concurrency, core=client_core,
+        )  # fmt: skip
         after = cpu_seconds(proc.pid)
     # CPU time includes the warm-up, so divide by every call made, not just the measured ones.
     unary_calls = unary.rps * (args.duration + args.warm_up)
@@ -488,28 +508,41 @@ def machine() -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+def round_options(
+    parser: argparse.ArgumentParser, servers: tuple[str, ...], duration: float
+) -> None:
+    """The options every side-by-side benchmark shares: rounds, durations, servers, pinning,
+    the JSON report (see :func:`settle`)."""
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s: a smoke run")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per test")
+    parser.add_argument("--duration", type=float, default=duration, help="seconds per test")
     parser.add_argument("--warm-up", type=float, default=1.0, help="seconds of warm-up per test")
     parser.add_argument(
         "--servers",
-        default=",".join(DEFAULT_SERVERS),
+        default=",".join(servers),
         help="comma- or ;-separated names; a variant adds environment: name@A=1,B=2",
     )
-    parser.add_argument("--connections", type=int, default=4, help="unary: h2load -c")
-    parser.add_argument("--streams", type=int, default=64, help="unary: h2load -m per connection")
-    parser.add_argument("--stream-concurrency", type=int, default=4, help="streams in flight")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="don't pin to cores")
     parser.add_argument("--json", type=Path, help="also write the samples and summary here")
-    args = parser.parse_args(argv)
+
+
+def settle(args: argparse.Namespace) -> None:
+    """``--quick`` and pinning applied to the options :func:`round_options` added."""
     if args.quick:
         args.rounds, args.duration, args.warm_up = 1, 2.0, 0.5
     if args.pin and len(os.sched_getaffinity(0)) < 2:
         print("fewer than 2 cores available: not pinning", file=sys.stderr)
         args.pin = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    round_options(parser, DEFAULT_SERVERS, 5.0)
+    parser.add_argument("--connections", type=int, default=4, help="unary: h2load -c")
+    parser.add_argument("--streams", type=int, default=64, help="unary: h2load -m per connection")
+    parser.add_argument("--stream-concurrency", type=int, default=4, help="streams in flight")
+    args = parser.parse_args(argv)
+    settle(args)
     names = server_names(args.servers)
     specs = {s.name: s for s in (parse_spec(n) for n in names)}
     if BASELINE not in specs:

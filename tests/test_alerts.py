@@ -299,6 +299,18 @@ def test_dashboard_shows_rate_errors_and_latency_per_cluster_pod_and_method() ->
     assert serving, "no panel shows serving pods per cluster"
 
 
+def test_dashboard_shows_connections_per_pod_and_calls_per_connection() -> None:
+    # Every connection gauge the server exports is on the dashboard, per pod, so that one
+    # connection funnelling a pod's calls (a multiplexing gateway) can be seen.
+    from greeter.metrics import CONNECTION_GAUGES
+
+    exprs = [expr for _, expr in al.dashboard_expressions(al.dashboard())]
+    for name, _, _, _ in CONNECTION_GAUGES:
+        using = [expr for expr in exprs if f"{name}{{" in expr]
+        assert using, name
+        assert all({"cluster", "pod"} <= grouping(expr) for expr in using), using
+
+
 def test_dashboard_configmap_for_the_grafana_sidecar(tmp_path: Path) -> None:
     values = yaml.safe_load((ds.CHART / "ci" / "grafanadashboard-values.yaml").read_text())
     objects = ds.render([values], release=RELEASE, namespace=NAMESPACE, tmp=tmp_path)

