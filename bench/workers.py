@@ -168,6 +168,14 @@ def main(argv: list[str] | None = None) -> int:
                     + " / ".join(f"{c:.2f}" for c in used),
                     file=sys.stderr,
                 )
+    stalled = [n for n in counts if not statistics.median(rps[n])]
+    if stalled:  # nothing to compare with: say so, rather than divide by zero
+        print(
+            f"error: h2load measured no calls with {', '.join(map(str, stalled))} worker(s): "
+            "the server answered none in the run (a machine too busy to start it?)",
+            file=sys.stderr,
+        )
+        return 1
     one = statistics.median(rps[counts[0]])
     one_eff = statistics.median(efficiency[counts[0]])
     print(
