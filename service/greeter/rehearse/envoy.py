@@ -349,7 +349,10 @@ def _retry_policy() -> dict[str, Any]:
     """Retry a call on another pod only when it surely never reached one."""
     return {
         "retry_on": "connect-failure,refused-stream,reset-before-request",
-        "num_retries": 3,
+        # Up to ~0.6 s of retries: long enough for outlier detection's ejection (or a health
+        # check) to reach the worker, so a call that picked a pod the instant it died is
+        # retried onto the survivors, or the standby, and not onto the dead pods again.
+        "num_retries": 5,
         "retry_host_predicate": [
             {
                 "name": "envoy.retry_host_predicates.previous_hosts",
@@ -359,7 +362,7 @@ def _retry_policy() -> dict[str, Any]:
             }
         ],
         "host_selection_retry_max_attempts": 5,
-        "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.05s"},
+        "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
     }
 
 

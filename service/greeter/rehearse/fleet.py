@@ -47,6 +47,8 @@ DEFAULT_PORT = 8443
 GATEWAYS = ("nginx", "envoy")
 # nginx takes a backend out when its endpoint is removed (its socket unlinked), at once.
 NGINX_DRAIN_DELAY = 3.0
+# See Rehearsal.dead_grace_s.
+ENVOY_DEAD_GRACE_S = 0.1
 RECONNECT_BACKOFF_MS = 100  # a direct channel to a backend retries its connect this often
 CANARY_POD = "greeter-canary-0"
 # Cluster names become pod names, nginx upstream names and header values: DNS labels.
@@ -324,6 +326,16 @@ class Rehearsal:
         if self.gateway is None:
             raise RuntimeError("the rehearsal is not running")
         return self.gateway.address
+
+    @property
+    def dead_grace_s(self) -> float:
+        """How long after killed backends have exited a failed call may still have been sent
+        to them: none with nginx (a connection per call, refused at once); with Envoy, which
+        keeps its connection to each pod open, a call written to that connection in the
+        instant before Envoy has read that it closed (the kernel closes it as the process
+        dies, about when the rehearsal reaps it) fails, and is not retried, since it was
+        sent. Measured: such calls within a few ms; 0.1 s leaves room for a busy machine."""
+        return ENVOY_DEAD_GRACE_S if self.config.gateway == "envoy" else 0.0
 
     @property
     def return_bound(self) -> float:

@@ -65,8 +65,15 @@ def verdict_line(summary: dict[str, Any], allowed: int) -> str:
     )
     late = summary.get("failures_sent_after_dead")
     if summary["scenario"] == "cluster-failover" and late:
-        line += f"; {late:,} sent after the active backends had exited (allowed 0)"
+        line += f"; {late:,} sent after the active backends had exited{_grace(summary)} (allowed 0)"
     return f"{'PASSED' if ok else 'FAILED'}: {line}"
+
+
+def _grace(summary: dict[str, Any]) -> str:
+    """How long after the exit a call still counted as sent before it (Envoy: see
+    ``Rehearsal.dead_grace_s``), in words; "" when none."""
+    grace = float(summary.get("dead_grace_s") or 0.0)
+    return f" (by more than {grace:g} s)" if grace else ""
 
 
 def _row(label: str, text: str) -> str:
@@ -276,7 +283,7 @@ def _verdict(summary: dict[str, Any], allowed: int) -> str:
         after = summary["failures_sent_after_dead"]
         parts.append(
             f"{plural(after, 'failed call')} {'was' if after == 1 else 'were'} sent after the "
-            "killed backends had exited"
+            f"killed backends had exited{_grace(summary)}"
         )
     if "covered_all_restarts" in summary:
         covered = "covered" if summary["covered_all_restarts"] else "did NOT cover"

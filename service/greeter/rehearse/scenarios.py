@@ -287,7 +287,7 @@ async def cluster_outage(
     report = await runner
     timeline.mark("traffic stopped")
     t0 = traffic.started
-    summary = outage_summary(report, kill_at - t0, dead_at - t0, survivors)
+    summary = outage_summary(report, kill_at - t0, dead_at - t0, survivors, rehearsal.dead_grace_s)
     summary["cluster"] = name
     summary.update(return_summary(report, [name], reviving_at - t0, revived_at - t0))
     return _probe_result("cluster-outage", summary, timeline, traffic)
@@ -332,10 +332,16 @@ def return_summary(
 
 
 def outage_summary(
-    report: TrafficReport, kill_s: float, dead_s: float, survivors: list[str]
+    report: TrafficReport,
+    kill_s: float,
+    dead_s: float,
+    survivors: list[str],
+    grace_s: float = 0.0,
 ) -> dict[str, Any]:
     """The probe's summary with what the outage did: ``kill_s`` is when the SIGKILL went out,
-    ``dead_s`` when the victims had exited (both since the traffic started)."""
+    ``dead_s`` when the victims had exited (both since the traffic started). A call sent
+    within ``grace_s`` after that is not counted as sent after they were gone (the
+    rehearsal's ``dead_grace_s``: a keep-alive gateway learns of the death a moment later)."""
     summary = report.summary()
     failed = report.failures
     summary["kill_at_s"] = round(kill_s, 3)
@@ -346,7 +352,8 @@ def outage_summary(
     summary["last_failure_sent_after_kill_s"] = (
         round(max(o.sent for o in failed) - kill_s, 3) if failed else None
     )
-    summary["failures_sent_after_dead"] = len(report.failures_sent_after(dead_s))
+    summary["dead_grace_s"] = grace_s
+    summary["failures_sent_after_dead"] = len(report.failures_sent_after(dead_s + grace_s))
     summary["ok_sent_after_dead"] = sum(
         1 for o in report.outcomes if o.code == "OK" and o.sent > dead_s
     )
@@ -401,7 +408,7 @@ async def cluster_failover(
     report = await runner
     timeline.mark("traffic stopped")
     t0 = traffic.started
-    summary = outage_summary(report, kill_at - t0, dead_at - t0, survivors)
+    summary = outage_summary(report, kill_at - t0, dead_at - t0, survivors, rehearsal.dead_grace_s)
     summary.update(
         failover_summary(
             report,
