@@ -18,8 +18,9 @@ import pytest
 from load_support import load_cli
 
 from conftest import free_port
-from greeter.load import schema
+from greeter.load import schema, timeline
 from greeter.load.report import EXIT_BAD_ARGS, EXIT_FAILED
+from greeter.load.timeline import Bucket, Timeline
 
 Spawn = Any
 
@@ -195,6 +196,31 @@ def test_the_shortest_run_has_a_timeline_too(spawn_server: Spawn) -> None:
     assert report["options"]["timeline_interval_s"] == 1.0  # the default
     assert len(report["timeline"]) == 1
     assert_adds_up(report, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("span", "rows", "last"),
+    [
+        (2.0, 4, 0.5),
+        # --procs 2 started a few µs apart: the sliver past the end joins the last bucket
+        (2.000001, 4, 0.5),
+        (2.004, 4, 0.5),
+        (2.3, 5, 0.3),  # runs merged from starts 0.3 s apart: a real fifth bucket
+        (0.2, 1, 0.2),
+    ],
+)
+def test_a_span_a_hair_past_the_intervals_makes_no_sliver_bucket(
+    span: float, rows: int, last: float
+) -> None:
+    recorded = Timeline(0.0, 0.5)
+    # one call finished in each whole interval of the span, and one in the part past them
+    wanted = math.ceil(span / 0.5 - 1e-9)
+    recorded.buckets = [Bucket(status={"OK": 1}) for _ in range(wanted)]
+    got = timeline.report(recorded, span, 0.5)
+    assert len(got) == rows
+    assert got[-1]["duration_s"] == last
+    assert sum(row["count"] for row in got) == wanted
+    assert sum(row["duration_s"] for row in got) == pytest.approx(min(span, rows * 0.5))
 
 
 @pytest.mark.parametrize("value", ["0", "5ms", "-1s", "soon", "nan"])

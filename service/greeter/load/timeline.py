@@ -29,7 +29,10 @@ from greeter.load.histogram import BUCKETS, Histogram, bucket_bounds, bucket_of,
 
 DEFAULT_INTERVAL = 1.0  # seconds
 MIN_INTERVAL = 0.01  # closing a bucket costs up to a few hundred µs: at most 100 a second
-_EDGE_SLACK = 1e-6  # a run lasting a whole number of intervals, give or take float rounding
+# A run's span past a whole number of intervals by less than this share of one (float rounding;
+# the few µs between the starts of --procs N processes) folds into the last bucket, instead of
+# making a sliver of a bucket of its own.
+_EDGE_SLACK = 0.01
 K = TypeVar("K")
 
 
