@@ -85,6 +85,9 @@ NGINX_HINT = "apt-get install -y nginx-light"
 STREAM_TIMEOUT_S = 3600
 
 
+BIND_TRIES = 3
+
+
 class GatewayError(RuntimeError):
     """A gateway is missing, rejected its configuration, or did not start."""
 
@@ -305,9 +308,29 @@ def gateway(path: str, backend_port: int, core: int | None, scratch: Path) -> It
     if path in ("direct", "direct-1"):
         yield Route(backend_port, one_connection=path == "direct-1")
         return
-    port = free_port()
-    folder = Path(tempfile.mkdtemp(prefix=f"{path}-", dir=scratch))
-    route = Route(port)
+    for attempt in range(1, BIND_TRIES + 1):
+        port = free_port()
+        folder = Path(tempfile.mkdtemp(prefix=f"{path}-", dir=scratch))
+        argv, route = _gateway_command(path, port, backend_port, folder)
+        log = folder / "stderr.log"
+        ready = False
+        try:
+            with _process(path, argv, log, core) as proc:
+                wait_ready(port, path, proc, log)
+                ready = True
+                yield dataclasses.replace(route, pid=proc.pid)
+                return
+        except GatewayError:
+            # The free port picked was taken (by an outgoing connection's ephemeral port,
+            # say) before the gateway bound it: pick again.
+            if ready or attempt == BIND_TRIES or "Address already in use" not in stderr_tail(log):
+                raise
+
+
+def _gateway_command(
+    path: str, port: int, backend_port: int, folder: Path
+) -> tuple[list[str], Route]:
+    """The gateway's command line, its configuration written to ``folder``."""
     envoy = ENVOY_PATH.fullmatch(path)
     if envoy:
         workers, streams = envoy.group(1), envoy.group(2)
@@ -319,18 +342,15 @@ def gateway(path: str, backend_port: int, core: int | None, scratch: Path) -> It
         argv = [find("envoy", ENVOY_HINT), "-c", str(config), "--concurrency", workers]
         # no shared memory: several Envoys (other benchmarks, tests) may run on this machine
         argv += ["--disable-hot-restart", "-l", "warning"]
-        route = Route(port, functools.partial(envoy_failures, admin))
-    elif path == "nginx":
+        return argv, Route(port, functools.partial(envoy_failures, admin))
+    if path == "nginx":
         config = folder / "nginx.conf"
         config.write_text(nginx_config(port, backend_port, folder))
         # -e: nginx 1.22 opens its compiled-in error log before reading the configuration
         argv = [find("nginx", NGINX_HINT), "-p", str(folder), "-c", str(config)]
         argv += ["-e", str(folder / "error.log")]
-    else:
-        raise GatewayError(f"unknown path {path!r}; known: {', '.join(PATHS)}")
-    with _process(path, argv, folder / "stderr.log", core) as proc:
-        wait_ready(port, path, proc, folder / "stderr.log")
-        yield dataclasses.replace(route, pid=proc.pid)
+        return argv, Route(port)
+    raise GatewayError(f"unknown path {path!r}; known: {', '.join(PATHS)}")
 
 
 def wait_ready(port: int, name: str, proc: subprocess.Popen[bytes], log: Path) -> None:

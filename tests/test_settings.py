@@ -80,6 +80,9 @@ BAD_VALUES = [
     ("thread_policy", "realtime"),
     ("listeners", "0"),
     ("listeners", "65"),
+    ("accept_depth", "0"),
+    ("accept_depth", "257"),
+    ("accept_depth", "many"),
     ("workers", "999"),
     ("host", ""),
 ]

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from greeter import health, ports, reflection
+from greeter import accept, health, ports, reflection
 from greeter._proto import helloworld_pb2_grpc
 from greeter._proto.greeter.v1 import readiness_pb2_grpc
 from greeter.connections import ConnectionReader, Connections
@@ -176,6 +176,9 @@ class GreeterServer:
         self.metrics = metrics
         self._endpoint: MetricsEndpoint | None = None
         self._servers: list[grpc.aio.Server] = []
+        self._acceptors: list[accept.Acceptors] = []
+        # calls of a method each listener accepts per event-loop turn (accept_depth, or 1)
+        self.accept_depth = 1
         self._web: WebServer | None = None
         self._stopping = asyncio.Event()
         self._refresh: asyncio.Task[None] | None = None
@@ -216,7 +219,8 @@ class GreeterServer:
         # inside: nothing else on this loop may start threads while the policy is batch.
         with helper_threads(s.thread_policy) as thread_policy:
             # grpc.aio accepts one call per method and server each time the event loop
-            # hears from grpc; several servers on one port accept several at once.
+            # hears from grpc: several servers on one port (listeners) accept several at
+            # once for several connections, and accept_depth several on each (accept.py).
             self._servers = [
                 grpc.aio.server(options=server_options(s)) for _ in range(listener_count(s))
             ]
@@ -230,6 +234,7 @@ class GreeterServer:
                 self._reading.submit(lambda: None).result()  # its thread starts here
         self._bind_web(registrar)
         await asyncio.gather(*(server.start() for server in self._servers))
+        self._accept_ahead(registrar)
         self._watch_connections()
         if self._web is not None:
             await self._web.start()
@@ -248,6 +253,7 @@ class GreeterServer:
                 "reflection": s.reflection,
                 "identity": s.identity,
                 "listeners": len(self._servers),
+                "accept_depth": self.accept_depth,
                 "thread_policy": thread_policy,
                 "event_loop": loop_name(asyncio.get_running_loop()),
                 "pid": os.getpid(),
@@ -255,6 +261,35 @@ class GreeterServer:
                 "took_s": round(time.perf_counter() - began, 3),
             },
         )
+
+    def _accept_ahead(self, registrar: Registrar) -> None:
+        """``accept_depth`` > 1: each listener accepts that many calls of a method at once."""
+        depth = self.settings.accept_depth
+        if depth <= 1:
+            return
+        why = accept.supported()
+        if why is not None:
+            logger.warning(
+                "accept_depth needs grpc.aio internals this grpcio lacks; accepting one call"
+                " per method and listener per turn",
+                extra={"phase": "startup", "reason": why},
+            )
+            return
+        handlers = {
+            f"/{service}/{name}": handler
+            for service, methods in registrar.wrapped.items()
+            for name, handler in methods.items()
+        }
+        for server in self._servers:
+            acceptors = accept.Acceptors(server, handlers, depth)
+            acceptors.start()
+            self._acceptors.append(acceptors)
+        self.accept_depth = depth
+
+    @property
+    def accepting(self) -> int:
+        """Extra requests for calls the listeners have outstanding (0 with accept_depth 1)."""
+        return sum(acceptors.outstanding for acceptors in self._acceptors)
 
     def _watch_connections(self) -> None:
         """Open connections and calls in flight on them, for /metrics (see connections.py)."""
@@ -380,6 +415,7 @@ class GreeterServer:
             *([web.stop(s.grace_period)] if web is not None else []),
         )
         self._servers = []
+        await self._stop_accepting()
         self._unwatch_connections()
         mark = done("stop", mark, grace_period=s.grace_period)
         # 4. The metrics endpoint goes last, so the final counts can be scraped.
@@ -388,6 +424,11 @@ class GreeterServer:
             self._endpoint = None
         done("metrics", mark)
         logger.info("stopped", extra={"took_s": round(time.perf_counter() - began, 3)})
+
+    async def _stop_accepting(self) -> None:
+        """After the servers stopped: their extra requests for calls have ended."""
+        acceptors, self._acceptors = self._acceptors, []
+        await asyncio.gather(*(a.stop() for a in acceptors))
 
     def _unwatch_connections(self) -> None:
         if self._refresh is not None:
@@ -405,6 +446,7 @@ class GreeterServer:
         self._unwatch_connections()
         await asyncio.gather(*(_discard(server) for server in self._servers))
         self._servers = []
+        await self._stop_accepting()
         if self._web is not None:
             self._web.abort()
             self._web = None

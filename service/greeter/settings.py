@@ -104,6 +104,7 @@ THREAD_POLICIES = ("batch", "normal")
 AUTH_EXEMPT_CHOICES = ("health", "reflection")
 MAX_STREAM_MESSAGES = 100_000
 MAX_LISTENERS = 64
+MAX_ACCEPT_DEPTH = 256
 _ORIGIN = re.compile(
     r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
 )
@@ -140,6 +141,12 @@ class Settings:
         8,
         "gRPC servers in each process sharing the port (SO_REUSEPORT), each accepting its own"
         " connections; grpc.aio accepts one call per method and server per event-loop turn",
+        parse_int,
+    )
+    accept_depth: int = _setting(
+        16,
+        "calls of each method a listener accepts per event-loop turn (grpc.aio accepts one):"
+        " more serves a gateway that multiplexes every call over one connection",
         parse_int,
     )
     event_loop: str = _setting("auto", "event loop: auto, asyncio or uvloop", parse_str)
@@ -286,6 +293,10 @@ class Settings:
             bad.append(("workers", f"{self.workers} is not between 1 and 256"))
         if not 1 <= self.listeners <= MAX_LISTENERS:
             bad.append(("listeners", f"{self.listeners} is not between 1 and {MAX_LISTENERS}"))
+        if not 1 <= self.accept_depth <= MAX_ACCEPT_DEPTH:
+            bad.append(
+                ("accept_depth", f"{self.accept_depth} is not between 1 and {MAX_ACCEPT_DEPTH}")
+            )
         if self.event_loop not in EVENT_LOOPS:
             bad.append(("event_loop", f"{self.event_loop!r} is not one of {EVENT_LOOPS}"))
         if self.thread_policy not in THREAD_POLICIES:

@@ -1,0 +1,142 @@
+"""More than one call accepted per method and listener each time the event loop hears from grpc.
+
+A grpc.aio server keeps one request for "the next call of method M" outstanding in grpc-core
+per registered method. When a call arrives, core hands it over through the completion queue
+and grpc's poller thread; only when the event loop has run that callback does the server ask
+for the next one. So a listener accepts at most one call per method per round trip between
+the poller thread and the event loop, however many calls are waiting on its connections.
+Several connections spread over several listeners (``listeners``), but a gateway that
+multiplexes every call over one HTTP/2 connection (an Envoy worker) reaches only one.
+
+``Acceptors`` keeps ``depth - 1`` more requests outstanding per method and listener, so one
+round trip hands over up to ``depth`` calls. Each accepted call is then run exactly as grpc
+runs the ones it accepts itself (the same handler resolution, cancellation and status
+handling), on the same event loop.
+
+This uses grpc.aio's internal (underscored) server API, which has no public equivalent.
+``supported()`` checks its shape once; when it does not match (another grpcio), the server
+logs that it accepts one call per round trip and runs as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any
+
+import grpc
+
+logger = logging.getLogger(__name__)
+
+# The internal signatures this module was written against (grpcio 1.85); checked at start-up.
+_EXPECTED = {
+    "_handle_rpc": (
+        "method_name",
+        "method_resolver",
+        "interceptors",
+        "rpc_state",
+        "loop",
+        "concurrency_exceeded",
+    ),
+    "_schedule_rpc_coro": ("rpc_coro", "rpc_state", "loop", "method_name"),
+}
+
+
+def _cygrpc() -> Any:
+    from grpc._cython import cygrpc
+
+    return cygrpc
+
+
+def supported() -> str | None:
+    """None when this grpcio has the internal API ``Acceptors`` needs; else why not."""
+    try:
+        cygrpc = _cygrpc()
+        for name, params in _EXPECTED.items():
+            got = tuple(inspect.signature(getattr(cygrpc, name)).parameters)
+            if got != params:
+                return f"cygrpc.{name}{got} is not {params}"
+        server_cls = cygrpc.AioServer
+        for name in ("_request_registered_call", "is_running"):
+            if not callable(getattr(server_cls, name, None)):
+                return f"cygrpc.AioServer has no {name}"
+        cygrpc._MethodResolver([], {})
+    except Exception as exc:  # any mismatch means "not this grpcio"
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+class Acceptors:
+    """Extra requests for calls of each method, on one started grpc.aio server."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        handlers: dict[str, grpc.RpcMethodHandler],
+        depth: int,
+    ) -> None:
+        """``handlers``: fully qualified method (``/pkg.Service/Method``) -> its handler, as
+        registered on ``server`` with ``add_registered_method_handlers``."""
+        cygrpc = _cygrpc()
+        self._core = server._server
+        self._resolver = cygrpc._MethodResolver([], dict(handlers))
+        self._methods = list(handlers)
+        self._extra = depth - 1
+        self._accepting: set[asyncio.Task[None]] = set()
+        self._calls: set[asyncio.Task[Any]] = set()
+
+    def start(self) -> None:
+        """After ``server.start()``: the extra requests go out now."""
+        for method in self._methods:
+            for _ in range(self._extra):
+                task = asyncio.create_task(self._accept(method), name=f"accept {method}")
+                self._accepting.add(task)
+                task.add_done_callback(self._accepting.discard)
+
+    async def _accept(self, method: str) -> None:
+        cygrpc = _cygrpc()
+        core = self._core
+        loop = asyncio.get_running_loop()
+        method_bytes = method.encode()
+        calls = self._calls
+        handle, schedule = cygrpc._handle_rpc, cygrpc._schedule_rpc_coro
+        while core.is_running():
+            try:
+                rpc_state = await core._request_registered_call(method_bytes)
+            except cygrpc._RequestCallError:
+                # core failed the request: the server is shutting down (the loop ends), or
+                # it failed this one; ask again while it runs, as grpc does for its own
+                continue
+            except Exception:
+                # refused outright (core's API changed under us?): this request is given up,
+                # grpc's own keeps the method served
+                logger.exception("an extra request for calls of %s failed", method)
+                return
+            call = loop.create_task(
+                schedule(
+                    handle(method, self._resolver, (), rpc_state, loop, False),
+                    rpc_state,
+                    loop,
+                    method,
+                ),
+                name="rpc_task",
+            )
+            calls.add(call)
+            call.add_done_callback(calls.discard)
+
+    @property
+    def outstanding(self) -> int:
+        """Extra requests still waiting for a call (0 once the server stopped accepting)."""
+        return len(self._accepting)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Once the server has stopped: its core failed the outstanding requests, so each
+        task has ended or is about to (bounded: one that has not by then is cancelled)."""
+        if not self._accepting:
+            return
+        _, late = await asyncio.wait(set(self._accepting), timeout=timeout)
+        if late:
+            logger.warning("%d extra requests for calls outlived their server", len(late))
+            for task in late:
+                task.cancel()
