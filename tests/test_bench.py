@@ -35,7 +35,7 @@ def bench(module: str, *args: str, timeout: float = 200) -> subprocess.Completed
 
 def test_run_measures_every_server_and_compares_with_the_peer(tmp_path: Path) -> None:
     out = tmp_path / "run.json"
-    servers = "bare-aio,sync-pool,greeter-instrumented"
+    servers = "bare-aio,bare-aio-uvloop,sync-pool,greeter-instrumented"
     done = bench(
         "run", "--rounds", "1", "--duration", "1", "--warm-up", "0.3",
         "--servers", servers, "--json", str(out),
@@ -60,8 +60,13 @@ def test_run_measures_every_server_and_compares_with_the_peer(tmp_path: Path) ->
     assert peer["server"] == "greeter-instrumented"
     assert peer["unary_x_peer"] == [round(ours["unary_rps"] / sync["unary_rps"], 2)]
     assert peer["stream_x_peer"] == []
+    uvloop = measured["bare-aio-uvloop"]
+    assert peer["unary_x_uvloop"] == [round(ours["unary_rps"] / uvloop["unary_rps"], 2)]
+    assert peer["unary_cpu_x_uvloop"] == [round(uvloop["unary_cpu_us"] / ours["unary_cpu_us"], 2)]
     assert "| greeter-instrumented |" in done.stdout
     assert "unary x sync-pool" in done.stdout
+    assert "unary x bare-aio-uvloop" in done.stdout
+    assert "stream x grpclib" not in done.stdout  # no column for a peer that did not run
 
 
 def test_run_fails_when_a_server_fails_its_check(tmp_path: Path) -> None:
