@@ -85,6 +85,7 @@ class Acceptors:
         self._extra = depth - 1
         self._accepting: set[asyncio.Task[None]] = set()
         self._calls: set[asyncio.Task[Any]] = set()
+        self.accepted = 0  # calls that came through the extra requests
 
     def start(self) -> None:
         """After ``server.start()``: the extra requests go out now."""
@@ -124,6 +125,7 @@ class Acceptors:
             )
             calls.add(call)
             call.add_done_callback(calls.discard)
+            self.accepted += 1
 
     @property
     def outstanding(self) -> int:

@@ -287,6 +287,11 @@ class GreeterServer:
         self.accept_depth = depth
 
     @property
+    def accepted_ahead(self) -> int:
+        """Calls accepted through those extra requests (the rest came through grpc.aio's)."""
+        return sum(acceptors.accepted for acceptors in self._acceptors)
+
+    @property
     def accepting(self) -> int:
         """Extra requests for calls the listeners have outstanding (0 with accept_depth 1)."""
         return sum(acceptors.outstanding for acceptors in self._acceptors)
