@@ -57,6 +57,13 @@ def test_this_grpcio_has_the_internals_accept_depth_needs() -> None:
     # If a grpcio upgrade changes them the server falls back to depth 1 (and says so), and
     # this test is the one that tells: the gateway benchmark would lose a third.
     assert accept.supported() is None
+    assert accept.supported(grpc.aio.server()) is None
+
+
+def test_another_grpcio_series_or_server_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "not a cygrpc.AioServer" in (accept.supported(object()) or "")  # type: ignore[arg-type]
+    monkeypatch.setattr(grpc, "__version__", "1.86.0")
+    assert "1.86.0 is not the 1.85 series" in (accept.supported() or "")
 
 
 def test_the_default_depth_is_the_one_measured_in_bench_gateway() -> None:
@@ -73,10 +80,13 @@ async def test_each_listener_keeps_depth_minus_one_extra_requests_per_method() -
             stub = helloworld_pb2_grpc.GreeterStub(channel)
             for i in range(20):
                 assert (await stub.SayHello(HelloRequest(name=f"n{i}"))).message == f"Hello, n{i}!"
-        # each accepted call was followed by a new request: the count holds
+        # no extra task died with a call: each went on to wait for the next one
         assert server.accepting == 2 * 3 * methods
         assert server.accepted_ahead <= 20
-    assert server.accepting == 0
+        acceptors = list(server._acceptors)
+    # drained: every extra task has ended (core failed their requests)
+    assert acceptors
+    assert all(a.outstanding == 0 for a in acceptors)
 
 
 async def serves_at_depth_one(**settings: object) -> None:
@@ -138,6 +148,7 @@ async def test_a_deadline_and_a_cancel_reach_calls_accepted_ahead() -> None:
                 async for _ in timed:
                     pass
             assert error.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert server.accepted_ahead > 0  # some of those calls came through the extra requests
         # the server records a cancel just after the client saw it: a bounded wait
         cancelled = await until(
             lambda: handled(server, "SayHelloStreamReply", "server_stream", "Canceled"),
@@ -172,14 +183,15 @@ async def test_sigterm_drains_every_stream_in_flight_and_exits_cleanly(
     code, _, err = await asyncio.to_thread(proc.wait, 20)
     assert code == 0, err
     assert serving_line(err)["accept_depth"] == 16
-    for trouble in ("Traceback", "never retrieved", "destroyed but it is pending", "ERROR"):
+    troubles = ("Traceback", "never retrieved", "destroyed but it is pending", "outlived", "ERROR")
+    for trouble in troubles:
         assert trouble not in err
 
 
 async def test_a_grpcio_without_the_internals_falls_back_to_depth_one(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(accept, "supported", lambda: "cygrpc._handle_rpc changed")
+    monkeypatch.setattr(accept, "supported", lambda server=None: "cygrpc._handle_rpc changed")
     with caplog.at_level(logging.WARNING, logger="greeter.server"):
         await serves_at_depth_one(accept_depth=8)
     warned = [r for r in caplog.records if "accept_depth" in r.getMessage()]

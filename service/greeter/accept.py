@@ -13,6 +13,10 @@ round trip hands over up to ``depth`` calls. Each accepted call is then run exac
 runs the ones it accepts itself (the same handler resolution, cancellation and status
 handling), on the same event loop.
 
+The calls are run without grpc.aio's ``maximum_concurrent_rpcs`` limiter and with no grpc.aio
+interceptors: the Greeter sets neither (its interceptors are bound into the handlers, see
+pipeline.py). A server that did would have to pass them here too.
+
 This uses grpc.aio's internal (underscored) server API, which has no public equivalent.
 ``supported()`` checks its shape once; when it does not match (another grpcio), the server
 logs that it accepts one call per round trip and runs as before.
@@ -29,7 +33,9 @@ import grpc
 
 logger = logging.getLogger(__name__)
 
-# The internal signatures this module was written against (grpcio 1.85); checked at start-up.
+# The grpcio series (major, minor) this module was tested with, and the internal signatures
+# it was written against; both are checked at start-up.
+TESTED_SERIES = (1, 85)
 _EXPECTED = {
     "_handle_rpc": (
         "method_name",
@@ -49,19 +55,34 @@ def _cygrpc() -> Any:
     return cygrpc
 
 
-def supported() -> str | None:
-    """None when this grpcio has the internal API ``Acceptors`` needs; else why not."""
+def supported(server: grpc.aio.Server | None = None) -> str | None:
+    """None when this grpcio has the internal API ``Acceptors`` needs (and ``server`` is
+    built on it); else why not. Signatures cannot show a change of behaviour, so a grpcio
+    series other than the tested one is refused too."""
+    series = tuple(int(part) for part in grpc.__version__.split(".")[:2])
+    if series != TESTED_SERIES:
+        tested = ".".join(map(str, TESTED_SERIES))
+        return f"grpcio {grpc.__version__} is not the {tested} series accept.py was tested with"
     try:
         cygrpc = _cygrpc()
         for name, params in _EXPECTED.items():
             got = tuple(inspect.signature(getattr(cygrpc, name)).parameters)
             if got != params:
                 return f"cygrpc.{name}{got} is not {params}"
-        server_cls = cygrpc.AioServer
-        for name in ("_request_registered_call", "is_running"):
-            if not callable(getattr(server_cls, name, None)):
-                return f"cygrpc.AioServer has no {name}"
+        request = inspect.signature(cygrpc.AioServer._request_registered_call).parameters
+        if tuple(request) != ("self", "method"):
+            return (
+                f"cygrpc.AioServer._request_registered_call{tuple(request)} is not (self, method)"
+            )
+        if not callable(getattr(cygrpc.AioServer, "is_running", None)):
+            return "cygrpc.AioServer has no is_running"
+        if not issubclass(cygrpc._RequestCallError, Exception):
+            return "cygrpc._RequestCallError is not an exception"
         cygrpc._MethodResolver([], {})
+        if server is not None and not isinstance(
+            getattr(server, "_server", None), cygrpc.AioServer
+        ):
+            return "grpc.aio.Server._server is not a cygrpc.AioServer"
     except Exception as exc:  # any mismatch means "not this grpcio"
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -86,6 +107,7 @@ class Acceptors:
         self._accepting: set[asyncio.Task[None]] = set()
         self._calls: set[asyncio.Task[Any]] = set()
         self.accepted = 0  # calls that came through the extra requests
+        self._failed = 0
 
     def start(self) -> None:
         """After ``server.start()``: the extra requests go out now."""
@@ -111,8 +133,10 @@ class Acceptors:
                 continue
             except Exception:
                 # refused outright (core's API changed under us?): this request is given up,
-                # grpc's own keeps the method served
-                logger.exception("an extra request for calls of %s failed", method)
+                # grpc's own keeps the method served; said once per server, not per request
+                if not self._failed:
+                    logger.exception("an extra request for calls of %s failed", method)
+                self._failed += 1
                 return
             call = loop.create_task(
                 schedule(
@@ -138,7 +162,12 @@ class Acceptors:
         if not self._accepting:
             return
         _, late = await asyncio.wait(set(self._accepting), timeout=timeout)
-        if late:
-            logger.warning("%d extra requests for calls outlived their server", len(late))
-            for task in late:
-                task.cancel()
+        if not late:
+            return
+        logger.warning("%d extra requests for calls outlived their server", len(late))
+        if self._core.is_running():
+            # core still holds these requests and would complete them into freed state
+            return
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)

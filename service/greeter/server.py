@@ -267,7 +267,7 @@ class GreeterServer:
         depth = self.settings.accept_depth
         if depth <= 1:
             return
-        why = accept.supported()
+        why = accept.supported(self._servers[0])  # every listener is built the same way
         if why is not None:
             logger.warning(
                 "accept_depth needs grpc.aio internals this grpcio lacks; accepting one call"
