@@ -145,8 +145,8 @@ class Settings:
     )
     accept_depth: int = _setting(
         16,
-        "calls of each method a listener accepts per event-loop turn (grpc.aio accepts one):"
-        " more serves a gateway that multiplexes every call over one connection",
+        "calls of each method a listener accepts per event-loop turn (grpc.aio alone: 1);"
+        " more lets one connection, such as a gateway's, get what several get",
         parse_int,
     )
     event_loop: str = _setting("auto", "event loop: auto, asyncio or uvloop", parse_str)
