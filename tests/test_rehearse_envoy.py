@@ -400,6 +400,11 @@ async def test_outage_and_failover_are_bounded(tmp_path: Path) -> None:
 
 
 # -- weights and TLS origination -----------------------------------------------------------------
+def attempts(envoy) -> int:
+    """Requests Envoy has sent to the pods so far (every attempt, retries included)."""
+    return sum(host["rq_total"] for host in envoy.host_stats().values())
+
+
 async def test_weights_split_exactly_and_the_header_routes(tmp_path: Path) -> None:
     require_envoy()
     config = _config(
@@ -407,17 +412,26 @@ async def test_weights_split_exactly_and_the_header_routes(tmp_path: Path) -> No
     )
     async with Rehearsal(config) as r:
         common = ["--cacert", str(r.cert), "--authority", HOST, "-c", "8", "-O", "json"]
+        picked = attempts(r.envoy)
         split = await asyncio.to_thread(
             load_cli, r.address, *common, "-n", "3000",
             "--expect-split", "cluster-a=80,cluster-b=20",
         )  # fmt: skip
+        # attempts Envoy made beyond the 3,000 calls: retries of calls a pod never took
+        retried = attempts(r.envoy) - picked - 3000
         routed = await asyncio.to_thread(
             load_cli, r.address, *common, "-n", "300",
             "-m", "x-cluster:CLUSTER-B", "--expect-cluster", "cluster-b",
         )  # fmt: skip
     assert split.returncode == 0, split.stderr
     by_cluster = {k: v["count"] for k, v in json.loads(split.stdout)["by_cluster"].items()}
-    assert by_cluster == {"cluster-a": 2400, "cluster-b": 600}  # Envoy's locality EDF: exact
+    # Envoy's locality EDF picks 4 of every 5 in cluster-a: exact over 3,000 picks, as it was
+    # in every run measured but one (2,401/599 in a fresh-clone CI run). A retried attempt is
+    # one more pick, and a rebuilt scheduler (any host update) restarts the cycle: either moves
+    # one call across. A weighted-random split would be off by ~22 calls (one sd).
+    assert 0 <= retried <= 3, retried
+    assert abs(by_cluster["cluster-a"] - 2400) <= 1 + retried, (by_cluster, retried)
+    assert by_cluster["cluster-a"] + by_cluster["cluster-b"] == 3000
     assert routed.returncode == 0, routed.stderr
     assert set(json.loads(routed.stdout)["by_cluster"]) == {"cluster-b"}
 
