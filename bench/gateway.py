@@ -64,6 +64,7 @@ from bench.run import (
     machine,
     parse_spec,
     pin_cores,
+    ratio_cell,
     round_options,
     server_names,
     settle,
@@ -532,11 +533,7 @@ def summarise(samples: list[Sample], servers: list[str], paths: list[str]) -> li
 
 def table(rows: list[dict[str, Any]]) -> str:
     def cell(values: list[float]) -> str:
-        if not values:
-            return ""
-        if len(values) == 1:
-            return f"{values[0]:.2f}"
-        return f"**{statistics.median(values):.2f}** ({', '.join(f'{v:.2f}' for v in values)})"
+        return ratio_cell(values, plain_single=True)
 
     lines = [
         "| server | path | unary rps | x direct (rounds) | x direct, calls per CPU-s "

@@ -462,11 +462,18 @@ def peers(samples: list[Sample], order: list[str]) -> list[dict[str, Any]]:
     return out
 
 
+def ratio_cell(values: list[float], plain_single: bool = False) -> str:
+    """Per-round ratios as a table cell: the median in bold, then every round's; a single
+    round shown as it is when ``plain_single``; empty when none."""
+    if not values:
+        return ""
+    if plain_single and len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"**{statistics.median(values):.2f}** ({', '.join(f'{v:.2f}' for v in values)})"
+
+
 def peers_table(rows: list[dict[str, Any]]) -> str:
-    def cell(values: list[float]) -> str:
-        if not values:
-            return ""
-        return f"**{statistics.median(values):.2f}** ({', '.join(f'{v:.2f}' for v in values)})"
+    cell = ratio_cell
 
     shown = [key for key in _COMPARED if any(r[key] for r in rows)] or list(_COMPARED)[:2]
     header = "| server |"
