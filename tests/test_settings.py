@@ -85,6 +85,13 @@ BAD_VALUES = [
     ("accept_depth", "many"),
     ("workers", "999"),
     ("host", ""),
+    ("interop", "maybe"),
+    ("interop_max_message_size", "-1"),
+    ("interop_max_interval", "-1"),
+    ("interop_max_interval", "3000"),
+    ("interop_max_duration", "10"),  # shorter than interop_max_interval (300)
+    ("interop_max_messages", "0"),
+    ("interop_max_messages", "lots"),
 ]
 
 
@@ -128,6 +135,7 @@ def test_every_setting_has_a_flag_and_help():
     [
         (["--port", "abc"], {}, "GREETER_PORT"),
         ([], {"GREETER_DRAIN_DELAY": "-3"}, "drain_delay"),
+        ([], {"GREETER_INTEROP": "1", "GREETER_INTEROP_MAX_MESSAGES": "0"}, "interop_max_messages"),
         ([], {"GREETER_TLS_CERT": "/nope.pem", "GREETER_TLS_KEY": "/nope.key"}, "tls_cert"),
     ],
 )
@@ -214,3 +222,13 @@ def test_event_loop_asyncio_is_honoured_and_logged(spawn_server):
     code, _, err = server.stop()
     assert code == 0
     assert serving_line(err)["event_loop"] == "asyncio"
+
+
+def test_interop_raises_the_message_limits_to_fit_its_payloads():
+    plain = settings.load({}, {})
+    assert plain.send_message_limit == plain.max_send_message_size == 4 * 1024 * 1024
+    on = settings.load({}, {"GREETER_INTEROP": "true"})
+    for limit in (on.send_message_limit, on.recv_message_limit):
+        assert limit == on.interop_max_message_size + settings.INTEROP_FRAMING
+    bigger = settings.load({"interop": "1", "max_send_message_size": str(64 << 20)}, {})
+    assert bigger.send_message_limit == 64 << 20

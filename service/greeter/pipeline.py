@@ -15,6 +15,11 @@ and one more ``set_trailing_metadata`` per call (the identity's, as the call sta
 stays: an abort from inside a handler is sent at once and carries that). A refusal (a
 before-hook's ``context.abort``) is stamped before it is sent: a hook returns the
 abort's coroutine instead of awaiting it.
+
+A handler marked with :func:`owns_metadata` (the interop service, which echoes what the
+caller asks for) sends its own response headers and adds trailers of its own: interceptors
+see ``Method.owns_metadata`` and leave the headers to it, and the stamp adds the
+server-timing to the trailers the call has by then instead of replacing them.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import grpc
 
@@ -49,6 +54,9 @@ class Method:
     name: str
     request_streaming: bool
     response_streaming: bool
+    # The handler sends its own response headers and sets trailers of its own
+    # (owns_metadata): hooks must not send headers for it.
+    owns_metadata: bool = False
 
     @property
     def path(self) -> str:
@@ -97,6 +105,22 @@ class Hooks(NamedTuple):
     # sets the trailers of all hooks together as the call starts (so an abort from inside
     # the handler carries them too) and, with the server-timing, as the status goes out.
     trailers: Metadata = ()
+
+
+_OWNS_METADATA = "greeter_owns_metadata"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def owns_metadata(handler: F) -> F:
+    """Mark a servicer method that sends its own response headers and adds its own
+    trailing metadata (to ``context.trailing_metadata()``, which holds the hooks')."""
+    setattr(handler, _OWNS_METADATA, True)
+    return handler
+
+
+def handler_owns_metadata(handler: grpc.RpcMethodHandler) -> bool:
+    shape = (handler.request_streaming, handler.response_streaming)
+    return bool(getattr(getattr(handler, _BEHAVIOR_FIELD[shape]), _OWNS_METADATA, False))
 
 
 class Interceptor(Protocol):
@@ -149,6 +173,7 @@ class _Chain:
         "all_sync",
         "befores",
         "counts",
+        "merge",
         "method",
         "reads_metadata",
         "timing",
@@ -173,6 +198,7 @@ class _Chain:
         self.befores = tuple(befores)
         self.trailers = tuple(trailers)
         self.timing = timing
+        self.merge = method.owns_metadata
         # When no before-hook is a coroutine function, ``enter`` calls them inline and a
         # normal call creates no coroutine for them.
         self.all_sync = not any(is_async for _, is_async in befores)
@@ -181,7 +207,11 @@ class _Chain:
         """The call's trailers as its status goes out: the hooks' and the server-timing."""
         if self.timing:
             stamped = (SERVER_TIMING, _timing_value(_now() - start))
-            context.set_trailing_metadata((*self.trailers, stamped))
+            if self.merge:  # the handler's trailers too (a refusal may stamp twice)
+                kept = [kv for kv in context.trailing_metadata() or () if kv[0] != SERVER_TIMING]
+                context.set_trailing_metadata((*kept, stamped))
+            else:
+                context.set_trailing_metadata((*self.trailers, stamped))
 
     def enter(
         self, context: grpc.aio.ServicerContext, request: Any, start: float
@@ -394,7 +424,13 @@ class Registrar:
         for service, handlers in self.services.items():
             wrapped = {
                 name: wrap_handler(
-                    Method(service, name, h.request_streaming, h.response_streaming),
+                    Method(
+                        service,
+                        name,
+                        h.request_streaming,
+                        h.response_streaming,
+                        handler_owns_metadata(h),
+                    ),
                     h,
                     interceptors,
                     timing,

@@ -31,7 +31,16 @@ from greeter._proto import helloworld_pb2_grpc
 from greeter._proto.greeter.v1 import readiness_pb2_grpc
 from greeter.connections import ConnectionReader, Connections
 from greeter.health import SERVING, Health, Readiness
-from greeter.interceptors import AccessLog, Auth, Faults, Identity, MetadataLimit, Metrics
+from greeter.interceptors import (
+    AccessLog,
+    Auth,
+    CheckRecorder,
+    Faults,
+    Identity,
+    MetadataLimit,
+    Metrics,
+)
+from greeter.interop.checklog import CheckLog
 from greeter.metrics import MetricsEndpoint, ServerMetrics
 from greeter.pipeline import Interceptor, Registrar
 from greeter.service import SERVICE_NAME as GREETER_SERVICE
@@ -71,8 +80,8 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", int(s.keepalive_min_time * _MS)),
         ("grpc.http2.max_ping_strikes", 2),
         ("grpc.max_concurrent_streams", s.max_concurrent_streams),
-        ("grpc.max_receive_message_length", s.max_recv_message_size),
-        ("grpc.max_send_message_length", s.max_send_message_size),
+        ("grpc.max_receive_message_length", s.recv_message_limit),
+        ("grpc.max_send_message_length", s.send_message_limit),
     ]
     if s.max_connection_idle:
         options.append(("grpc.max_connection_idle_ms", int(s.max_connection_idle * _MS)))
@@ -119,8 +128,18 @@ def auth_tokens(settings: Settings) -> list[tuple[str, tuple[str, ...]]]:
 WORKER_KEY = "x-greeter-worker"
 
 
+def serving_identity(settings: Settings, worker: int | None = None) -> dict[str, str]:
+    """The identity metadata replies carry; one of several processes on the port says which."""
+    if worker is None:
+        return settings.identity
+    return {**settings.identity, WORKER_KEY: str(worker)}
+
+
 def interceptors(
-    settings: Settings, metrics: ServerMetrics | None, worker: int | None = None
+    settings: Settings,
+    metrics: ServerMetrics | None,
+    worker: int | None = None,
+    check_log: CheckLog | None = None,
 ) -> list[Interceptor]:
     """Order matters: metrics and the access log see calls that later hooks reject."""
     chain: list[Interceptor] = []
@@ -128,10 +147,9 @@ def interceptors(
         chain.append(Metrics(metrics))
     if settings.access_log:
         chain.append(AccessLog(settings.access_log_sample, settings.access_log_budget))
-    identity = settings.identity
-    if worker is not None:  # one of several processes on the port: say which
-        identity = {**identity, WORKER_KEY: str(worker)}
-    chain.append(Identity(identity))
+    chain.append(Identity(serving_identity(settings, worker)))
+    if check_log is not None:  # --interop: calls tagged by greeter check, before refusals
+        chain.append(CheckRecorder(check_log))
     chain.append(MetadataLimit(settings.max_metadata_size))
     if settings.auth_enabled:
         exempt: set[str] = set()
@@ -187,6 +205,8 @@ class GreeterServer:
         # start one later, outside it).
         self._reading: concurrent.futures.ThreadPoolExecutor | None = None
         self.port = 0
+        # --interop: the calls tagged with x-greeter-check-id (greeter.interop.checklog)
+        self.check_log = CheckLog() if settings.interop else None
 
     @property
     def web_port(self) -> int:
@@ -208,12 +228,16 @@ class GreeterServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         # The same health, as a status code (ALB's gRPC health checks read only that).
         readiness_pb2_grpc.add_ReadinessServicer_to_server(Readiness(self.health), registrar)
+        served = [GREETER_SERVICE, health.SERVICE_NAME, health.READINESS_SERVICE_NAME]
+        if s.interop:
+            from greeter.interop import service as interop
+
+            identity = serving_identity(s, self.worker)
+            interop.add_interop(registrar, s, identity, self.check_log)
+            served += interop.SERVICE_NAMES
         if s.reflection:
-            reflection.add_reflection(
-                registrar,
-                [GREETER_SERVICE, health.SERVICE_NAME, health.READINESS_SERVICE_NAME],
-            )
-        chain = interceptors(s, self.metrics, self.worker)
+            reflection.add_reflection(registrar, served)
+        chain = interceptors(s, self.metrics, self.worker, self.check_log)
         # grpc's poller and I/O threads, and the metrics thread, are started in here (all
         # of them by the time the servers exist; starting them starts no more). No await
         # inside: nothing else on this loop may start threads while the policy is batch.
@@ -251,6 +275,7 @@ class GreeterServer:
                 "metrics_port": self.metrics_port,
                 "web_port": self.web_port,
                 "reflection": s.reflection,
+                "interop": s.interop,
                 "identity": s.identity,
                 "listeners": len(self._servers),
                 "accept_depth": self.accept_depth,
@@ -340,15 +365,12 @@ class GreeterServer:
         from greeter.web.app import WebApp
         from greeter.web.server import WebServer
 
-        identity = s.identity
-        if self.worker is not None:
-            identity = {**identity, WORKER_KEY: str(self.worker)}
         app = WebApp(
             registrar.wrapped,
-            identity=identity,
+            identity=serving_identity(s, self.worker),
             cors_origins=s.web_cors_origins,
-            max_recv_message_size=s.max_recv_message_size,
-            max_send_message_size=s.max_send_message_size,
+            max_recv_message_size=s.recv_message_limit,
+            max_send_message_size=s.send_message_limit,
         )
         self._web = WebServer(app, s, reuse_port=self.worker is not None)
         try:

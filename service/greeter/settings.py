@@ -105,6 +105,11 @@ AUTH_EXEMPT_CHOICES = ("health", "reflection")
 MAX_STREAM_MESSAGES = 100_000
 MAX_LISTENERS = 64
 MAX_ACCEPT_DEPTH = 256
+MIB = 1024 * 1024
+# With --interop the server's message limits are raised to interop_max_message_size plus this:
+# a reply's payload of that many bytes, with its protobuf framing, still fits.
+INTEROP_FRAMING = 1024
+MAX_INTEROP_MESSAGES = 100_000
 _ORIGIN = re.compile(
     r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
 )
@@ -167,6 +172,31 @@ class Settings:
         parse_int,
     )
     reflection: bool = _setting(True, "serve reflection v1 and v1alpha", parse_bool)
+    # -- the gRPC interop service (docs/interop.md) --
+    interop: bool = _setting(
+        False,
+        "serve grpc.testing.TestService and UnimplementedService, the standard gRPC interop"
+        " service (for greeter check and any gRPC interop client); it does work callers ask for,"
+        " within the interop_max_* limits",
+        parse_bool,
+    )
+    interop_max_message_size: int = _setting(
+        8 * MIB,
+        "largest payload an interop call may send or ask for, bytes; with --interop the"
+        " max_recv/max_send_message_size limits are raised to fit it",
+        parse_int,
+    )
+    interop_max_interval: float = _setting(
+        300.0, "longest pause an interop call may ask for before one reply, seconds", parse_float
+    )
+    interop_max_duration: float = _setting(
+        600.0,
+        "longest an interop call may last, from its start to its last asked-for pause, seconds",
+        parse_float,
+    )
+    interop_max_messages: int = _setting(
+        1000, "most replies, and most request messages, in one interop call", parse_int
+    )
     # -- serving identity, sent as x-greeter-* response metadata --
     cluster_name: str = _setting("", "cluster this server runs in", parse_str)
     pod_name: str = _setting(socket.gethostname(), "pod name (default: host name)", parse_str)
@@ -318,6 +348,7 @@ class Settings:
         )
         bad += [(n, "must be positive") for n in positive if getattr(self, n) <= 0]
         bad += [(n, "must not be negative") for n in non_negative if getattr(self, n) < 0]
+        bad += self._interop_problems()
         if not 1024 <= self.max_metadata_size <= 1024 * 1024:
             bad.append(("max_metadata_size", "must be between 1024 and 1048576 bytes"))
         for name in ("max_recv_message_size", "max_send_message_size"):
@@ -343,6 +374,41 @@ class Settings:
         if self.auth_enabled and not (self.auth_tokens or self.auth_tokens_file):
             bad.append(("auth_enabled", "needs auth_tokens or auth_tokens_file"))
         return bad
+
+    def _interop_problems(self) -> list[tuple[str, str]]:
+        bad: list[tuple[str, str]] = []
+        top = 2**31 - 1 - INTEROP_FRAMING
+        if not 0 <= self.interop_max_message_size <= top:
+            bad.append(("interop_max_message_size", f"must be between 0 and {top} bytes"))
+        if not 0 <= self.interop_max_interval <= 2147:  # interval_us is an int32 of µs
+            bad.append(("interop_max_interval", "must be between 0 and 2147 seconds"))
+        if not self.interop_max_interval <= self.interop_max_duration <= 86400:
+            bad.append(
+                (
+                    "interop_max_duration",
+                    "must be between interop_max_interval"
+                    f" ({self.interop_max_interval:g}) and 86400 seconds",
+                )
+            )
+        if not 1 <= self.interop_max_messages <= MAX_INTEROP_MESSAGES:
+            bad.append(("interop_max_messages", f"must be between 1 and {MAX_INTEROP_MESSAGES}"))
+        return bad
+
+    @property
+    def recv_message_limit(self) -> int:
+        """The largest request message the server takes: max_recv_message_size, raised with
+        --interop to fit interop_max_message_size."""
+        return self._message_limit(self.max_recv_message_size)
+
+    @property
+    def send_message_limit(self) -> int:
+        """The largest reply message the server sends (as recv_message_limit)."""
+        return self._message_limit(self.max_send_message_size)
+
+    def _message_limit(self, configured: int) -> int:
+        if not self.interop:
+            return configured
+        return max(configured, self.interop_max_message_size + INTEROP_FRAMING)
 
     def _file_problems(self) -> list[tuple[str, str]]:
         bad: list[tuple[str, str]] = []
@@ -422,6 +488,7 @@ HELP_GROUPS = {
     "host": "ports",
     "workers": "processes",
     "stream_count": "calls",
+    "interop": "interop service (grpc.testing, docs/interop.md)",
     "cluster_name": "identity (x-greeter-* metadata and metrics labels)",
     "drain_delay": "shutdown",
     "keepalive_time": "connections and limits",

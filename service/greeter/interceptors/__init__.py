@@ -12,9 +12,10 @@ the server is built, so a call pays only for the hooks that apply to its method.
 
 from greeter.interceptors.access_log import AccessLog
 from greeter.interceptors.auth import Auth
+from greeter.interceptors.check_log import CheckRecorder
 from greeter.interceptors.faults import Faults
 from greeter.interceptors.identity import Identity
 from greeter.interceptors.metadata_limit import MetadataLimit
 from greeter.interceptors.metrics import Metrics
 
-__all__ = ["AccessLog", "Auth", "Faults", "Identity", "MetadataLimit", "Metrics"]
+__all__ = ["AccessLog", "Auth", "CheckRecorder", "Faults", "Identity", "MetadataLimit", "Metrics"]

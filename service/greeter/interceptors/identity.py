@@ -24,7 +24,8 @@ class Identity:
         if not metadata:
             return None
 
-        if not method.response_streaming:
+        if not method.response_streaming or method.owns_metadata:
+            # (a handler that owns its headers sends the identity in them itself)
             return Hooks(trailers=metadata)
 
         async def before_stream(
