@@ -404,6 +404,10 @@ async def test_bad_check_id_is_refused(stub, bad):
     error = await failure(stub.EmptyCall(empty_pb2.Empty(), metadata=[(CHECK_ID, bad)]))
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert CHECK_ID in error.details()
+    # refused before the handler: its trailers once, stamped once
+    trailers = list(error.trailing_metadata())
+    assert [k for k, _ in trailers].count("server-timing") == 1
+    assert ("x-greeter-pod", "pod-a") in trailers
 
 
 async def test_seen_format_and_parse():
