@@ -299,7 +299,9 @@ def _events_table(result: scenarios.ScenarioResult) -> str:
     rows = []
     for e in result.events:
         t = e["at_s"] - result.traffic_started_at_s
-        details = ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("at_s", "event"))
+        details = scenarios.event_details(
+            {k: v for k, v in e.items() if k not in ("at_s", "event")}
+        )
         rows.append(
             f"<tr><td>{t:.3f}</td><td {TEXT_CELL}>{html.escape(e['event'])}</td>"
             f"<td {TEXT_CELL}>{html.escape(details)}</td></tr>"

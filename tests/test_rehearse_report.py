@@ -1,0 +1,49 @@
+"""A scenario's report as people read it, built from made-up probe records (no processes, no
+gateway): the terminal lines and the HTML page show no Python (no ``['``, ``{'``, ``=[``)."""
+
+from __future__ import annotations
+
+import re
+
+from greeter.client import Target
+from greeter.rehearse import report, scenarios
+from greeter.rehearse.traffic import Outcome, Traffic, TrafficReport, load_report
+
+REPR = re.compile(r"\['|\{'|=\[|\[\]|\bNone\b")
+
+
+def outage(details: str = "no healthy upstream") -> scenarios.ScenarioResult:
+    """An outage of cluster-b at 2.0-4.5 s under 100 calls a second, 3 calls failed with
+    ``details`` (Envoy's words by default: the gateway answered them itself)."""
+    traffic = Traffic(Target("127.0.0.1:1"), rps=100.0)
+    outcomes = []
+    for i in range(600):
+        sent = i / 100
+        b_up = not 2.0 <= sent < 4.5
+        cluster = "cluster-b" if i % 2 and b_up else "cluster-a"
+        pod = f"{cluster}-{i // 2 % 2}"
+        outcomes.append(Outcome(sent + 0.004, "OK", sent=sent, cluster=cluster, pod=pod))
+    outcomes += [Outcome(2.012, "UNAVAILABLE", sent=1.995, details=details) for _ in range(3)]
+    traffic.report = TrafficReport(sorted(outcomes, key=lambda o: o.at), duration=6.0)
+    began = 0.8
+    events = [
+        {"at_s": began, "event": "traffic running", "rps": 100.0},
+        {"at_s": began + 2.0, "event": "sigkill", "cluster": "cluster-b", "pods": ["b0", "b1"]},
+        {"at_s": began + 2.01, "event": "killed", "cluster": "cluster-b", "survivors": []},
+        {"at_s": began + 3.5, "event": "reviving", "cluster": "cluster-b"},
+        {"at_s": began + 4.2, "event": "revived", "cluster": "cluster-b"},
+    ]
+    summary = scenarios.outage_summary(traffic.report, 2.0, 2.01, [])
+    summary["cluster"] = "cluster-b"
+    summary.update(scenarios.return_summary(traffic.report, ["cluster-b"], 3.5, 4.2))
+    return scenarios.ScenarioResult("cluster-outage", summary, events, load_report(traffic), began)
+
+
+def test_no_python_reprs_on_the_page_or_in_the_terminal() -> None:
+    result = outage()
+    page = report.to_html(result, 10)
+    assert not REPR.search(page), REPR.search(page)
+    assert ">cluster cluster-b; pods b0, b1</td>" in page
+    assert ">cluster cluster-b; survivors none</td>" in page
+    text = "\n".join(report.report_lines(result.summary()))
+    assert not REPR.search(text), text
