@@ -47,3 +47,18 @@ def test_no_python_reprs_on_the_page_or_in_the_terminal() -> None:
     assert ">cluster cluster-b; survivors none</td>" in page
     text = "\n".join(report.report_lines(result.summary()))
     assert not REPR.search(text), text
+
+
+def test_the_calls_no_backend_took_have_one_label_in_terminal_tables_and_legend() -> None:
+    """Envoy answered them itself: "no backend (gateway 503)" in the terminal's by-cluster
+    and by-pod rows, the page's tables, both timelines' legends and tooltips."""
+    result = outage()
+    label = report.NO_BACKEND_ENVOY
+    text = "\n".join(report.report_lines(result.summary()))
+    assert text.count(f"{label}  ") == 2, text  # by cluster, by pod
+    page = report.to_html(result, 10)
+    assert page.count(f"<td>{label}</td>") == 2  # the tables by cluster and by pod
+    legends = re.findall(r'<g class="legend">.*?<text [^>]*>([^<]*)</text></g>', page)
+    assert legends.count(f"{label} (3)") == 2, legends  # both timelines
+    assert page.count(f"<title>{label}: 3 calls</title>") == 2
+    assert "(none)" not in re.sub(r'data-(cluster|pod)="\(none\)"', "", page)

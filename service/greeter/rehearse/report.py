@@ -337,4 +337,5 @@ def to_html(result: scenarios.ScenarioResult, allowed: int) -> str:
         preface=preface,
         markers=markers(result),
         by_pod=True,
+        unnamed=label,
     )
