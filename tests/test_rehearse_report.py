@@ -4,6 +4,9 @@ gateway): the terminal lines and the HTML page show no Python (no ``['``, ``{'``
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+from browser_support import chromium
 
 from greeter.client import Target
 from greeter.rehearse import report, scenarios
@@ -62,3 +65,28 @@ def test_the_calls_no_backend_took_have_one_label_in_terminal_tables_and_legend(
     assert legends.count(f"{label} (3)") == 2, legends  # both timelines
     assert page.count(f"<title>{label}: 3 calls</title>") == 2
     assert "(none)" not in re.sub(r'data-(cluster|pod)="\(none\)"', "", page)
+
+
+ENVOY_RESET = (
+    "upstream connect error or disconnect/reset before headers. reset reason: connection "
+    "failure, transport failure reason: delayed connect error: 111"
+)
+
+
+def test_nothing_overflows_a_1200_px_window(tmp_path: Path) -> None:
+    """The page in headless Chromium 1200 px wide: no element reaches past the window's right
+    edge (the text report's long lines, Envoy's long reset message among them, wrap)."""
+    page = tmp_path / "outage.html"
+    page.write_text(report.to_html(outage(ENVOY_RESET), 10))
+    with chromium(tmp_path) as driver:
+        driver.set_window_size(1200, 900)
+        driver.get(page.as_uri())
+        width, past = driver.execute_script(
+            "const w = document.documentElement.clientWidth;"
+            "return [w, [...document.querySelectorAll('body *')]"
+            "  .filter(e => e.getBoundingClientRect().right > w + 0.5"
+            "    || e.scrollWidth > e.clientWidth + 1 && e.tagName === 'PRE')"
+            "  .map(e => e.tagName + ' ' + (e.textContent || '').slice(0, 60))];"
+        )
+    assert 1100 <= width <= 1200
+    assert past == [], past

@@ -363,7 +363,8 @@ def to_html(
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}</style></head><body>
+td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}
+pre{{white-space:pre-wrap;overflow-wrap:anywhere}}</style></head><body>
 <h1>{esc(heading) if heading else f"{esc(title)} ({esc(d['call'])})"}</h1>
 <p>{plural(d["count"], "call")} in {d["duration_s"]:.2f} s, {d["rps"]:.1f}/s;
 {plural(d["errors"], "error")} ({d["error_rate"]:.2%}){interrupted}.
