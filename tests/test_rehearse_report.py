@@ -10,7 +10,7 @@ from browser_support import chromium
 
 from greeter.client import Target
 from greeter.rehearse import report, scenarios
-from greeter.rehearse.traffic import Outcome, Traffic, TrafficReport, load_report
+from greeter.rehearse.traffic import Outcome, Traffic, TrafficReport, load_report, load_summary
 
 REPR = re.compile(r"\['|\{'|=\[|\[\]|\bNone\b")
 
@@ -90,3 +90,48 @@ def test_nothing_overflows_a_1200_px_window(tmp_path: Path) -> None:
         )
     assert 1100 <= width <= 1200
     assert past == [], past
+
+
+def drain() -> scenarios.ScenarioResult:
+    """A rolling drain of cluster-a-0 under 100 calls a second for 8 s: SIGTERM at 1.9 s,
+    its calls (which go to cluster-a-1 meanwhile) stop by 2.0 s and come again from 4.0 s;
+    the events as the scenario records them, greeter load's start and Ctrl-C included."""
+    traffic = Traffic(Target("127.0.0.1:1"), rps=100.0)
+    outcomes = []
+    for i in range(800):
+        sent = i / 100
+        cluster = "cluster-a" if i % 2 else "cluster-b"
+        pod = f"{cluster}-{i // 2 % 2}"
+        if pod == "cluster-a-0" and 2.0 <= sent < 4.0:
+            pod = "cluster-a-1"
+        outcomes.append(Outcome(sent + 0.004, "OK", sent=sent, cluster=cluster, pod=pod))
+    traffic.report = TrafficReport(outcomes, duration=8.0)
+    load = load_report(traffic)
+    began = 0.5
+    events = [
+        {"at_s": 0.2, "event": "greeter load started", "rps": 100.0, "duration_s": 232.0},
+        {"at_s": began, "event": "greeter load sending"},
+        {"at_s": began + 1.9, "event": "sigterm", "pod": "cluster-a-0"},
+        {"at_s": began + 3.6, "event": "serving again", "pod": "cluster-a-0", "exit_code": 0},
+        {"at_s": began + 7.0, "event": "all restarted"},
+        {"at_s": began + 8.0, "event": "greeter load interrupted"},
+        {"at_s": began + 8.1, "event": "greeter load done"},
+    ]
+    summary = {**load_summary(load), "covered_all_restarts": True}
+    return scenarios.ScenarioResult("rolling-drain", summary, events, load, began)
+
+
+def test_the_drain_says_when_each_pod_stopped_getting_calls() -> None:
+    result = drain()
+    lines = report.report_lines(result.summary())
+    text = "\n".join(lines)
+    assert lines[0] == "PASSED: 0 failed of 800 calls (allowed 0)", text
+    assert "  drained        when each pod's calls stopped and came again (to the 0.5 s" in text
+    assert "cluster-a-0  SIGTERM 1.900 s  calls until 2.0 s  again from 4.0 s" in text, text
+    page = report.to_html(result, 0)
+    assert "cluster-a-0  SIGTERM 1.900 s  calls until 2.0 s  again from 4.0 s" in page
+    for shown in (text, page):
+        assert "greeter load started" not in shown
+        assert "greeter load interrupted" not in shown
+        assert "greeter load sending" in shown
+        assert not REPR.search(shown), REPR.search(shown)

@@ -115,13 +115,24 @@ def _share(n: int, count: int) -> str:
     return "<0.1%" if 0 < share < 0.0005 else f"{share:.1%}"
 
 
+# The load process's own lifecycle: the scenario starts it and stops it with Ctrl-C when the
+# last backend is back (which reads like a failure); the traffic row and the drained rows
+# say what matters, so these are not shown.
+UNSHOWN_EVENTS = ("greeter load started", "greeter load interrupted", "greeter load done")
+
+
+def shown_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e["event"] not in UNSHOWN_EVENTS]
+
+
 def _event_lines(summary: dict[str, Any]) -> list[str]:
     t0 = float(summary.get("traffic_started_at_s") or 0.0)
-    times = [f"{e['at_s'] - t0:.3f}" for e in summary["events"]]
+    events = shown_events(summary["events"])
+    times = [f"{e['at_s'] - t0:.3f}" for e in events]
     width = max(map(len, times), default=0)
-    names = max((len(e["event"]) for e in summary["events"]), default=0)
+    names = max((len(e["event"]) for e in events), default=0)
     lines = []
-    for t, e in zip(times, summary["events"], strict=True):
+    for t, e in zip(times, events, strict=True):
         details = scenarios.event_details(
             {k: v for k, v in e.items() if k not in ("at_s", "event")}
         )
@@ -159,6 +170,7 @@ def detail_lines(summary: dict[str, Any], events: bool = True) -> list[str]:
     if "covered_all_restarts" in summary:
         covered = "covered" if summary["covered_all_restarts"] else "did NOT cover"
         lines.append(_row("restarts", f"the traffic {covered} every restart"))
+        lines += _rows("drained", drained_lines(summary))
     if "kill_at_s" in summary:  # the outage and the failover: when its failures happened
         lines.append(_row("failed calls", _failures(summary)))
     if "phases" in summary:  # the failover: where the calls went
@@ -167,6 +179,35 @@ def detail_lines(summary: dict[str, Any], events: bool = True) -> list[str]:
         lines.append(return_line(summary))
     lines += _rows("failed", _samples(summary)) if summary.get("failure_samples") else []
     return lines
+
+
+def drained_lines(summary: dict[str, Any]) -> list[str]:
+    """For each pod the drain sent SIGTERM: when, when its calls stopped and when they came
+    again, on the traffic's clock (to the timeline's bucket the calls were answered in)."""
+    spans = summary.get("served_spans_s")
+    t0 = float(summary.get("traffic_started_at_s") or 0.0)
+    sigterms = [e for e in summary["events"] if e["event"] == "sigterm"]
+    if spans is None or not sigterms:
+        return []
+    rows = []
+    for e in sigterms:
+        at = e["at_s"] - t0
+        stretches = spans.get(e["pod"], [])
+        before = [s for s in stretches if s[0] <= at]
+        after = [s for s in stretches if s[0] > at]
+        stopped = f"calls until {before[-1][1]:.1f} s" if before else "no calls before it"
+        again = f"again from {after[0][0]:.1f} s" if after else "no calls after it"
+        rows.append((e["pod"], f"SIGTERM {at:.3f} s", stopped, again))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return [
+        "when each pod's calls stopped and came again (to the "
+        f"{summary.get('timeline_interval_s') or 1:g} s bucket they were answered in)",
+        *(
+            "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True))
+            + f"  {row[3]}"
+            for row in rows
+        ),
+    ]
 
 
 def _failures(summary: dict[str, Any]) -> str:
@@ -297,7 +338,7 @@ def _verdict(summary: dict[str, Any], allowed: int) -> str:
 
 def _events_table(result: scenarios.ScenarioResult) -> str:
     rows = []
-    for e in result.events:
+    for e in shown_events(result.events):
         t = e["at_s"] - result.traffic_started_at_s
         details = scenarios.event_details(
             {k: v for k, v in e.items() if k not in ("at_s", "event")}
