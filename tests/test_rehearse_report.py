@@ -135,3 +135,22 @@ def test_the_drain_says_when_each_pod_stopped_getting_calls() -> None:
         assert "greeter load interrupted" not in shown
         assert "greeter load sending" in shown
         assert not REPR.search(shown), REPR.search(shown)
+
+
+def test_every_bound_is_explained_where_it_appears() -> None:
+    """The verdict's "(allowed N)" has an "allowed" row saying why; the 1 s window says what
+    it bounds, on the page's verdict too; a call sent before the SIGKILL reads "before"."""
+    result = outage()
+    text = "\n".join(report.report_lines(result.summary()))
+    page = report.to_html(result, 10)
+    for shown in (text, " ".join(page.split())):
+        assert "(allowed 10)" in shown
+        assert "allowed 10 failed calls: the calls already sent to a killed backend" in " ".join(
+            shown.split()
+        )
+        assert "(bound 1 s: a call sent any later must reach a live backend)" in shown
+        assert "-0.0" not in shown
+    assert "the last sent 0.005 s before the SIGKILL at 2.000 s" in text
+    assert "the last failed call was sent 0.005 s before the SIGKILL" in page
+    changed = "\n".join(report.report_lines(result.summary(), allowed=2))
+    assert "  allowed        2 failed calls: as --max-failed set" in changed

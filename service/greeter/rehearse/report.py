@@ -54,7 +54,27 @@ def report_lines(summary: dict[str, Any], allowed: int | None = None) -> list[st
     the scenario may have (default: the scenario's own)."""
     if allowed is None:
         allowed = scenarios.allowed_failures(SCENARIO_FLAGS[summary["scenario"]])
-    return [verdict_line(summary, allowed), *detail_lines(summary)]
+    return [verdict_line(summary, allowed), *detail_lines(summary), allowed_line(summary, allowed)]
+
+
+# Why each scenario may fail that many calls (its default), for the "allowed" row.
+ALLOWED_WHY = {
+    "rolling-drain": "a drain must lose no call",
+    "cluster-outage": "the calls already sent to a killed backend (a gateway cannot replay a "
+    "gRPC request it has started to send; every later call is retried elsewhere)",
+    "cluster-failover": f"the calls in flight at the SIGKILL (the probe keeps at most "
+    f"{scenarios.PROBE_CONCURRENCY}) plus the outage's {scenarios.OUTAGE_MAX_FAILED}",
+}
+# The outage's and the failover's bound on when a failed call may have been sent.
+WINDOW_WHY = "a call sent any later must reach a live backend"
+
+
+def allowed_line(summary: dict[str, Any], allowed: int) -> str:
+    """The verdict's "(allowed N)" explained: the scenario's reason, or --max-failed."""
+    name = summary["scenario"]
+    default = scenarios.allowed_failures(SCENARIO_FLAGS[name])
+    why = ALLOWED_WHY.get(name, "") if allowed == default else "as --max-failed set"
+    return _row("allowed", f"{plural(allowed, 'failed call')}: {why}")
 
 
 def verdict_line(summary: dict[str, Any], allowed: int) -> str:
@@ -73,7 +93,11 @@ def _grace(summary: dict[str, Any]) -> str:
     """How long after the exit a call still counted as sent before it (Envoy: see
     ``Rehearsal.dead_grace_s``), in words; "" when none."""
     grace = float(summary.get("dead_grace_s") or 0.0)
-    return f" (by more than {grace:g} s)" if grace else ""
+    return (
+        f" (by more than {grace:g} s, the time Envoy may take to see a dead pod's connection close)"
+        if grace
+        else ""
+    )
 
 
 def _row(label: str, text: str) -> str:
@@ -219,9 +243,15 @@ def _failures(summary: dict[str, Any]) -> str:
     last = first + summary["failure_window_s"]
     return (
         f"{failed:,}, answered {first:.3f}-{last:.3f} s; the last sent "
-        f"{summary['last_failure_sent_after_kill_s']:.3f} s after {kill} (bound "
-        f"{scenarios.OUTAGE_MAX_WINDOW_S:g} s)"
+        f"{_after(summary['last_failure_sent_after_kill_s'], 3)} {kill} (bound "
+        f"{scenarios.OUTAGE_MAX_WINDOW_S:g} s: {WINDOW_WHY})"
     )
+
+
+def _after(seconds: float, digits: int | None = None) -> str:
+    """``0.010 s after`` or, for a negative time, ``0.005 s before``."""
+    shown = f"{abs(seconds):.{digits}f}" if digits is not None else f"{abs(seconds):g}"
+    return f"{shown} s {'before' if seconds < 0 else 'after'}"
 
 
 def _samples(summary: dict[str, Any]) -> list[str]:
@@ -251,7 +281,11 @@ def failover_lines(summary: dict[str, Any]) -> list[str]:
     for key, what in (
         ("before_kill", "before the kill"),
         ("active_down", f"while {active} was down"),
-        ("returned", f"{summary['return_bound_s']:g} s after {active} was SERVING"),
+        (
+            "returned",
+            f"{summary['return_bound_s']:g} s after {active} was SERVING, by when the gateway "
+            "sends it calls again: nginx's fail_timeout or Envoy's health checks, plus 1 s",
+        ),
     ):
         phase = summary["phases"][key]
         served = ", ".join(f"{name} {n:,}" for name, n in phase["by_cluster"].items()) or "-"
@@ -318,8 +352,8 @@ def _verdict(summary: dict[str, Any], allowed: int) -> str:
         late = summary["last_failure_sent_after_kill_s"]
         if late is not None:
             parts.append(
-                f"the last failed call was sent {late:g} s after the SIGKILL (bound "
-                f"{scenarios.OUTAGE_MAX_WINDOW_S:g} s)"
+                f"the last failed call was sent {_after(late)} the SIGKILL (bound "
+                f"{scenarios.OUTAGE_MAX_WINDOW_S:g} s: {WINDOW_WHY})"
             )
         after = summary["failures_sent_after_dead"]
         parts.append(
@@ -360,7 +394,7 @@ def to_html(result: scenarios.ScenarioResult, allowed: int) -> str:
     summary = result.summary()
     esc = html.escape
     # The events are in the table, on the traffic's clock; the text has the rest.
-    text = detail_lines(summary, events=False)
+    text = [*detail_lines(summary, events=False), allowed_line(summary, allowed)]
     preface = (
         f"{_verdict(summary, allowed)}\n<h2>Events</h2>\n<p>Times in seconds since the "
         f"traffic's first call (the timeline's clock; the rehearsal's own began "
