@@ -271,7 +271,7 @@ def build_parser() -> Parser:
     health.exit_code = HEALTH_BAD_ARGS
     health.habits = habits.HEALTH
     add_target_arguments(health)
-    check = health.add_argument_group("check")
+    check = health.add_argument_group("health check")
     check.add_argument(
         "--service",
         default="",
