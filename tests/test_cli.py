@@ -59,8 +59,8 @@ def test_call_with_tls_insecure_and_authority(spawn_server, tmp_path):
 
 def test_call_errors_are_clear():
     result = greeter("call", f"127.0.0.1:{free_port()}", "-t", "2")
-    assert result.returncode == 1
-    assert "UNAVAILABLE" in result.stderr
+    assert result.returncode == 3  # cannot connect: the client commands' one table
+    assert "connection refused" in result.stderr
     assert "Traceback" not in result.stderr
     result = greeter("call", "127.0.0.1:1", "-m", "nocolon")
     assert result.returncode == 2
@@ -122,7 +122,7 @@ def test_a_tls_flag_against_a_plaintext_server_says_which_flag_to_drop(spawn_ser
     extra = ["-n", "20", "--connect-timeout", "5"] if command == "load" else []
     extra += ["--connect-timeout", "5"] if command == "health" else []
     result = greeter(command, flag, *extra, proc.address)
-    assert result.returncode == {"call": 1, "health": 2, "load": 3}[command], result
+    assert result.returncode == {"call": 3, "health": 2, "load": 3}[command], result
     assert "the server speaks plaintext gRPC, not TLS" in result.stderr, result.stderr
     dropped = "--tls" if flag == "--tls" else "--insecure/--skipTLS"
     assert f"drop {dropped} (or pass --plaintext)" in result.stderr

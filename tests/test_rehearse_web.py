@@ -98,6 +98,8 @@ async def test_the_page_through_the_gateway_tallies_both_clusters(rehearsal: Reh
     assert {row[0] for row in rows} == set(CLUSTERS)  # the tally covers both clusters
     assert sum(row[2] for row in rows) == 16
     assert all(row[3] == 0 for row in rows)
+    # by cluster, then pod: a row keeps its place as the counts change
+    assert [row[:2] for row in rows] == sorted(row[:2] for row in rows), rows
     for row_cluster, row_pod, _, _ in rows:
         assert row_pod.startswith(row_cluster)
 

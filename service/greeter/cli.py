@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import importlib
 import json
 import logging
@@ -25,18 +26,25 @@ import grpc
 
 from greeter import __version__, habits, logs, settings
 from greeter.client import (
+    EXIT_BAD_ARGS,
+    EXIT_CONNECT,
+    EXIT_FAILED,
+    HEALTH_EXIT_CODES,
+    ConnectFailed,
     Target,
     TargetError,
+    add_call_arguments,
     add_target_arguments,
+    connect_failure,
+    help_epilog,
     identity_of,
-    plaintext_hint,
     server_timing_of,
     target_from_args,
 )
+from greeter.durations import duration_arg
 
 logger = logging.getLogger(__name__)
 
-EXIT_BAD_ARGS = 2
 # grpc-health-probe's exit codes, so probes and scripts written for it work.
 HEALTH_SERVING, HEALTH_BAD_ARGS, HEALTH_CONNECT, HEALTH_RPC, HEALTH_NOT_SERVING = 0, 1, 2, 3, 4
 CALL_METHODS = ("SayHello", "SayHelloStreamReply", "SayHelloBidiStream")
@@ -170,8 +178,25 @@ class Parser(argparse.ArgumentParser):
         self.exit(self.exit_code, f"{self.prog}: {message}\n")
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(self.exit_code, f"{self.prog}: error: {message}\n")
+        """One line, no usage: what is wrong, the flag meant when one is misspelt, and
+        where the flags are listed."""
+        words = message.partition("unrecognized arguments: ")[2].split()
+        flag = next((w.partition("=")[0] for w in words if w.startswith("-")), "")
+        meant = self.meant(flag) if flag else None
+        if meant:
+            line = f"no flag {flag}; did you mean {meant}?"
+        elif message.startswith("argument "):  # a bad value: the message names the flag
+            line = f"error: {message}"
+        else:
+            line = f"error: {message} ({self.prog} --help lists the flags)"
+        self.exit(self.exit_code, f"{self.prog}: {line}\n")
+
+    def meant(self, flag: str) -> str | None:
+        """The flag of ours closest to a misspelt ``flag`` (``--concurency``), if any is."""
+        long = flag.startswith("--")
+        ours = [f for f in self._option_string_actions if f.startswith("--") == long]
+        close = difflib.get_close_matches(flag, ours, n=1, cutoff=0.75)
+        return close[0] if close else None
 
 
 DESCRIPTION = "A reference gRPC Greeter: serve it, call it, check its health, load test it."
@@ -185,20 +210,20 @@ Run greeter COMMAND --help for a command's flags; README.md and docs/ say more."
 SERVE_EPILOG = """examples:
   greeter serve --port 50051 --cluster-name cluster-a
   GREETER_DRAIN_DELAY=10 greeter serve --web-port 8080 --log-format json"""
-CALL_EPILOG = """examples:
+CALL_EPILOG = help_epilog(
+    """examples:
   greeter call localhost:50051 --name Ada
   greeter call localhost:50051 --method SayHelloStreamReply --json
   greeter call 10.0.0.7:443 --insecure --authority grpc.example.com -m x-canary:true
-  greeter call localhost:8080 --protocol grpc-web
-
-exit codes: 0 ok; 1 the call failed; 2 bad arguments."""
-HEALTH_EPILOG = """examples:
+  greeter call localhost:8080 --protocol grpc-web"""
+)
+HEALTH_EPILOG = help_epilog(
+    """examples:
   greeter health localhost:50051
   greeter health localhost:50051 --service helloworld.Greeter
-  greeter health 10.0.0.7:443 --insecure --authority grpc.example.com --readiness
-
-exit codes (grpc-health-probe's): 0 serving; 1 bad arguments; 2 connection failure;
-3 RPC failure; 4 not serving."""
+  greeter health 10.0.0.7:443 --insecure --authority grpc.example.com --readiness""",
+    HEALTH_EXIT_CODES,
+).replace("exit codes:", "exit codes (grpc-health-probe's, unlike the other commands'):", 1)
 
 
 def build_parser() -> Parser:
@@ -229,12 +254,7 @@ def build_parser() -> Parser:
     add_target_arguments(call, protocols=PROTOCOLS)
     calling = call.add_argument_group("call")
     calling.add_argument("--name", default="world", help="the name to greet")
-    calling.add_argument(
-        "--method", default="SayHello", choices=CALL_METHODS, help="the Greeter method to call"
-    )
-    calling.add_argument(
-        "-t", "--timeout", type=float, default=10.0, metavar="SECONDS", help="call deadline"
-    )
+    add_call_arguments(calling, CALL_METHODS, "--method")
     calling.add_argument(
         "--json", action="store_true", help="print the result as JSON (replies, identity, time)"
     )
@@ -242,7 +262,7 @@ def build_parser() -> Parser:
 
     health = sub.add_parser(
         "health",
-        help="check gRPC health (exit 0 serving, 1 bad arguments, 2 connection failure, "
+        help="check gRPC health (exit 0 serving, 1 bad arguments, 2 cannot connect, "
         "3 RPC failure, 4 not serving)",
         description="Ask a server's grpc.health.v1.Health/Check (or greeter.v1.Readiness/Check)"
         ", with grpc-health-probe's exit codes, so probes and scripts written for it work.",
@@ -251,7 +271,7 @@ def build_parser() -> Parser:
     health.exit_code = HEALTH_BAD_ARGS
     health.habits = habits.HEALTH
     add_target_arguments(health)
-    check = health.add_argument_group("check")
+    check = health.add_argument_group("health check")
     check.add_argument(
         "--service",
         default="",
@@ -265,14 +285,12 @@ def build_parser() -> Parser:
         "what ALB's gRPC health checks see) instead of grpc.health.v1.Health/Check",
     )
     check.add_argument(
-        "-t", "--timeout", type=float, default=5.0, metavar="SECONDS", help="check deadline"
-    )
-    check.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=5.0,
-        metavar="SECONDS",
-        help="time to connect",
+        "-t",
+        "--timeout",
+        type=duration_arg,
+        default="5s",
+        metavar="DURATION",
+        help="the check's deadline (a probe's, shorter than a call's)",
     )
     health.set_defaults(func=cmd_health)
 
@@ -310,12 +328,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 # -- call ------------------------------------------------------------------------
-async def _call(target: Target, method: str, name: str, timeout: float) -> dict[str, Any]:
+async def _call(
+    target: Target, method: str, name: str, timeout: float, connect_timeout: float
+) -> dict[str, Any]:
     from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
-    from greeter.client import open_channel
+    from greeter.client import open_connected_channel
 
     request = helloworld_pb2.HelloRequest(name=name)
-    async with open_channel(target) as channel:
+    async with await open_connected_channel(target, connect_timeout) as channel:
         stub = helloworld_pb2_grpc.GreeterStub(channel)
         md = target.metadata or None
         started = time.perf_counter()
@@ -386,6 +406,7 @@ def cmd_call(args: argparse.Namespace) -> int:
                 raise TargetError("gRPC-Web carries unary and server-streaming calls only")
             if target.lb_policy or target.address.startswith(("dns:", "unix:")):
                 raise TargetError("--protocol grpc-web needs a host:port address")
+        _positive(args)
     except TargetError as exc:
         print(f"greeter call: {exc}", file=sys.stderr)
         return EXIT_BAD_ARGS
@@ -394,20 +415,21 @@ def cmd_call(args: argparse.Namespace) -> int:
             text = args.protocol == "grpc-web-text"
             result = asyncio.run(_call_web(target, args.method, args.name, args.timeout, text))
         else:
-            result = asyncio.run(_call(target, args.method, args.name, args.timeout))
+            result = asyncio.run(
+                _call(target, args.method, args.name, args.timeout, args.connect_timeout)
+            )
     except CallFailed as exc:
         print(f"greeter call: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except grpc.aio.AioRpcError as exc:
-        hint = plaintext_hint(target) if exc.code() == grpc.StatusCode.UNAVAILABLE else None
-        if hint:
-            print(f"greeter call: cannot connect to {target.address}: {hint}", file=sys.stderr)
-        else:
-            print(f"greeter call: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
-    except (OSError, ssl_errors()) as exc:
-        print(f"greeter call: cannot connect to {target.address}: {exc}", file=sys.stderr)
-        return 1
+        print(f"greeter call: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return EXIT_FAILED
+    except ConnectFailed as exc:
+        print(f"greeter call: {exc}", file=sys.stderr)
+        return EXIT_CONNECT
+    except OSError as exc:  # the gRPC-Web client's
+        print(f"greeter call: {connect_failure(target, str(exc))}", file=sys.stderr)
+        return EXIT_CONNECT
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -419,10 +441,10 @@ def cmd_call(args: argparse.Namespace) -> int:
     return 0
 
 
-def ssl_errors() -> type[Exception]:
-    import ssl
-
-    return ssl.SSLError
+def _positive(args: argparse.Namespace) -> None:
+    for flag in ("timeout", "connect_timeout"):
+        if not getattr(args, flag) > 0:
+            raise TargetError(f"--{flag.replace('_', '-')} must be positive")
 
 
 # -- health --------------------------------------------------------------------------
@@ -432,24 +454,14 @@ Metadata = tuple[tuple[str, str], ...] | None
 async def _health(
     target: Target, service: str, timeout: float, connect_timeout: float, readiness: bool = False
 ) -> int:
-    from greeter.client import open_channel
+    from greeter.client import open_connected_channel
 
     try:
-        channel = open_channel(target, connect_timeout)
-    except (OSError, ssl_errors()) as exc:
-        print(f"error: cannot connect to {target.address}: {exc}", file=sys.stderr)
+        channel = await open_connected_channel(target, connect_timeout)
+    except ConnectFailed as exc:
+        print(f"greeter health: {exc}", file=sys.stderr)
         return HEALTH_CONNECT
     async with channel:
-        try:
-            await asyncio.wait_for(channel.channel_ready(), connect_timeout)
-        except TimeoutError:
-            hint = await asyncio.to_thread(plaintext_hint, target)
-            print(
-                f"error: cannot connect to {target.address} within {connect_timeout}s"
-                + (f": {hint}" if hint else ""),
-                file=sys.stderr,
-            )
-            return HEALTH_CONNECT
         check = _readiness_check if readiness else _health_check
         return await check(channel, service, timeout, target.metadata or None)
 
@@ -466,11 +478,11 @@ async def _health_check(
             health_pb2.HealthCheckRequest(service=service), timeout=timeout, metadata=metadata
         )
     except grpc.aio.AioRpcError as exc:
-        print(f"error: health rpc failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"greeter health: rpc failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return HEALTH_RPC
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     if reply.status != health_pb2.HealthCheckResponse.SERVING:
-        print(f"service unhealthy (responded with {status})", file=sys.stderr)
+        print(f"greeter health: service unhealthy (responded with {status})", file=sys.stderr)
         return HEALTH_NOT_SERVING
     print(f"status: {status}")
     return HEALTH_SERVING
@@ -489,9 +501,12 @@ async def _readiness_check(
         )
     except grpc.aio.AioRpcError as exc:
         if exc.code() is grpc.StatusCode.UNAVAILABLE:
-            print(f"service unhealthy (UNAVAILABLE: {exc.details()})", file=sys.stderr)
+            print(
+                f"greeter health: service unhealthy (UNAVAILABLE: {exc.details()})",
+                file=sys.stderr,
+            )
             return HEALTH_NOT_SERVING
-        print(f"error: readiness rpc failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"greeter health: rpc failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return HEALTH_RPC
     print(f"status: {readiness_pb2.CheckResponse.ServingStatus.Name(reply.status)}")
     return HEALTH_SERVING
@@ -500,11 +515,9 @@ async def _readiness_check(
 def cmd_health(args: argparse.Namespace) -> int:
     try:
         target = target_from_args(args)
+        _positive(args)
     except TargetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return HEALTH_BAD_ARGS
-    if args.timeout <= 0 or args.connect_timeout <= 0:
-        print("error: timeouts must be positive", file=sys.stderr)
+        print(f"greeter health: {exc}", file=sys.stderr)
         return HEALTH_BAD_ARGS
     return asyncio.run(
         _health(target, args.service, args.timeout, args.connect_timeout, args.readiness)

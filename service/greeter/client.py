@@ -1,7 +1,13 @@
 """Client channels as gateways need them: plaintext or TLS, a custom CA,
 skipped verification (``--insecure``), an authority override for addressing a
 gateway by IP, client certificates for mTLS, and ``dns:///`` targets with a
-load-balancing policy. Shared by ``greeter call``, ``health`` and ``load``.
+load-balancing policy. Shared by ``greeter call``, ``health``, ``load`` and ``check``:
+:func:`add_target_arguments` and :func:`target_from_args` are the one place their common
+flags are declared and read (the target, TLS, ``-m``, ``--connect-timeout``), so the
+commands agree on names, parsing and defaults; :func:`add_call_arguments` adds the call's
+(``--method``/``--call``, ``-t``); :func:`connect_failure` is the one line every command
+prints when it cannot connect (refused, nothing answering, TLS vs plaintext); and
+:data:`EXIT_CODES` is the exit-code table of the client commands.
 
 ``--insecure`` keeps grpcurl's meaning (TLS, server not verified), ``--skipTLS`` is
 ghz's name for the same thing, and ``--plaintext`` asks for no TLS explicitly. When a
@@ -11,6 +17,8 @@ the flag to drop instead of passing on the TLS library's record-layer error."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import socket
 import ssl
@@ -21,6 +29,7 @@ from pathlib import Path
 import grpc
 
 from greeter import timing
+from greeter.durations import NOTE, duration_arg
 
 # gRPC status names by number, and HTTP status → gRPC code as grpc maps a non-200
 # response (gRPC "HTTP to gRPC Status Code Mapping"; anything else is UNKNOWN): the h2 load
@@ -43,6 +52,42 @@ HTTP_CODES = {
 }
 IDENTITY_KEYS = ("x-greeter-cluster", "x-greeter-pod", "x-greeter-node", "x-greeter-zone")
 LB_POLICIES = ("pick_first", "round_robin")
+# The calls the client commands make, by short name: their method path.
+CALLS = {
+    "SayHello": "/helloworld.Greeter/SayHello",
+    "SayHelloStreamReply": "/helloworld.Greeter/SayHelloStreamReply",
+    "SayHelloBidiStream": "/helloworld.Greeter/SayHelloBidiStream",
+    "Check": "/grpc.health.v1.Health/Check",
+}
+# grpcurl's and ghz's default connect timeout; the same for every command.
+DEFAULT_CONNECT_TIMEOUT = "10s"
+# ghz's default call deadline: greeter call's and greeter load's.
+DEFAULT_CALL_TIMEOUT = "20s"
+
+# The exit codes of the client commands (call, load, load merge, check): one table.
+# greeter health keeps grpc-health-probe's (HEALTH_EXIT_CODES), so probes written for it work.
+EXIT_OK, EXIT_FAILED, EXIT_BAD_ARGS, EXIT_CONNECT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES = (
+    (EXIT_OK, "ok"),
+    (EXIT_FAILED, "failed: the call (call), a gate or every call (load), a case (check)"),
+    (EXIT_BAD_ARGS, "bad arguments (one line saying which)"),
+    (EXIT_CONNECT, "cannot connect (one line saying why)"),
+    (EXIT_INTERRUPTED, "interrupted by Ctrl-C (load prints the partial report first)"),
+)
+HEALTH_EXIT_CODES = (
+    (0, "serving"),
+    (1, "bad arguments"),
+    (2, "cannot connect"),
+    (3, "RPC failure"),
+    (4, "not serving"),
+)
+
+
+def help_epilog(examples: str, codes: Sequence[tuple[int, str]] = EXIT_CODES) -> str:
+    """A client command's --help epilog: its examples, the exit-code table (``  0   ok``, one
+    code a line) and what a duration may be."""
+    table = "\n".join(f"  {code:<3} {meaning}" for code, meaning in codes)
+    return f"{examples.rstrip()}\n\nexit codes:\n{table}\n\n{NOTE}"
 
 
 class TargetError(ValueError):
@@ -118,6 +163,14 @@ def add_target_arguments(parser: argparse.ArgumentParser, protocols: Sequence[st
         help="load balancing over a dns:/// target's addresses (default: gRPC's, pick_first)",
     )
     g.add_argument(
+        "--connect-timeout",
+        type=duration_arg,
+        default=DEFAULT_CONNECT_TIMEOUT,
+        metavar="DURATION",
+        help="time to connect; a refused port or a TLS/plaintext mix-up fails at once, "
+        "naming the cause",
+    )
+    g.add_argument(
         "-m",
         "--metadata",
         action="append",
@@ -126,6 +179,55 @@ def add_target_arguments(parser: argparse.ArgumentParser, protocols: Sequence[st
         help="request metadata, repeatable, or a JSON object "
         "(e.g. -m 'authorization:Bearer T'; default: none)",
     )
+
+
+def add_call_arguments(
+    group: argparse._ArgumentGroup,
+    methods: Sequence[str],
+    flag: str = "--method",
+    timeout: str = DEFAULT_CALL_TIMEOUT,
+) -> None:
+    """The method to call (``--method``, greeter call's name, and ``--call``, ghz's: each
+    command takes both, ``flag`` first) and ``-t/--timeout``, the call's deadline."""
+    other = "--call" if flag == "--method" else "--method"
+
+    def method(text: str) -> str:
+        try:
+            name = call_name(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if name not in methods:
+            raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(methods)}")
+        return name
+
+    group.add_argument(
+        flag,
+        other,
+        dest="method",
+        type=method,
+        default=methods[0],
+        metavar="METHOD",
+        help=f"{', '.join(methods)} (or the full name, e.g. helloworld.Greeter.SayHello)",
+    )
+    group.add_argument(
+        "-t",
+        "--timeout",
+        type=duration_arg,
+        default=timeout,
+        metavar="DURATION",
+        help="each call's deadline",
+    )
+
+
+def call_name(text: str) -> str:
+    """``SayHello``, ``helloworld.Greeter.SayHello``, ``/helloworld.Greeter/SayHello``,
+    ``grpc.health.v1.Health/Check`` ... → the short call name."""
+    raw = text.strip().strip("/")
+    for name, path in CALLS.items():
+        full = path.strip("/")
+        if raw in (name, full, full.replace("/", ".")):
+            return name
+    raise ValueError(f"unknown call {text!r}; choose from {', '.join(CALLS)}")
 
 
 def parse_metadata(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
@@ -247,6 +349,118 @@ def plaintext_hint(target: Target, timeout: float = 2.0) -> str | None:
         "In greeter, as in grpcurl, --insecure means TLS without verification; "
         "ghz's --insecure (no TLS) is greeter's --plaintext"
     )
+
+
+def speaks_tls(address: str, timeout: float = 2.0) -> bool:
+    """True when the server at ``address`` answers a TLS ClientHello with TLS (a handshake,
+    or an alert such as "certificate required"): a TLS port, not a plaintext one."""
+    host, port = split_host_port(address)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((host, int(port)), timeout=timeout) as raw,
+            context.wrap_socket(raw),
+        ):
+            return True
+    except ssl.SSLError as exc:
+        return "ALERT" in str(exc.reason or "")
+    except (OSError, ValueError):
+        return False
+
+
+def connect_hint(target: Target, timeout: float = 2.0) -> str | None:
+    """Why ``target`` cannot be reached, found by trying it: refused, no answer, a host that
+    does not resolve, or TLS against plaintext either way (None: none of these, and the
+    caller says what its library said). Blocking: from a loop, run it in a thread."""
+    if "," in target.address or target.address.startswith("unix:"):
+        return None  # several addresses, or a socket path: nothing one probe can tell
+    host, port = split_host_port(target.address)
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except socket.gaierror:
+        return f"the host {host!r} does not resolve"
+    except ConnectionRefusedError:
+        return (
+            f"connection refused: nothing listens on port {port} "
+            "(a wrong port, or the server is not running)"
+        )
+    except TimeoutError:
+        return f"no answer within {timeout:g}s (a wrong address, or a firewall drops the packets)"
+    except (OSError, ValueError) as exc:
+        return getattr(exc, "strerror", None) or str(exc)
+    if target.secure:
+        return plaintext_hint(target, timeout)
+    if speaks_tls(target.address, timeout):
+        return (
+            "the server speaks TLS, not plaintext: add --tls (or --insecure to skip "
+            "verifying it, --cacert FILE for a private CA)"
+        )
+    return None
+
+
+def connect_failure(target: Target, detail: str, timeout: float = 2.0) -> str:
+    """The one line every client command prints when it cannot connect: ``cannot connect to
+    ADDRESS: WHY``, WHY from :func:`connect_hint` when it knows, else ``detail``. Blocking."""
+    return f"cannot connect to {target.address}: {connect_hint(target, timeout) or detail}"
+
+
+class ConnectFailed(ConnectionError):
+    """The channel did not connect; the message is :func:`connect_failure`'s line."""
+
+
+async def wait_connected(channel: grpc.aio.Channel, target: Target, timeout: float) -> None:
+    """Wait until ``channel`` is connected, at most ``timeout`` seconds. A refused port or a
+    TLS mismatch puts the channel in TRANSIENT_FAILURE at once: that fails at once too, with
+    :func:`connect_failure`'s line in a :class:`ConnectFailed`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    state = channel.get_state(try_to_connect=True)
+    while state != grpc.ChannelConnectivity.READY:
+        left = deadline - loop.time()
+        if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE or left <= 0:
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(channel.wait_for_state_change(state), left)
+        state = channel.get_state(try_to_connect=True)
+    else:
+        return
+    hint = await asyncio.to_thread(connect_hint, target, min(timeout, 2.0))
+    if hint:
+        raise ConnectFailed(f"cannot connect to {target.address}: {hint}")
+    raise ConnectFailed(
+        f"cannot connect to {target.address}: {await grpc_reason(channel, timeout)}"
+    )
+
+
+async def open_connected_channel(target: Target, connect_timeout: float) -> grpc.aio.Channel:
+    """:func:`open_channel`, connected (:func:`wait_connected`): the channel, or
+    :class:`ConnectFailed` with :func:`connect_failure`'s line. Call from a running loop."""
+    try:
+        channel = open_channel(target, connect_timeout)
+    except OSError as exc:  # --insecure fetches the server's certificate first
+        line = await asyncio.to_thread(connect_failure, target, str(exc))
+        raise ConnectFailed(line) from None
+    try:
+        await wait_connected(channel, target, connect_timeout)
+    except BaseException:
+        await channel.close()
+        raise
+    return channel
+
+
+async def grpc_reason(channel: grpc.aio.Channel, timeout: float) -> str:
+    """What grpc says when asked once without waiting for readiness (refused, TLS...)."""
+    reason = f"not ready within --connect-timeout {timeout:g}s"
+    probe = channel.unary_unary("/grpc.health.v1.Health/Check", _registered_method=True)
+    try:
+        await probe(b"", timeout=min(timeout, 5.0), wait_for_ready=False)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            reason = f"{reason}; {exc.details()}"
+    return reason
 
 
 def _fetch_server_certificate(target: Target, timeout: float) -> bytes:

@@ -116,7 +116,8 @@ def _import(module: str, package: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise DeployError(f"{package} is not installed: pip install 'greeter[deploy]'") from exc
+        hint = "pip install '.[deploy]' (from a clone)"
+        raise DeployError(f"{package} is not installed: {hint}") from exc
 
 
 def _client(helm: str) -> Any:
@@ -177,7 +178,7 @@ def register(subparsers: Any) -> None:
     """Add ``greeter deploy render|install`` to the CLI's subparsers."""
     parser = subparsers.add_parser(
         "deploy",
-        help="render or install the Helm chart (needs greeter[deploy] and helm)",
+        help="render or install the Helm chart (needs the deploy extra and helm)",
         epilog=DEPLOY_EXAMPLES,
     )
     actions = parser.add_subparsers(

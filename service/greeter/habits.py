@@ -48,7 +48,7 @@ GRPCURL = {
                 "greeter knows the Greeter's services: no .proto is needed",
             ),
             (("-unix",), "there is none: the address is host:port"),
-            (("-max-time",), "use -t/--timeout"),
+            (("-max-time",), "use -t/--timeout DURATION"),
             (
                 (
                     "-v",
@@ -75,9 +75,9 @@ CALL = {
         "grpcurl",
         [
             (("-d",), "use --name NAME (the request is a HelloRequest)"),
-            (("-connect-timeout",), "use -t/--timeout SECONDS (it bounds the whole call)"),
         ],
     ),
+    **_dashes("grpcurl", ("connect-timeout",)),
 }
 
 LOAD_GRPCURL = {**GRPCURL, **_dashes("grpcurl", ("connect-timeout",))}
@@ -95,7 +95,7 @@ HEALTH = {
             (("-tls-client-cert",), "use --cert FILE"),
             (("-tls-client-key",), "use --key FILE"),
             (("-tls-server-name",), "use --authority NAME"),
-            (("-rpc-timeout",), "use -t/--timeout SECONDS"),
+            (("-rpc-timeout",), "use -t/--timeout DURATION"),
             (("-rpc-header",), "use -m KEY:VALUE (repeatable)"),
             (("-user-agent", "-gzip", "-spiffe", "-alts", "-v"), NONE),
         ],

@@ -39,7 +39,7 @@ def _yaml() -> Any:
         return importlib.import_module("yaml")
     except ImportError:
         raise MonitoringError(
-            "reading the chart's alert rules needs PyYAML: pip install 'greeter[deploy]'"
+            "reading the chart's alert rules needs PyYAML: pip install '.[deploy]' (from a clone)"
         ) from None
 
 

@@ -16,7 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from greeter import habits
-from greeter.client import TargetError, target_from_args
+from greeter.client import (
+    EXIT_BAD_ARGS,
+    EXIT_CONNECT,
+    EXIT_FAILED,
+    TargetError,
+    add_call_arguments,
+    add_target_arguments,
+    help_epilog,
+    target_from_args,
+)
+from greeter.durations import duration_arg
 from greeter.load import merge, render
 from greeter.load.config import (
     CALLS,
@@ -26,16 +36,14 @@ from greeter.load.config import (
     SCHEDULES,
     ConfigError,
     LoadConfig,
-    call_name,
     default_procs,
     parse_confidence,
-    parse_duration,
     parse_split,
     parse_start_at,
     parse_threshold,
 )
 from greeter.load.engine import ConnectError
-from greeter.load.report import EXIT_BAD_ARGS, EXIT_CONNECT, EXIT_FAILED, Report, wall_time
+from greeter.load.report import Report, wall_time
 from greeter.load.runner import run_load
 from greeter.load.timeline import DEFAULT_INTERVAL
 from greeter.wording import plural
@@ -45,7 +53,8 @@ FORMATS = ("summary", "json", "csv", "html")
 STARTS_APART_WARNING_S = 0.1
 DESCRIPTION = """Load test a Greeter (or a gateway in front of Greeters) and show which cluster
 and pod served the calls. Flags follow ghz where they mean the same thing."""
-EPILOG = """examples:
+EPILOG = help_epilog(
+    """examples:
   greeter load localhost:50051 -c 8 --connections 4 -z 30s
   greeter load localhost:50051 --rps 500 -z 1m --max-latency p99=50ms --max-error-rate 0.1%
   greeter load 10.0.0.7:443 --insecure --authority grpc.example.com \\
@@ -56,28 +65,22 @@ EPILOG = """examples:
 several machines at once: give every run the same absolute --start-at, e.g.
   --start-at "$(date -u -d '+30 sec' +%FT%TZ)" computed once and passed to all of them.
 
-exit codes: 0 ok; 1 a gate failed (--max-latency, --max-error-rate, --expect-split,
---expect-cluster) or no call succeeded; 2 bad arguments; 3 could not connect; 130
-interrupted (the partial report is printed first). See docs/load.md."""
+a gate is --max-latency, --max-error-rate, --expect-split or --expect-cluster (exit 1 when one
+fails, or when no call succeeded). See docs/load.md."""
+)
 MERGE_DESCRIPTION = """Merge the -O json reports of several greeter load runs (one per machine,
 pod or process) into one report, exactly: counts and histograms add up, percentiles come
 from the merged histogram, the rate from the union of the runs' time windows, timelines
 line up on the wall clock. Reports of another target, call, schema version, histogram
 layout or timeline interval are refused (exit 2)."""
-MERGE_EPILOG = """examples:
+MERGE_EPILOG = help_epilog(
+    """examples:
   greeter load merge run-1.json run-2.json
   cat runs/*.json | greeter load merge - --max-latency p99=50ms -O html -o merged.html
 
-exit codes: 0 ok; 1 a gate failed (as for greeter load); 2 bad arguments,
-an unreadable input, or reports that do not merge; 130 some report was interrupted.
-See docs/load.md, "Merging reports"."""
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+exit 2 also for an unreadable input or reports that do not merge; 130 when some report was
+interrupted. See docs/load.md, "Merging reports"."""
+)
 
 
 def _rate(text: str) -> float:
@@ -94,13 +97,6 @@ def _percentiles(text: str) -> tuple[float, ...]:
         return tuple(float(p.strip().lstrip("p")) for p in text.split(",") if p.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list like 50,90,99,99.9") from None
-
-
-def _call(text: str) -> str:
-    try:
-        return call_name(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class _StartAt(argparse.Action):
@@ -167,17 +163,9 @@ def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from greeter.client import add_target_arguments
-
     add_target_arguments(parser, protocols=PROTOCOLS)
     calls = parser.add_argument_group("call")
-    calls.add_argument(
-        "--call",
-        type=_call,
-        default="SayHello",
-        metavar="METHOD",
-        help=f"{', '.join(CALLS)} (or the full name, e.g. helloworld.Greeter.SayHello)",
-    )
+    add_call_arguments(calls, tuple(CALLS), "--call")
     calls.add_argument(
         "-d",
         "--data",
@@ -200,9 +188,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="replies asked of SayHelloStreamReply; messages sent per bidi call "
         "(default: the server's, 10)",
     )
-    calls.add_argument(
-        "-t", "--timeout", type=_duration, default="20s", metavar="DURATION", help="call deadline"
-    )
     shape = parser.add_argument_group("load shape")
     shape.add_argument(
         "-c", "--concurrency", type=int, default=50, metavar="N", help="workers (calls in flight)"
@@ -218,7 +203,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     shape.add_argument(
         "-z",
         "--duration",
-        type=_duration,
+        type=duration_arg,
         default=None,
         metavar="DURATION",
         help="run this long, e.g. 30s, 2m; with -n: whichever comes first (default: none)",
@@ -260,14 +245,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     shape.add_argument(
         "--load-step-duration",
-        type=_duration,
+        type=duration_arg,
         default="0s",
         metavar="DURATION",
         help="how long each step lasts (step)",
     )
     shape.add_argument(
         "--warmup",
-        type=_duration,
+        type=duration_arg,
         default="0s",
         metavar="DURATION",
         help="run this long before measuring (not reported)",
@@ -298,13 +283,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help=f"client processes (default: one per core, here {default_procs()})",
-    )
-    client.add_argument(
-        "--connect-timeout",
-        type=_duration,
-        default="10s",
-        metavar="DURATION",
-        help="time to connect",
     )
     client.add_argument(
         "--engine",
@@ -349,7 +327,7 @@ def _add_report_arguments(out: Any) -> None:
     )
     out.add_argument(
         "--timeline-interval",
-        type=_duration,
+        type=duration_arg,
         default=f"{DEFAULT_INTERVAL:g}s",
         metavar="DURATION",
         help="length of each timeline bucket, e.g. 500ms; at least 10ms",
@@ -405,7 +383,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
     schedule_rate = args.load_schedule != "const"
     return LoadConfig(
         target=target,
-        call=args.call,
+        call=args.method,
         request=request,
         concurrency=args.concurrency,
         total=args.total,

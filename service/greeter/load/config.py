@@ -10,16 +10,11 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from greeter.client import Target
+from greeter.client import CALLS, Target
+from greeter.client import call_name as call_name  # where it was first
+from greeter.durations import parse_duration
 from greeter.load.timeline import DEFAULT_INTERVAL, MIN_INTERVAL
 
-# Each call kind: the full method path and the request message it sends.
-CALLS = {
-    "SayHello": "/helloworld.Greeter/SayHello",
-    "SayHelloStreamReply": "/helloworld.Greeter/SayHelloStreamReply",
-    "SayHelloBidiStream": "/helloworld.Greeter/SayHelloBidiStream",
-    "Check": "/grpc.health.v1.Health/Check",
-}
 SCHEDULES = ("const", "step", "line")
 ENGINES = ("auto", "grpc", "h2")  # auto: h2 where it applies (unary, one address), else grpc
 # grpc: gRPC over HTTP/2 (the engines above); grpc-web(-text): the grpc-web engine.
@@ -30,29 +25,6 @@ LATENCY_STATS = ("min", "mean", "max")
 
 class ConfigError(ValueError):
     """The load test cannot run as described (a bad argument)."""
-
-
-def parse_duration(text: str) -> float:
-    """``10s``, ``500ms``, ``1m30s``, ``2h`` or a plain number of seconds → seconds."""
-    raw = text.strip().lower()
-    try:
-        value = float(raw)
-    except ValueError:
-        pass
-    else:
-        if not math.isfinite(value):
-            raise ValueError(f"{text!r} is not a duration")
-        return value
-    parts = re.fullmatch(r"((?:\d+(?:\.\d+)?(?:ms|us|µs|s|m|h))+)", raw)
-    if not parts:
-        raise ValueError(f"{text!r} is not a duration (try 10s, 500ms, 1m)")
-    scale = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-    total = sum(
-        float(n) * scale[unit] for n, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|us|µs|s|m|h)", raw)
-    )
-    if not math.isfinite(total):
-        raise ValueError(f"{text[:40]!r} is not a duration (too large)")
-    return total
 
 
 MAX_START_AHEAD = 24 * 3600.0  # --start-at further ahead than this is taken for a typo
@@ -81,17 +53,6 @@ def parse_start_at(text: str, now: float) -> float:
     if at - now > MAX_START_AHEAD:
         raise ValueError(f"{text!r} is {(at - now) / 3600:.1f} h ahead (at most 24 h)")
     return at
-
-
-def call_name(text: str) -> str:
-    """``SayHello``, ``helloworld.Greeter.SayHello``, ``/helloworld.Greeter/SayHello``,
-    ``grpc.health.v1.Health/Check`` ... → the short call name."""
-    raw = text.strip().strip("/")
-    for name, path in CALLS.items():
-        full = path.strip("/")
-        if raw in (name, full, full.replace("/", ".")):
-            return name
-    raise ValueError(f"unknown call {text!r}; choose from {', '.join(CALLS)}")
 
 
 def percentile_name(percent: float) -> str:

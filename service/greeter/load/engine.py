@@ -22,7 +22,14 @@ import grpc
 from google.protobuf import json_format
 
 from greeter import timing
-from greeter.client import TargetError, channel_options, credentials, plaintext_hint
+from greeter.client import (
+    ConnectFailed,
+    TargetError,
+    channel_options,
+    connect_failure,
+    credentials,
+    wait_connected,
+)
 from greeter.load import h2engine, webengine
 from greeter.load.config import CALLS, LoadConfig
 from greeter.load.recorder import NO_SERVER_TIME, UNKNOWN, Backend, Recorder, record
@@ -257,7 +264,7 @@ async def connected(config: LoadConfig, first: int = 0) -> AsyncIterator[list[An
                 text=config.protocol == "grpc-web-text",
             )
         except OSError as exc:
-            raise ConnectError(f"cannot connect to {target.address}: {exc}") from None
+            raise ConnectError(await asyncio.to_thread(connect_failure, target, str(exc))) from None
         try:
             yield web
         finally:
@@ -269,8 +276,7 @@ async def connected(config: LoadConfig, first: int = 0) -> AsyncIterator[list[An
                 target, config.connections, config.connect_timeout
             )
         except OSError as exc:
-            hint = await asyncio.to_thread(plaintext_hint, target)
-            raise ConnectError(f"cannot connect to {target.address}: {hint or exc}") from None
+            raise ConnectError(await asyncio.to_thread(connect_failure, target, str(exc))) from None
         try:
             yield h2channels
         finally:
@@ -282,7 +288,7 @@ async def connected(config: LoadConfig, first: int = 0) -> AsyncIterator[list[An
             # Blocking for --insecure (it fetches the server's certificate): off the loop.
             creds, extra = await asyncio.to_thread(credentials, target, config.connect_timeout)
         except (OSError, ValueError) as exc:
-            raise ConnectError(f"cannot connect to {target.address}: {exc}") from None
+            raise ConnectError(await asyncio.to_thread(connect_failure, target, str(exc))) from None
         # grpc's poller and I/O threads start with the first channel: born SCHED_BATCH,
         # they stop preempting the loop that generates the load (greeter.threads).
         with helper_threads("batch"):
@@ -292,31 +298,16 @@ async def connected(config: LoadConfig, first: int = 0) -> AsyncIterator[list[An
                     channels.append(grpc.aio.insecure_channel(target.address, options=options))
                 else:
                     channels.append(grpc.aio.secure_channel(target.address, creds, options=options))
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(ch.channel_ready() for ch in channels)),
-                config.connect_timeout,
+        try:  # a refused port or a TLS mismatch fails at once, not after the timeout
+            await asyncio.gather(
+                *(wait_connected(ch, target, config.connect_timeout) for ch in channels)
             )
-        except TimeoutError:
-            raise ConnectError(await _why_not_ready(channels[0], config)) from None
+        except ConnectFailed as exc:
+            raise ConnectError(str(exc)) from None
         yield channels
     finally:
         for ch in channels:
             await ch.close()
-
-
-async def _why_not_ready(channel: grpc.aio.Channel, config: LoadConfig) -> str:
-    """Ask once without waiting for readiness: grpc then says what failed (refused, TLS...)."""
-    address = config.target.address
-    reason = f"not ready within --connect-timeout {config.connect_timeout:g}s"
-    probe = channel.unary_unary("/grpc.health.v1.Health/Check", _registered_method=True)
-    try:
-        await probe(b"", timeout=min(config.connect_timeout, 5.0), wait_for_ready=False)
-    except grpc.aio.AioRpcError as exc:
-        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            reason = f"{reason}; {exc.details()}"
-    hint = await asyncio.to_thread(plaintext_hint, config.target)
-    return f"cannot connect to {address}: {hint or reason}"
 
 
 class Run:

@@ -369,10 +369,7 @@ class H2Connection(asyncio.Protocol):
             self.ready.set_exception(
                 ConnectFailed(f"the server closed the connection before HTTP/2 settings ({exc})")
                 if exc
-                else ConnectFailed(
-                    "the server closed the connection before HTTP/2 settings "
-                    "(a TLS port? try --tls / --insecure)"
-                )
+                else ConnectFailed("the server closed the connection before HTTP/2 settings")
             )
             self.ready.exception()  # retrieved: nobody may be waiting any more
         if self.timer is not None:

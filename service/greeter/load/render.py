@@ -323,13 +323,15 @@ def to_html(
     preface: str = "",
     markers: Sequence[tuple[float, str]] = (),
     by_pod: bool = False,
+    unnamed: str = timeline_chart.NO_IDENTITY,
 ) -> str:
     """A self-contained page: no scripts, no external styles or fonts.
 
     For a run that is part of something larger (``greeter rehearse --scenario``): ``heading``
     replaces the title, ``preface`` (HTML) comes before the timeline, ``markers`` (seconds
-    since the run's start, label) are drawn on the timeline, and ``by_pod`` adds a second
-    timeline stacked by pod."""
+    since the run's start, label) are drawn on the timeline, ``by_pod`` adds a second
+    timeline stacked by pod, and ``unnamed`` is the timelines' name for the calls no backend
+    named."""
     d = report.data
     esc = html.escape
     pcts = _pct_keys(d["latency_ms"])
@@ -361,12 +363,13 @@ def to_html(
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}</style></head><body>
+td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}
+pre{{white-space:pre-wrap;overflow-wrap:anywhere}}</style></head><body>
 <h1>{esc(heading) if heading else f"{esc(title)} ({esc(d['call'])})"}</h1>
 <p>{plural(d["count"], "call")} in {d["duration_s"]:.2f} s, {d["rps"]:.1f}/s;
 {plural(d["errors"], "error")} ({d["error_rate"]:.2%}){interrupted}.
 Started {esc(d["started_at"])}{_merged_html(d)}.</p>
-{preface}{_timeline_section(report, markers, by_pod)}
+{preface}{_timeline_section(report, markers, by_pod, unnamed)}
 <h2>Latency</h2>{_svg_chart(report)}
 <table>{stats}</table>
 <h2>Where the latency goes</h2>
@@ -478,10 +481,13 @@ def _split_html(section: dict[str, Any] | None) -> str:
     )
 
 
-def _timeline_section(report: Report, markers: Sequence[tuple[float, str]], by_pod: bool) -> str:
-    section = f"<h2>Timeline</h2>\n{timeline_chart.svg(report.data, markers)}"
+def _timeline_section(
+    report: Report, markers: Sequence[tuple[float, str]], by_pod: bool, unnamed: str
+) -> str:
+    chart = timeline_chart.svg(report.data, markers, unnamed=unnamed)
+    section = f"<h2>Timeline</h2>\n{chart}"
     if by_pod:
-        pods = timeline_chart.svg(report.data, markers, by="pod", latency=False)
+        pods = timeline_chart.svg(report.data, markers, by="pod", latency=False, unnamed=unnamed)
         section += f"\n<h2>By pod over time</h2>\n{pods}"
     return section
 

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from greeter.client import EXIT_BAD_ARGS as EXIT_BAD_ARGS
+from greeter.client import EXIT_CONNECT as EXIT_CONNECT
+from greeter.client import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from greeter.load import split, timeline
 from greeter.load.config import LoadConfig, percentile_name
 from greeter.load.engine import resolved_engine
@@ -17,12 +20,10 @@ from greeter.load.histogram import Histogram, bucket_bounds
 from greeter.load.outcome import Outcome
 
 SCHEMA_ID = "greeter-load-report/v1"
-EXIT_OK = 0
-EXIT_FAILED = 1  # a threshold was missed, --max-error-rate exceeded, the split is off or
-# undecided (--expect-split, --expect-cluster), or no call succeeded
-EXIT_BAD_ARGS = 2
-EXIT_CONNECT = 3
-EXIT_INTERRUPTED = 130  # Ctrl-C: the partial report is printed first
+# The client commands' one exit-code table (greeter.client.EXIT_CODES). EXIT_FAILED: a
+# threshold was missed, --max-error-rate exceeded, the split is off or undecided
+# (--expect-split, --expect-cluster), or no call succeeded; EXIT_INTERRUPTED: Ctrl-C, the
+# partial report is printed first.
 CHART_BARS = 20
 
 

@@ -113,10 +113,13 @@ def svg(
     markers: Sequence[tuple[float, str]] = (),
     by: str = "cluster",
     latency: bool = True,
+    unnamed: str = NO_IDENTITY,
 ) -> str:
     """The timeline chart of a report (its JSON data): calls per second stacked ``by``
     cluster or pod, the latency panel under it unless ``latency`` is false, and each of
-    ``markers`` (seconds since the run's start, label) as a labelled vertical line."""
+    ``markers`` (seconds since the run's start, label) as a labelled vertical line.
+    ``unnamed``: what the legend and tooltips call the calls no backend named (a scenario's
+    page says what the gateway answered, e.g. "no backend (gateway 503)")."""
     buckets: list[dict[str, Any]] = report["timeline"]
     interval = float(report["options"].get("timeline_interval_s") or 1.0)
     esc = html.escape
@@ -133,7 +136,10 @@ def svg(
     totals = {c: sum(b[key].get(c, 0) for b in buckets) for c in clusters}
 
     # The legend, wrapped to the width; the panels start under it.
-    items: list[tuple[str, str]] = [(f"{c} ({totals[c]:,})", "cluster:" + c) for c in clusters]
+    def shown(c: str) -> str:
+        return unnamed if c == NO_IDENTITY else c
+
+    items = [(f"{shown(c)} ({totals[c]:,})", "cluster:" + c) for c in clusters]
     items += [("errors", "errors")]
     items += [(name, name) for name, *_ in lines]
     legend: list[str] = []
@@ -257,7 +263,7 @@ def svg(
         out.append(
             f'<path class="{by}" data-{by}="{esc(c)}" fill="{colors[c]}" '
             f'fill-opacity="0.85" d="M{" L".join(points)} Z">'
-            f"<title>{esc(c)}: {totals[c]:,} calls</title></path>"
+            f"<title>{esc(shown(c))}: {totals[c]:,} calls</title></path>"
         )
     # p50 and p99 (and outside the server) as step lines, broken where a bucket had no calls.
     for name, field, stat, color, dash in lines:

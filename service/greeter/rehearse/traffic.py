@@ -347,4 +347,25 @@ def load_summary(report: dict[str, Any]) -> dict[str, Any]:
         "interrupted": bool(report.get("interrupted")),
         "limit_s": (report.get("options") or {}).get("duration_s"),
         "errors": report.get("errors") or report.get("error_distribution"),
+        "served_spans_s": served_spans(report),
+        "timeline_interval_s": (report.get("options") or {}).get("timeline_interval_s"),
     }
+
+
+def served_spans(report: dict[str, Any]) -> dict[str, list[list[float]]]:
+    """Per pod, the stretches of the traffic's clock in which it answered calls, in whole
+    timeline buckets (``[from, to]`` seconds): a drained pod's calls stop at the end of one
+    stretch and come again at the start of the next."""
+    spans: dict[str, list[list[float]]] = {}
+    for bucket in report.get("timeline") or []:
+        start = round(float(bucket["t"]), 3)
+        end = round(start + float(bucket["duration_s"]), 3)
+        for pod, n in bucket["by_pod"].items():
+            if not n or pod == UNKNOWN:
+                continue
+            stretches = spans.setdefault(pod, [])
+            if stretches and stretches[-1][1] >= start:
+                stretches[-1][1] = end
+            else:
+                stretches.append([start, end])
+    return dict(sorted(spans.items()))

@@ -153,7 +153,9 @@ function renderTally(total) {
   const body = $("tally-body");
   body.replaceChildren();
   const clusters = new Map();
-  const rows = [...tally.values()].sort((a, b) => b.calls - a.calls);
+  // By cluster, then pod (pod-2 before pod-10), so a row stays where it is as counts change.
+  const order = (a, b) => a.localeCompare(b, undefined, { numeric: true });
+  const rows = [...tally.values()].sort((a, b) => order(a.cluster, b.cluster) || order(a.pod, b.pod));
   for (const row of rows) {
     const tr = document.createElement("tr");
     tr.dataset.cluster = row.cluster;
