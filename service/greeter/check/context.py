@@ -78,6 +78,7 @@ class Context:
         self.channel: grpc.aio.Channel | None = None
         self.web_channel: Any = None
         self.interop = False
+        self.lookup_lock = asyncio.Lock()  # greeter.check.lookup: one lookup loop at a time
         self.interop_missing = (
             "the target does not serve grpc.testing.TestService: start the pods with "
             "greeter serve --interop (chart: interop.enabled=true)"

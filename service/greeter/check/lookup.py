@@ -1,11 +1,16 @@
 """What the pod saw of a call: the interop service remembers calls that carry a check id and
 answers a lookup (an EmptyCall) with what the pod that served the lookup knows. Through a
 gateway that spreads calls over pods, the lookup is repeated (bounded) until it reaches the
-pod that served the call; if it never does, the case says so instead of guessing."""
+pod that served the call; if it never does, the case says so instead of guessing.
+
+Two cases looking up at once through a round-robin gateway would take turns on its rotation
+and each see only every other pod, for ever: the lookups of a run take turns (a lock), and a
+random extra call now and then shifts where in the rotation the next lookup lands."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -61,10 +66,17 @@ async def lookup_once(ctx: Context, check_id: str) -> Seen:
 async def find(ctx: Context, check_id: str, *, ended: bool) -> Seen:
     """Look up until a pod knows the call (and, with ``ended``, knows it ended); Skipped
     when no lookup reached it within the bounds."""
+    async with ctx.lookup_lock:
+        return await _find(ctx, check_id, ended)
+
+
+async def _find(ctx: Context, check_id: str, ended: bool) -> Seen:
     deadline = time.monotonic() + LOOKUP_BUDGET_S
     pods: set[str] = set()
     running: Seen | None = None
-    for _ in range(LOOKUPS):
+    tries = 0
+    while tries < LOOKUPS:
+        tries += 1
         seen = await lookup_once(ctx, check_id)
         pods.add(seen.pod or "?")
         if seen.state == ENDED or (seen.state == RUNNING and not ended):
@@ -74,9 +86,11 @@ async def find(ctx: Context, check_id: str, *, ended: bool) -> Seen:
         if time.monotonic() >= deadline:
             break
         await asyncio.sleep(LOOKUP_BUDGET_S / LOOKUPS)
+        if random.random() < 0.5:  # a shift in the rotation
+            await ctx.unary(EMPTY_CALL, empty_pb2.Empty(), empty_pb2.Empty)
     if running is not None:
         return running
     raise Skipped(
-        f"could not reach the pod that served the call: {LOOKUPS} lookups reached "
+        f"could not reach the pod that served the call: {tries} lookups reached "
         f"{len(pods)} pod(s) ({', '.join(sorted(pods))}), none knew it"
     )
