@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -165,7 +166,7 @@ def test_envoy_with_a_3s_route_timeout_fails_the_long_calls_at_3s(
         measured = case["measured"]
         assert measured["longest_survived_s"] == 1.0, case
         assert ROUTE_TIMEOUT_S - 0.2 <= measured["cut_at_s"] <= ROUTE_TIMEOUT_S + 1.0, case
-        assert f"cut at {ROUTE_TIMEOUT_S}." in case["detail"], case
+        assert re.search(r"cut at [23]\.\d s", case["detail"]), case
         assert "route timeout" in case["detail"], "names the likely setting"
     assert "FAILED: " in summary
     assert "1 failed" not in summary

@@ -174,7 +174,7 @@ def _alpn(ctx: Context) -> str | None:
     proves="the TLS listener picks h2 when a client offers h2 and http/1.1 (gRPC clients "
     "refuse a TLS connection without it)",
     breaks={
-        "ALB": "an HTTPS listener without HTTP/2 (gRPC needs h2 from the client on)",
+        "ALB": "an HTTPS listener with HTTP/2 turned off (Http2Enabled false)",
         "ingress-nginx": "use-http2: false",
         "Emissary": "alpn_protocols without h2 in the TLSContext",
         "Envoy Gateway": "a ClientTrafficPolicy whose alpnProtocols leave out h2",
@@ -198,7 +198,6 @@ async def alpn_h2(ctx: Context) -> Verdict:
 # -- message sizes ----------------------------------------------------------------------
 SIZE_BREAKS = {
     "ingress-nginx": "proxy-body-size (client_max_body_size, 1m by default): 413",
-    "Envoy Gateway": "a BackendTrafficPolicy/ClientTrafficPolicy buffer limit",
 }
 
 
@@ -248,7 +247,6 @@ async def request_size(ctx: Context) -> Verdict:
     group=GATEWAY,
     proves="replies from 1 KiB to 8 MiB pass (up to gRPC's 4 MiB default); reports the "
     "largest that passed and the first refused",
-    breaks={**SIZE_BREAKS, "ingress-nginx": ""},
     fix="raise the gateway's response buffer limit above the pods' max_send_message_size",
 )
 async def response_size(ctx: Context) -> Verdict:
@@ -261,10 +259,10 @@ async def response_size(ctx: Context) -> Verdict:
 
 # -- long calls ---------------------------------------------------------------------------
 LONG_BREAKS = {
-    "ALB": "the listener's RequestTimeout (default 60 s: 504) and IdleTimeout",
+    "ALB": "the listener's RequestTimeout (1-180 s, default 60 s: 504) and IdleTimeout",
     "ingress-nginx": "proxy-read-timeout / proxy-send-timeout (grpc_read_timeout, 60 s)",
     "Emissary": "the Mapping's timeout_ms (default 3000) and idle_timeout_ms",
-    "Envoy Gateway": "the route timeout (15 s by default; HTTPRoute timeouts.request, "
+    "Envoy Gateway": "the route timeout (Envoy's 15 s unless set: HTTPRoute timeouts.request, "
     "BackendTrafficPolicy timeout, GRPCRoute stream timeout)",
     "Istio": "a VirtualService timeout on the route",
 }
@@ -400,8 +398,9 @@ async def _echo(ctx: Context, extra: list[tuple[str, Any]], token: str) -> Reply
         "Envoy Gateway": "ClientTrafficPolicy headers.withUnderscoresAction: RejectRequest "
         "(its default: the call fails) or DropHeader",
     },
-    fix="ingress-nginx: enable-underscores-in-headers: true in the controller ConfigMap "
-    "(nginx: underscores_in_headers on), or use - in metadata keys",
+    fix='ingress-nginx: enable-underscores-in-headers: "true" in the controller ConfigMap '
+    "(nginx: underscores_in_headers on); Envoy Gateway: withUnderscoresAction: Allow; or "
+    "metadata keys with - instead of _",
 )
 async def metadata_underscore(ctx: Context) -> Verdict:
     token = os.urandom(8).hex()
@@ -451,10 +450,9 @@ def _padding(size: int) -> list[tuple[str, str]]:
     proves="requests with about 8 KiB and 16 KiB of metadata (HTTP/2's header-list count) "
     "reach the pod and are answered",
     breaks={
-        "ingress-nginx": "large-client-header-buffers / http2-max-header-size (nginx "
-        "large_client_header_buffers, 4 8k)",
-        "Emissary": "max_request_headers_kb (default 60)",
-        "Envoy Gateway": "a ClientTrafficPolicy headers limit below 16 KiB",
+        "ingress-nginx": "large-client-header-buffers (4 8k: one header over 8 KiB is "
+        "refused) and http2-max-header-size (16k, the whole list)",
+        "Emissary": "max_request_headers_kb set below 16 (Envoy's default is 60)",
     },
     fix="allow at least 16 KiB of request headers (the pods' max_metadata_size)",
 )
@@ -488,11 +486,7 @@ async def metadata_large(ctx: Context) -> Verdict:
     group=GATEWAY,
     proves="an error before any reply (a trailers-only response) keeps its code and "
     "message, a non-ASCII message included (unary and server streaming)",
-    breaks={
-        "ingress-nginx": "custom-http-errors on gRPC paths (replaces the response)",
-        "Emissary": "error_response_overrides on gRPC Mappings",
-    },
-    fix="no error-page rewriting on gRPC routes",
+    fix="pass trailers-only responses (headers carrying grpc-status, no body) through as they are",
 )
 async def trailers_only_status(ctx: Context) -> Verdict:
     status = messages_pb2.EchoStatus(code=9, message=STATUS_MESSAGE)
@@ -548,8 +542,7 @@ async def cancel_reaches_pod(ctx: Context) -> Verdict:
     proves=f"bidirectional streaming is not buffered: each of {DUPLEX_ROUNDS} replies "
     "arrives before the next request is sent, with the request stream still open",
     breaks={
-        "ingress-nginx": "proxy-request-buffering on for a gRPC path proxied as HTTP",
-        "Emissary": "the buffer filter on gRPC Mappings",
+        "Emissary": "the buffer Module (max_request_bytes): whole requests are buffered",
     },
     fix="no request buffering on gRPC routes (nginx: grpc_pass, never proxy_pass)",
     web_skip="gRPC-Web has no bidirectional streaming",
@@ -583,12 +576,8 @@ async def full_duplex_case(ctx: Context) -> Verdict:
 @case(
     "gzip",
     group=GATEWAY,
-    proves="grpc-encoding: gzip both ways: a compressed request (the pod checks it was) "
-    "and a compressed reply arrive intact",
-    breaks={
-        "Emissary": "the gzip filter on gRPC Mappings",
-        "Envoy Gateway": "a compressor filter on gRPC routes",
-    },
+    proves="grpc-encoding: gzip both ways: a compressed request and a compressed reply "
+    "arrive intact",
     fix="leave grpc-encoding and grpc-accept-encoding alone",
     web_skip="greeter's gRPC-Web client sends no compressed messages",
 )
