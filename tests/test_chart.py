@@ -255,7 +255,8 @@ def test_settings_defaults_match_the_server() -> None:
 def test_rendered_env_is_accepted_by_the_server_settings(render: Any) -> None:
     """Every GREETER_* value the chart sets parses as the server's settings."""
     settings = pytest.importorskip("greeter.settings")
-    for values in [{}, ci_values("fault"), {"server": {"drainDelay": 2.5, "logFormat": "text"}}]:
+    cases = [{}, ci_values("fault"), ci_values("interop"), {"server": {"drainDelay": 2.5}}]
+    for values in cases:
         env = {k: v for k, v in env_of(render(values)).items() if isinstance(v, str)}
         env.pop("GREETER_TLS_CERT", None)
         env.pop("GREETER_AUTH_TOKENS_FILE", None)
@@ -322,6 +323,8 @@ FEATURES = {
     "emissary-healthchecks": ("KubernetesEndpointResolver",),
     # web.enabled adds ports and routes to other features' objects: tests/test_chart_web.py.
     "web": (),
+    # interop.enabled adds an env variable, a second helm test Pod and a GRPCRoute rule: below.
+    "interop": (),
 }
 
 
@@ -873,6 +876,15 @@ def test_nginx_ingress_speaks_grpc_with_long_timeouts(render: Any) -> None:
     assert annotations["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
     for key in ("proxy-read-timeout", "proxy-send-timeout"):
         assert int(annotations[f"nginx.ingress.kubernetes.io/{key}"]) >= 3600
+    # greeter check's request_size steps up to 8 MiB; nginx's 1m default answers 413
+    assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "16m"
+    changed = render(ci_values("nginxingress"), {"nginxIngress": {"maxBodySize": "0"}})
+    assert (
+        ds.one(changed, "Ingress")["metadata"]["annotations"][
+            "nginx.ingress.kubernetes.io/proxy-body-size"
+        ]
+        == "0"
+    )
     assert ingress["spec"]["tls"][0]["secretName"] == "grpc-secret"
 
 
@@ -902,6 +914,16 @@ def test_grpcroute_rules(render: Any) -> None:
     assert defaults["header"] == {"name": "x-canary", "value": "true"}
 
 
+def test_grpcroute_routes_the_interop_service_when_on(render: Any) -> None:
+    def services(values: dict[str, Any]) -> set[str]:
+        route = ds.one(render({"grpcRoute": {"enabled": True}}, values), "GRPCRoute")
+        return {m["method"]["service"] for r in route["spec"]["rules"] for m in r["matches"]}
+
+    interop = {"grpc.testing.TestService", "grpc.testing.UnimplementedService"}
+    assert not services({}) & interop
+    assert services(ci_values("interop")) >= interop
+
+
 def test_grpcroute_without_canary_has_no_header_rule(render: Any) -> None:
     route = ds.one(render({"grpcRoute": {"enabled": True}}), "GRPCRoute")
     assert not any("headers" in m for r in route["spec"]["rules"] for m in r["matches"])
@@ -915,6 +937,9 @@ def test_emissary_mapping_is_grpc_with_alpn_h2(render: Any) -> None:
     context = ds.one(objects, "TLSContext")
     assert context["spec"]["alpn_protocols"] == "h2"
     assert context["spec"]["secret"] == "grpc-secret"
+    # greeter check's slow_unary and stream_gaps: no per-call timeout, idle well past 70 s
+    assert mapping["spec"]["timeout_ms"] == 0
+    assert mapping["spec"]["idle_timeout_ms"] >= 70_000
 
 
 def test_helm_test_pod_checks_grpc_health(render: Any) -> None:
@@ -925,6 +950,26 @@ def test_helm_test_pod_checks_grpc_health(render: Any) -> None:
     assert args[:2] == ["health", "grpc-service:50051"]
     assert "Pod" not in {o["kind"] for o in render({}, no_hooks=True)}
     assert "Pod" not in {o["kind"] for o in render({"helmTest": {"enabled": False}})}
+
+
+def test_interop_serves_the_service_and_helm_test_checks_it(render: Any) -> None:
+    assert "GREETER_INTEROP" not in env_of(render({}))
+    objects = render(ci_values("interop"))
+    assert env_of(objects)["GREETER_INTEROP"] == "true"
+    pods = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Pod"}
+    assert set(pods) == {"grpc-service-test-health", "grpc-service-test-check"}
+    pod = pods["grpc-service-test-check"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    container = pod["spec"]["containers"][0]
+    assert container["args"] == ["check", "grpc-service:50051", "--plaintext", "--max-wait", "5s"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    tls = render(ci_values("interop"), ci_values("tls"))
+    [check] = [o for o in tls if o["metadata"]["name"] == "grpc-service-test-check"]
+    assert check["spec"]["containers"][0]["args"][2:] == ["--tls", "--insecure", "--max-wait", "5s"]
+    off = render(ci_values("interop"), {"helmTest": {"enabled": False}})
+    assert "Pod" not in {o["kind"] for o in off}
+    assert "grpc-service-test-check" not in {o["metadata"]["name"] for o in render({})}
 
 
 def render_notes(values: list[str], tmp: Path) -> str:

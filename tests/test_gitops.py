@@ -296,7 +296,12 @@ def test_readme_explains_tls_and_health_checks() -> None:
 
 def test_albconfig_has_https_443_and_marked_placeholders() -> None:
     albconfig = next(o for o in all_gitops_objects() if o["kind"] == "AlbConfig")
-    assert {"port": 443, "protocol": "HTTPS"} in albconfig["spec"]["listeners"]
+    [listener] = [x for x in albconfig["spec"]["listeners"] if x["port"] == 443]
+    assert listener["protocol"] == "HTTPS"
+    # greeter check's slow_unary and stream_gaps wait up to 70 s (--max-wait): ALB's 60 s
+    # request timeout would answer 504 first; 180 s is the listener's maximum.
+    assert listener["requestTimeout"] == 180
+    assert listener["idleTimeout"] == 60
     remote = albconfig["metadata"]["annotations"]["alb.ingress.kubernetes.io/remote-clusters"]
     assert all(c.startswith("REPLACE_ME") for c in remote.split(","))
     vswitches = [z["vSwitchId"] for z in albconfig["spec"]["config"]["zoneMappings"]]

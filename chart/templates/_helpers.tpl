@@ -221,6 +221,10 @@ is mapped here and nowhere else.
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
+{{- if .Values.interop.enabled }}
+- name: GREETER_INTEROP
+  value: "true"
+{{- end }}
 {{- if .Values.web.enabled }}
 - name: GREETER_WEB_PORT
   value: {{ .Values.web.port | quote }}
