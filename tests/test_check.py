@@ -22,6 +22,7 @@ from greeter.check import choose, run_check, schema
 from greeter.check.cases import GATEWAY, INTEROP, registry
 from greeter.check.docs import markdown_table, with_table
 from greeter.check.report import to_dict, to_junit
+from greeter.cli import main
 from greeter.client import Target
 from tests.check_support import serve_interop
 from tests.conftest import ROOT, ServerProcess, free_port, outside_env
@@ -37,13 +38,26 @@ MAX_WAIT = "2s"
 
 
 def check_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "greeter", "check", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=outside_env(),
-    )
+    return check_clis([*args], timeout=timeout)[0]
+
+
+def check_clis(*runs: list[str], timeout: float = 120) -> list[subprocess.CompletedProcess[str]]:
+    """``greeter check ARGS`` for each list of ARGS, the processes side by side."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "greeter", "check", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=outside_env(),
+        )
+        for args in runs
+    ]
+    done = []
+    for args, proc in zip(runs, procs, strict=True):
+        out, err = proc.communicate(timeout=timeout)
+        done.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    return done
 
 
 @pytest.fixture(scope="module")
@@ -177,30 +191,42 @@ async def test_grpc_web_runs_what_it_can_carry_and_skips_the_rest(
             assert c["status"] == "PASS", c
 
 
-def test_bad_arguments_exit_2_naming_the_problem() -> None:
-    unknown = check_cli("127.0.0.1:1", "--only", "empty_unary,no_such_case")
-    assert unknown.returncode == 2
-    assert "no such case: no_such_case" in unknown.stderr
-    assert "empty_unary, large_unary" in unknown.stderr, "lists the case names"
-    assert check_cli("127.0.0.1:1", "--skip", "nope").returncode == 2
-    wait = check_cli("127.0.0.1:1", "--max-wait", "soon")
-    assert wait.returncode == 2
-    assert "--max-wait" in wait.stderr
-    both = check_cli("127.0.0.1:1", "--plaintext", "--insecure")
-    assert both.returncode == 2
-    assert "contradict" in both.stderr
-    for done in (unknown, wait, both):
-        assert "Traceback" not in done.stderr
+def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """``greeter check ARGS`` through the command line's own main(): (exit code, stderr)."""
+    try:
+        code = main(["check", *args])
+    except SystemExit as exc:  # argparse's usage errors
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
 
 
-def test_an_unreachable_target_exits_3_with_load_s_hints(interop_server: ServerProcess) -> None:
+def test_bad_arguments_exit_2_naming_the_problem(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = in_process(capsys, "127.0.0.1:1", "--only", "empty_unary,no_such_case")
+    assert code == 2
+    assert "no such case: no_such_case" in err
+    assert "empty_unary, large_unary" in err, "lists the case names"
+    assert in_process(capsys, "127.0.0.1:1", "--skip", "nope")[0] == 2
+    code, err = in_process(capsys, "127.0.0.1:1", "--max-wait", "soon")
+    assert code == 2
+    assert "--max-wait" in err
+    code, err = in_process(capsys, "127.0.0.1:1", "--plaintext", "--insecure")
+    assert code == 2
+    assert "contradict" in err
+
+
+def test_an_unreachable_target_exits_3_with_load_s_hints(
+    interop_server: ServerProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
     closed = check_cli(f"127.0.0.1:{free_port()}", "--plaintext")
     assert closed.returncode == 3, closed.stderr
     assert "cannot connect" in closed.stderr
     assert "Traceback" not in closed.stderr
-    tls_to_plain = check_cli(interop_server.address, "--tls")
-    assert tls_to_plain.returncode == 3
-    assert "speaks plaintext gRPC" in tls_to_plain.stderr
+    code, err = in_process(capsys, f"127.0.0.1:{free_port()}", "--protocol", "grpc-web")
+    assert code == 3, err
+    assert "cannot connect" in err
+    code, err = in_process(capsys, interop_server.address, "--tls")
+    assert code == 3
+    assert "speaks plaintext gRPC" in err
 
 
 def test_without_interop_the_interop_cases_skip_naming_the_flag(tmp_path: Path) -> None:
@@ -234,3 +260,21 @@ def test_the_registry_and_the_docs_table_agree() -> None:
     assert with_table(page) == page, (
         "docs/check.md's table is stale: python -m greeter.check.docs --write docs/check.md"
     )
+
+
+def test_a_target_refusing_every_call_fails_rather_than_skips(tmp_path: Path) -> None:
+    """Only UNIMPLEMENTED means "no interop service here"; a refusal (no token) runs the
+    cases, which fail; with -m the token, they pass."""
+    proc = serve_interop(tmp_path, "--auth-enabled=true", "--auth-tokens=secret-token")
+    try:
+        only = ("--only", "empty_unary,large_unary")
+        refused, allowed = check_clis(
+            [proc.address, "--plaintext", *only],
+            [proc.address, "--plaintext", *only, "-m", "authorization:Bearer secret-token"],
+        )
+    finally:
+        proc.stop()
+    assert refused.returncode == 1, refused.stdout
+    assert refused.stdout.count("FAIL ") == 2
+    assert "UNAUTHENTICATED" in refused.stdout
+    assert allowed.returncode == 0, allowed.stdout

@@ -47,12 +47,13 @@ async def _why_not_ready(ctx: Context, reason: str) -> str:
     return f"cannot connect to {ctx.target.address}: {hint or reason}"
 
 
-async def connect(ctx: Context) -> None:
-    """Open the channel (or the gRPC-Web connection) and wait until it is ready."""
+async def connect(ctx: Context, text: bool = False) -> None:
+    """Open the channel (or the gRPC-Web connection, ``text``: base64) and wait until it
+    is ready."""
     if ctx.web:
         from greeter.web.client import WebChannel
 
-        ctx.web_channel = WebChannel(ctx.target)
+        ctx.web_channel = WebChannel(ctx.target, text=text)
         try:
             await ctx.web_channel.connect(CONNECT_TIMEOUT_S)
         except (OSError, ssl.SSLError, TimeoutError) as exc:
@@ -100,8 +101,9 @@ async def run_check(
 
     started = time.perf_counter()
     ctx = Context(target, max_wait, web=protocol != "grpc")
+    text = protocol == "grpc-web-text"
     try:
-        await connect(ctx)
+        await connect(ctx, text)
         ctx.interop, status = await serves_test_service(ctx)
         if not ctx.interop:
             ctx.interop_missing = f"{ctx.interop_missing} (EmptyCall: {status})"
