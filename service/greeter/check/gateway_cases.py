@@ -269,7 +269,7 @@ LONG_BREAKS = {
 LONG_FIX = (
     "raise the gateway's request/stream and idle timeouts above your longest call "
     "(Envoy: route timeout 0s; Emissary: timeout_ms 0; nginx: grpc_read_timeout 3600s; "
-    "ALB: RequestTimeout and IdleTimeout 180 s, the largest)"
+    "ALB: RequestTimeout up to its 180 s and an IdleTimeout above it)"
 )
 
 
