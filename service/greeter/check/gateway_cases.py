@@ -41,6 +41,7 @@ DEADLINE_S, DEADLINE_CALL_S = 1.0, 3.0
 DEADLINE_SLACK_S = 1.5
 DUPLEX_ROUNDS, DUPLEX_REPLY_WAIT_S = 5, 5.0
 CANCEL_AFTER_S = 30.0  # cancel_reaches_pod's second reply would come this late
+FIRST_REPLY_WAIT_S = 10.0  # its first reply comes at once; a gateway holding it fails the case
 METADATA_SIZES = (8 * KIB, 16 * KIB)
 # What a call's own headers (:path, :authority, content-type, te, user-agent, grpc-timeout...)
 # take of a header list, left out of the padding so the total stays at the size named.
@@ -519,7 +520,11 @@ async def cancel_reaches_pod(ctx: Context) -> Verdict:
     # A stream whose second reply is a long way off: cancelled after the first.
     request = paced(0.0, CANCEL_AFTER_S)
     call = method(request, timeout=2 * CANCEL_AFTER_S, metadata=ctx.metadata(lookup.tag(check_id)))
-    first = await call.read()
+    try:
+        first = await asyncio.wait_for(call.read(), FIRST_REPLY_WAIT_S)
+    except TimeoutError:
+        call.cancel()
+        raise Failed("a first reply at once", f"nothing within {FIRST_REPLY_WAIT_S:g} s") from None
     if first is grpc.aio.EOF:
         raise Failed("a first reply", f"end of stream ({(await call.code()).name})")
     # The pod that serves it is known once a lookup finds it running.
