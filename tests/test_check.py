@@ -9,10 +9,8 @@ import asyncio
 import json
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import pytest
@@ -24,7 +22,7 @@ from greeter.check.docs import markdown_table, with_table
 from greeter.check.report import to_dict, to_junit
 from greeter.cli import main
 from greeter.client import Target
-from tests.check_support import serve_interop
+from tests.check_support import assert_junit_agrees, serve_interop
 from tests.conftest import ROOT, ServerProcess, free_port, outside_env
 
 # The standard interop cases the issue names; the compression ones come on top.
@@ -83,35 +81,6 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve
     proc = serve_interop(tmp, f"--tls-cert={leaf.cert}", f"--tls-key={leaf.key}")
     yield proc, ca.cert
     proc.stop()
-
-
-def junit_cases(xml_text: str) -> dict[str, tuple[str, str]]:
-    """name → (status, message) from JUnit XML."""
-    found = {}
-    for case in ET.fromstring(xml_text).iter("testcase"):
-        failure, skipped = case.find("failure"), case.find("skipped")
-        if failure is not None:
-            found[case.get("name", "")] = ("FAIL", failure.get("message", ""))
-        elif skipped is not None:
-            found[case.get("name", "")] = ("SKIP", skipped.get("message", ""))
-        else:
-            found[case.get("name", "")] = ("PASS", "")
-    return found
-
-
-def assert_junit_agrees(report: dict[str, Any], xml_text: str) -> None:
-    junit = junit_cases(xml_text)
-    assert list(junit) == [c["name"] for c in report["cases"]]
-    for c in report["cases"]:
-        status, message = junit[c["name"]]
-        assert status == c["status"], c
-        if status != "PASS":
-            assert message == c["detail"]
-    suite = ET.fromstring(xml_text).find("testsuite")
-    assert suite is not None
-    assert int(suite.get("failures", "-1")) == report["summary"]["failed"]
-    assert int(suite.get("skipped", "-1")) == report["summary"]["skipped"]
-    assert int(suite.get("tests", "-1")) == len(report["cases"])
 
 
 def test_every_case_passes_against_the_interop_server(

@@ -26,7 +26,7 @@ from bench.run import stop
 from greeter.check import choose, run_check, schema
 from greeter.check.report import to_dict
 from greeter.rehearse.fleet import Rehearsal, RehearsalConfig
-from tests.check_support import serve_interop
+from tests.check_support import assert_junit_agrees, serve_interop
 from tests.conftest import IN_CI, ServerProcess, free_port, outside_env, require_tool
 
 # Short waits keep CI cheap (2 s); against the broken Envoy 4 s, so that its route timeout
@@ -138,11 +138,11 @@ def check_through(
     port: int, folder: Path, max_wait: float = 2.0
 ) -> tuple[int, dict[str, Any], str]:
     """The real command through the gateway: exit code, JSON report, text output."""
-    out = folder / "check.json"
+    out, junit = folder / "check.json", folder / "check.xml"
     done = subprocess.run(
         [
             sys.executable, "-m", "greeter", "check", f"127.0.0.1:{port}", "--plaintext",
-            "--max-wait", f"{max_wait:g}s", "-O", "json", "-o", str(out),
+            "--max-wait", f"{max_wait:g}s", "-O", "json", "-o", str(out), "--junit", str(junit),
         ],
         capture_output=True,
         text=True,
@@ -152,6 +152,7 @@ def check_through(
     assert "Traceback" not in done.stderr, done.stderr
     report = json.loads(out.read_text())
     jsonschema.validate(report, schema())
+    assert_junit_agrees(report, junit.read_text())
     return done.returncode, report, done.stdout
 
 
