@@ -33,6 +33,7 @@ COMMANDS = [
     ["deploy", "render"],
     ["deploy", "install"],
     ["rehearse"],
+    ["check"],
 ]
 MARKUP = re.compile(r"``|:(?:func|mod|class|meth|attr|data):|\{,|,\}|,,")
 # An option entry of argparse's help: "  -c N, --concurrency N   help..." (help maybe below).

@@ -51,7 +51,7 @@ CALL_METHODS = ("SayHello", "SayHelloStreamReply", "SayHelloBidiStream")
 # grpc: HTTP/2 gRPC; grpc-web: gRPC-Web binary over HTTP/1.1; grpc-web-text: its base64 form.
 PROTOCOLS = ("grpc", "grpc-web", "grpc-web-text")
 # Subcommands that live in their own modules and register themselves.
-PLUGINS = ("greeter.load.cli", "greeter.deploy", "greeter.rehearse")
+PLUGINS = ("greeter.load.cli", "greeter.deploy", "greeter.rehearse", "greeter.check")
 
 
 # Flags and file names stay whole: no line ends inside --expect-cluster or grpc-web-text.

@@ -27,6 +27,11 @@ reaches the pod, and worker, that served the call. A cancel or deadline the pod 
 ends ``CANCELLED`` or ``DEADLINE_EXCEEDED``; a call still ``running`` after the
 caller gave up means the gateway did not pass the cancellation on.
 
+One more header is for ``greeter check``'s ``metadata_underscore`` case: a request's
+``x_greeter_check_echo: V`` (a key with underscores, which nginx drops by default and
+Envoy Gateway refuses) comes back in the trailers as sent, so the caller can tell
+whether it reached the pod.
+
 This module is what both sides import: the header names, :class:`Seen` (format
 and parse) and :class:`CheckLog` (the pod's bounded memory). It needs only the
 standard library.
@@ -42,6 +47,7 @@ from dataclasses import dataclass
 CHECK_ID = "x-greeter-check-id"
 CHECK_LOOKUP = "x-greeter-check-lookup"
 CHECK_SEEN = "x-greeter-check-seen"
+CHECK_ECHO = "x_greeter_check_echo"
 MAX_ID_LENGTH = 64
 CAPACITY = 1024
 MAX_AGE_S = 600.0

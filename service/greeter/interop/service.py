@@ -33,7 +33,7 @@ from typing import Any, NoReturn
 import grpc
 
 from greeter._proto.grpc.testing import empty_pb2, messages_pb2, test_pb2, test_pb2_grpc
-from greeter.interop.checklog import CHECK_LOOKUP, CHECK_SEEN, CheckLog
+from greeter.interop.checklog import CHECK_ECHO, CHECK_LOOKUP, CHECK_SEEN, CheckLog
 from greeter.pipeline import owns_metadata
 from greeter.settings import Settings
 
@@ -89,7 +89,7 @@ class _Call:
         for key, value in context.invocation_metadata() or ():
             if key == ECHO_INITIAL:
                 self.echo_initial = ((key, value),)
-            elif key == ECHO_TRAILING:
+            elif key in (ECHO_TRAILING, CHECK_ECHO):
                 trailing.append((key, value))
         if trailing:  # next to the trailers the interceptors set (the serving identity)
             context.set_trailing_metadata((*(context.trailing_metadata() or ()), *trailing))

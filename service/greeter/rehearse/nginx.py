@@ -12,6 +12,7 @@ describe, and the directive that plays each part here:
   fleet CA, by the name of the backend's Service (:class:`BackendTLS`);
 - ``proxy-read-timeout`` / ``proxy-send-timeout`` 3600: ``grpc_read_timeout`` /
   ``grpc_send_timeout``;
+- the controller's ``enable-underscores-in-headers: "true"``: ``underscores_in_headers on``;
 - the GRPCRoute's canary rule (``x-canary: "true"`` on ``helloworld.Greeter``): a ``map`` on
   ``$http_x_canary`` choosing the upstream inside ``location /helloworld.Greeter/``;
 - the fleet's traffic policies (:mod:`greeter.rehearse.policy`): per-cluster weights as
@@ -316,6 +317,10 @@ http {{
     keepalive_timeout {int(g.client_keepalive_timeout)}s;
     http2_max_concurrent_streams 1000;
     client_max_body_size 0;
+    # ingress-nginx's controller ConfigMap enable-underscores-in-headers: "true" (the chart's
+    # values ask for it): metadata keys with "_" reach the pods (greeter check's
+    # metadata_underscore case); nginx drops such headers by default.
+    underscores_in_headers on;
     client_body_timeout {STREAM_TIMEOUT_S}s;
     send_timeout {STREAM_TIMEOUT_S}s;
 
