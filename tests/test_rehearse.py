@@ -36,14 +36,8 @@ from greeter.load.stats import clopper_pearson
 from greeter.rehearse import report, scenarios
 from greeter.rehearse.cli import report_lines
 from greeter.rehearse.fleet import CANARY_POD, Rehearsal, RehearsalConfig
-from greeter.rehearse.nginx import (
-    BACKEND_HOST,
-    CANARY_BACKEND_HOST,
-    HOST,
-    BackendTLS,
-    Gateway,
-    render,
-)
+from greeter.rehearse.gateway import BACKEND_HOST, CANARY_BACKEND_HOST, HOST, BackendTLS
+from greeter.rehearse.nginx import NginxGateway, render
 from greeter.rehearse.policy import pod_weights
 from greeter.rehearse.traffic import (
     TIMELINE_INTERVAL_S,
@@ -246,7 +240,7 @@ def calls(
 
 # -- configuration, no processes -------------------------------------------------------------
 def test_config_has_the_drain_and_canary_pieces(tmp_path: Path) -> None:
-    gateway = Gateway(
+    gateway = NginxGateway(
         port=8443,
         fleet=["unix:/a.sock:0"],
         canary=["unix:/c.sock:0"],
@@ -270,7 +264,7 @@ def test_config_has_the_drain_and_canary_pieces(tmp_path: Path) -> None:
 
 def test_backend_tls_config_verifies_each_service_by_its_name(tmp_path: Path) -> None:
     ca = tmp_path / "ca.crt"
-    gateway = Gateway(
+    gateway = NginxGateway(
         port=8443,
         fleet=["unix:/a.sock"],
         canary=["unix:/c.sock"],
@@ -693,7 +687,7 @@ def test_outage_in_the_terminal_reads_like_a_report(tmp_path: Path) -> None:
 # -- traffic policies: weights, header routing, active/standby -------------------------------
 def test_policy_config_weights_header_routing_and_standby(tmp_path: Path) -> None:
     a, b = ["unix:/a0.sock", "unix:/a1.sock"], ["unix:/b0.sock", "unix:/b1.sock"]
-    weighted = Gateway(
+    weighted = NginxGateway(
         port=8443,
         fleet=a + b,
         canary=["unix:/c.sock"],
@@ -717,7 +711,9 @@ def test_policy_config_weights_header_routing_and_standby(tmp_path: Path) -> Non
     assert "weight=" not in member_b
     assert "down" not in member_b
 
-    standby = Gateway(port=8443, fleet=a + b, canary=[], cert=Path("c"), key=Path("k"), backup=b)
+    standby = NginxGateway(
+        port=8443, fleet=a + b, canary=[], cert=Path("c"), key=Path("k"), backup=b
+    )
     conf = render(standby, tmp_path)
     assert f"server {b[0]} max_fails=1 fail_timeout=2s backup;" in conf
     assert f"server {a[0]} max_fails=1 fail_timeout=2s;" in conf

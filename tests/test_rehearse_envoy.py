@@ -28,17 +28,10 @@ from greeter import certs
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
 from greeter.client import Target
 from greeter.rehearse import scenarios
-from greeter.rehearse.envoy import (
-    Endpoint,
-    Envoy,
-    EnvoyError,
-    EnvoyGateway,
-    HealthCheck,
-    config,
-    find_envoy,
-)
+from greeter.rehearse.envoy import Envoy, EnvoyError, find_envoy
+from greeter.rehearse.envoy_config import EnvoyGateway, HealthCheck, config
 from greeter.rehearse.fleet import Rehearsal, RehearsalConfig
-from greeter.rehearse.nginx import BACKEND_HOST, HOST, BackendTLS
+from greeter.rehearse.gateway import BACKEND_HOST, HOST, BackendTLS, Endpoint
 from greeter.rehearse.report import report_lines
 from greeter.rehearse.traffic import Outcome, TrafficReport
 

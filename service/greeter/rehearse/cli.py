@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from greeter.rehearse import policy, scenarios
-from greeter.rehearse.envoy import EnvoyError, HealthCheck, find_envoy
+from greeter.rehearse.envoy import EnvoyError, find_envoy
+from greeter.rehearse.envoy_config import HealthCheck
 from greeter.rehearse.fleet import DEFAULT_PORT, GATEWAYS, Rehearsal, RehearsalConfig
 from greeter.rehearse.nginx import NginxError
 from greeter.rehearse.prometheus import PrometheusError

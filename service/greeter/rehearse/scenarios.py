@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from greeter.rehearse.fleet import Backend, Rehearsal
+from greeter.rehearse.fleet import Rehearsal
+from greeter.rehearse.pods import Backend
 from greeter.rehearse.traffic import LoadRun, Traffic, TrafficReport, load_report, load_summary
 
 logger = logging.getLogger(__name__)
