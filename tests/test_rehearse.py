@@ -33,7 +33,7 @@ from greeter._proto.grpc.reflection.v1 import reflection_pb2_grpc as v1_grpc
 from greeter.cli import main
 from greeter.client import Target, identity_of, open_channel
 from greeter.load.stats import clopper_pearson
-from greeter.rehearse import report, scenarios
+from greeter.rehearse import findings, report, scenarios
 from greeter.rehearse.cli import report_lines
 from greeter.rehearse.fleet import CANARY_POD, Rehearsal, RehearsalConfig
 from greeter.rehearse.gateway import BACKEND_HOST, CANARY_BACKEND_HOST, HOST, BackendTLS
@@ -205,7 +205,7 @@ def check_page(result: scenarios.ScenarioResult, allowed: int, labels: list[str]
     assert result.load is not None
     page = read_page(report.to_html(result, allowed))
     summary = result.summary()
-    assert page.verdict["data-passed"] == str(scenarios.passed(summary, allowed)).lower()
+    assert page.verdict["data-passed"] == str(findings.passed(summary, allowed)).lower()
     load = result.load
     for chart, key in (("timeline", "by_cluster"), ("timeline by pod", "by_pod")):
         seen = {name for b in load["timeline"] for name, n in b[key].items() if n}
@@ -495,13 +495,13 @@ async def test_cluster_outage_is_bounded(tmp_path: Path, backend_tls: bool) -> N
     assert s["count"] >= 0.5 * rate * s["duration_s"], s
     assert s["by_cluster"].get("cluster-b", 0) > 0, s  # the victims had traffic before the kill
     assert s["ok_sent_after_dead"] >= 0.4 * rate * after, s  # and the traffic went on after it
-    assert s["failed"] <= scenarios.OUTAGE_MAX_FAILED, s
+    assert s["failed"] <= findings.OUTAGE_MAX_FAILED, s
     # The calls that fail are those already sent to a killed backend: none sent once the
     # victims were gone, none sent later than the window after the SIGKILL. (Judged by when each
     # call was sent; when its error was read depends on the client's pace.)
     assert s["failures_sent_after_dead"] == 0, s
     if s["failed"]:
-        assert s["last_failure_sent_after_kill_s"] <= scenarios.OUTAGE_MAX_WINDOW_S, s
+        assert s["last_failure_sent_after_kill_s"] <= findings.OUTAGE_MAX_WINDOW_S, s
     # The surviving cluster carried the traffic after the kill.
     assert s["by_cluster"]["cluster-a"] > s["by_cluster"].get("cluster-b", 0)
     # cluster-b served calls again once restarted, within nginx's fail_timeout (+1 s).
@@ -509,7 +509,7 @@ async def test_cluster_outage_is_bounded(tmp_path: Path, backend_tls: bool) -> N
     assert s["returned_at_s"] <= s["revived_at_s"] + r.return_bound, s
     # The page: cluster-b's share of the timeline leaves at the kill and comes back.
     labels = ["kill cluster-b", "restart cluster-b", "cluster-b back"]
-    check_page(result, scenarios.OUTAGE_MAX_FAILED, labels)
+    check_page(result, findings.OUTAGE_MAX_FAILED, labels)
     at = marked(result)
     assert all(calls(result, "by_cluster", "cluster-b", 0.0, at["kill cluster-b"]))
     down = calls(result, "by_cluster", "cluster-b", at["kill cluster-b"], at["restart cluster-b"])
@@ -527,8 +527,9 @@ def test_outage_report_says_no_failed_calls_when_none_failed() -> None:
     events = [{"at_s": 2.5, "event": "sigkill", "cluster": "cluster-b", "pods": ["b-0", "b-1"]}]
     for outcomes, failed in ((ok, 0), ([*ok, lost], 1)):
         report = TrafficReport(outcomes=sorted(outcomes, key=lambda o: o.at), duration=4.0)
-        outage = scenarios.outage_summary(report, 2.0, 2.01, [])
-        summary = scenarios.ScenarioResult("cluster-outage", outage, events, None, 0.5).summary()
+        killed = findings.killed(report, 2.0, 2.01, [])
+        result = scenarios.ScenarioResult("outage", report.summary(), events, None, 0.5, killed)
+        summary = result.summary()
         lines = report_lines(summary)
         text = "\n".join(lines)
         assert summary["failed"] == failed
@@ -575,11 +576,14 @@ def test_outage_page_from_a_probes_records() -> None:
         {"at_s": began + 4.2, "event": "revived", "cluster": "cluster-b"},
         {"at_s": began + 6.1, "event": "traffic stopped"},
     ]
-    summary = scenarios.outage_summary(traffic.report, 2.0, 2.01, [])
-    summary["cluster"] = "cluster-b"
-    summary.update(scenarios.return_summary(traffic.report, ["cluster-b"], 3.5, 4.2))
+    facts = findings.OutageFacts(
+        killed=findings.killed(traffic.report, 2.0, 2.01, []),
+        cluster="cluster-b",
+        returned=findings.returned(traffic.report, ["cluster-b"], 3.5, 4.2),
+    )
     load = load_report(traffic)
-    result = scenarios.ScenarioResult("cluster-outage", summary, events, load, began)
+    summary = traffic.report.summary()
+    result = scenarios.ScenarioResult("outage", summary, events, load, began, facts)
     assert load["count"] == 603
     assert load["status_codes"] == {"OK": 600, "UNAVAILABLE": 3}
     assert len(load["timeline"]) == 12
@@ -644,8 +648,8 @@ def test_outage_from_the_command_line_writes_json_and_the_page(tmp_path: Path) -
     )
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(run.stdout)
-    assert summary["scenario"] == "cluster-outage", summary
-    assert summary["failed"] <= scenarios.OUTAGE_MAX_FAILED, summary
+    assert summary["scenario"] == "outage", summary
+    assert summary["failed"] <= findings.OUTAGE_MAX_FAILED, summary
     assert summary["by_cluster"].get("cluster-b", 0) > 0, summary
     assert re.search(r"^gateway: https://127\.0\.0\.1:\d+ ", run.stderr, re.M), run.stderr
     assert f"greeter rehearse: wrote {page}" in run.stderr
@@ -673,7 +677,7 @@ def test_outage_in_the_terminal_reads_like_a_report(tmp_path: Path) -> None:
     assert "Ctrl-C stops everything" not in run.stdout
     lines = report_text.splitlines()[1:]
     assert re.fullmatch(r"PASSED: [\d,]+ failed of [\d,]+ calls \(allowed 10\)", lines[0]), lines
-    assert lines[1].startswith("cluster-outage: SIGKILL every backend of cluster-b"), lines
+    assert lines[1].startswith("outage: SIGKILL every backend of cluster-b"), lines
     for label in ("traffic", "times", "status codes", "by cluster", "by pod", "events"):
         assert any(line.startswith(f"  {label.ljust(14)} ") for line in lines), (label, lines)
     text = "\n".join(lines)
@@ -897,10 +901,10 @@ async def test_failover_to_the_standby_and_back(tmp_path: Path) -> None:
     assert down["count"] >= 0.4 * rate * after, down  # the traffic went on
     # ...and the calls that failed were the ones already sent to the killed backends, as in
     # the outage: none sent after they were gone, none later than the window after the kill.
-    assert s["failed"] <= scenarios.FAILOVER_MAX_FAILED, s
+    assert s["failed"] <= findings.FAILOVER_MAX_FAILED, s
     assert s["failures_sent_after_dead"] == 0, s
     if s["failed"]:
-        assert s["last_failure_sent_after_kill_s"] <= scenarios.OUTAGE_MAX_WINDOW_S, s
+        assert s["last_failure_sent_after_kill_s"] <= findings.OUTAGE_MAX_WINDOW_S, s
     # Back: nginx stops using backup servers once an active one is available again, at the
     # latest fail_timeout (+1 s, nginx's clock is in seconds) after they were SERVING.
     assert s["returned_at_s"] is not None, s
@@ -911,7 +915,7 @@ async def test_failover_to_the_standby_and_back(tmp_path: Path) -> None:
     assert set(returned["by_cluster"]) == {"cluster-a"}, returned
     # The page: cluster-a's calls until the kill, cluster-b's until cluster-a is back.
     labels = ["kill cluster-a", "restart cluster-a", "cluster-a back"]
-    check_page(result, scenarios.FAILOVER_MAX_FAILED, labels)
+    check_page(result, findings.FAILOVER_MAX_FAILED, labels)
     at = marked(result)
     kill, restart, back = (at[label] for label in labels)
     assert all(calls(result, "by_cluster", "cluster-a", 0.0, kill))
@@ -935,15 +939,12 @@ def test_failover_report_names_the_phases_and_shares() -> None:
         for i in range(1, 80)
     ]
     report = TrafficReport(outcomes=calls, duration=8.0)
-    summary = scenarios.outage_summary(report, 2.0, 2.05, [])
-    summary.update(
-        scenarios.failover_summary(
-            report, ["cluster-a"], ("cluster-b",), (2.0, 2.05, 6.0, 6.05), 1.0
-        )
-    )
-    text = "\n".join(
-        report_lines(scenarios.ScenarioResult("cluster-failover", summary, []).summary())
-    )
+    killed = findings.killed(report, 2.0, 2.05, [])
+    times = (2.0, 2.05, 6.0, 6.05)
+    facts = findings.failover(report, killed, ["cluster-a"], ("cluster-b",), times, 1.0)
+    result = scenarios.ScenarioResult("failover", report.summary(), [], facts=facts)
+    summary = result.summary()
+    text = "\n".join(report_lines(summary))
     assert "None" not in text, text
     assert "standby share  cluster-b: 0.0% before the kill, 100.0% while cluster-a was down" in text
     assert "first call again at 6.100 s, share 100.0% from 7.050 s" in text, text

@@ -27,7 +27,7 @@ from conftest import IN_CI, ROOT, free_port, running, until
 from greeter import certs
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
 from greeter.client import Target
-from greeter.rehearse import scenarios
+from greeter.rehearse import findings, scenarios
 from greeter.rehearse.envoy import Envoy, EnvoyError, find_envoy
 from greeter.rehearse.envoy_config import EnvoyGateway, HealthCheck, config
 from greeter.rehearse.fleet import Rehearsal, RehearsalConfig
@@ -348,7 +348,7 @@ async def test_drain_delay_shorter_than_detection_loses_calls(tmp_path: Path) ->
     assert summary["covered_all_restarts"], summary
     assert summary["failed"] > 0, summary
     assert set(summary["status_codes"]) - {"OK"} <= {"UNAVAILABLE", "CANCELLED"}, summary
-    assert not scenarios.passed(summary, scenarios.allowed_failures("drain"))
+    assert not findings.passed(summary, findings.allowed_failures("drain"))
 
 
 # -- outage and failover: outlier detection, health checks, priorities ----------------------
@@ -362,10 +362,10 @@ async def test_outage_and_failover_are_bounded(tmp_path: Path) -> None:
     assert s["survivors"] == [], s
     assert s["by_cluster"].get("cluster-b", 0) > 0, s
     assert s["ok_sent_after_dead"] >= 0.4 * rate * after, s
-    assert s["failed"] <= scenarios.OUTAGE_MAX_FAILED, s
+    assert s["failed"] <= findings.OUTAGE_MAX_FAILED, s
     assert s["failures_sent_after_dead"] == 0, s
     if s["failed"]:
-        assert s["last_failure_sent_after_kill_s"] <= scenarios.OUTAGE_MAX_WINDOW_S, s
+        assert s["last_failure_sent_after_kill_s"] <= findings.OUTAGE_MAX_WINDOW_S, s
     assert s["returned_at_s"] is not None, s
     assert s["returned_at_s"] <= s["revived_at_s"] + r.return_bound, s
     at = marked(outage)
@@ -384,7 +384,7 @@ async def test_outage_and_failover_are_bounded(tmp_path: Path) -> None:
         failover = await scenarios.cluster_failover(r, rps=rate)
         bound = r.return_bound
     f = failover.summary()
-    assert f["failed"] <= scenarios.FAILOVER_MAX_FAILED, f
+    assert f["failed"] <= findings.FAILOVER_MAX_FAILED, f
     # the standby (priority 1) took every call sent once the active pods were gone
     assert f["dead_grace_s"] == 0.1  # Envoy's keep-alive: see Rehearsal.dead_grace_s
     late = (f["kill_at_s"], f["dead_at_s"], f.get("failure_samples"))
@@ -393,7 +393,7 @@ async def test_outage_and_failover_are_bounded(tmp_path: Path) -> None:
     assert f["standby_share_after_kill"] == 1.0, f
     assert f["active_share_after_return"] == 1.0, f
     assert f["return_bound_s"] == bound
-    assert scenarios.passed(f, scenarios.allowed_failures("failover"))
+    assert findings.passed(f, findings.allowed_failures("failover"))
 
 
 # -- weights and TLS origination -----------------------------------------------------------------
@@ -488,8 +488,9 @@ def test_calls_envoy_answered_itself_read_as_no_backend() -> None:
     reset = "upstream connect error or disconnect/reset before headers. reset reason: termination"
     lost = Outcome(2.05, "UNAVAILABLE", sent=2.02, details=reset)
     report = TrafficReport(outcomes=[*ok, lost], duration=4.0)
-    outage = scenarios.outage_summary(report, 2.0, 2.01, [])
-    summary = scenarios.ScenarioResult("cluster-outage", outage, [], None, 0.5).summary()
+    killed = findings.killed(report, 2.0, 2.01, [])
+    result = scenarios.ScenarioResult("outage", report.summary(), [], None, 0.5, killed)
+    summary = result.summary()
     text = "\n".join(report_lines(summary))
     assert "no backend (gateway 503)   1" in text, text
     assert f"UNAVAILABLE  no backend (gateway 503): {reset}" in text, text

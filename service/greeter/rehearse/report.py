@@ -15,19 +15,14 @@ from typing import Any
 from greeter.load import render
 from greeter.load.engine import UNKNOWN
 from greeter.load.report import Report
-from greeter.rehearse import scenarios
+from greeter.rehearse import findings, scenarios
 from greeter.wording import plural
 
 # What each scenario did, for the line under the verdict.
-WHAT = {
-    "rolling-drain": "SIGTERM each backend in turn under greeter load, restart it",
-    "cluster-outage": "SIGKILL every backend of {cluster} under traffic, then restart them",
-    "cluster-failover": "SIGKILL the active {active}; the standby {standby} takes the calls",
-}
-SCENARIO_FLAGS = {
-    "rolling-drain": "drain",
-    "cluster-outage": "outage",
-    "cluster-failover": "failover",
+WHAT: dict[findings.ScenarioName, str] = {
+    "drain": "SIGTERM each backend in turn under greeter load, restart it",
+    "outage": "SIGKILL every backend of {cluster} under traffic, then restart them",
+    "failover": "SIGKILL the active {active}; the standby {standby} takes the calls",
 }
 NO_BACKEND = "no backend (gateway 502)"  # nginx: no backend took the call
 NO_BACKEND_ENVOY = "no backend (gateway 503)"  # Envoy: no healthy pod, or the pod's link broke
@@ -53,18 +48,18 @@ def report_lines(summary: dict[str, Any], allowed: int | None = None) -> list[st
     first, then aligned lines; every time on the traffic's clock. ``allowed``: failed calls
     the scenario may have (default: the scenario's own)."""
     if allowed is None:
-        allowed = scenarios.allowed_failures(SCENARIO_FLAGS[summary["scenario"]])
+        allowed = findings.allowed_failures(summary["scenario"])
     return [verdict_line(summary, allowed), *detail_lines(summary)]
 
 
 def verdict_line(summary: dict[str, Any], allowed: int) -> str:
     """``PASSED: 1 failed of 2,925 calls (allowed 10)`` or ``FAILED: ...``."""
-    ok = scenarios.passed(summary, allowed)
+    ok = findings.passed(summary, allowed)
     line = (
         f"{summary['failed']:,} failed of {plural(summary['count'], 'call')} (allowed {allowed:,})"
     )
-    late = summary.get("failures_sent_after_dead")
-    if summary["scenario"] == "cluster-failover" and late:
+    late = findings.failures_after_dead(summary)
+    if late:
         line += f"; {late:,} sent after the active backends had exited{_grace(summary)} (allowed 0)"
     return f"{'PASSED' if ok else 'FAILED'}: {line}"
 
@@ -179,7 +174,7 @@ def _failures(summary: dict[str, Any]) -> str:
     return (
         f"{failed:,}, answered {first:.3f}-{last:.3f} s; the last sent "
         f"{summary['last_failure_sent_after_kill_s']:.3f} s after {kill} (bound "
-        f"{scenarios.OUTAGE_MAX_WINDOW_S:g} s)"
+        f"{findings.OUTAGE_MAX_WINDOW_S:g} s)"
     )
 
 
@@ -271,14 +266,14 @@ def markers(result: scenarios.ScenarioResult) -> list[tuple[float, str]]:
 
 
 def _verdict(summary: dict[str, Any], allowed: int) -> str:
-    ok = scenarios.passed(summary, allowed)
+    ok = findings.passed(summary, allowed)
     parts = [verdict_line(summary, allowed).split(": ", 1)[1]]
     if "kill_at_s" in summary:
         late = summary["last_failure_sent_after_kill_s"]
         if late is not None:
             parts.append(
                 f"the last failed call was sent {late:g} s after the SIGKILL (bound "
-                f"{scenarios.OUTAGE_MAX_WINDOW_S:g} s)"
+                f"{findings.OUTAGE_MAX_WINDOW_S:g} s)"
             )
         after = summary["failures_sent_after_dead"]
         parts.append(
