@@ -44,6 +44,8 @@ class Backend:
     restarts: int = 0
     # /metrics on 127.0.0.1 (kept across restarts), 0 when metrics are off.
     metrics_port: int = 0
+    # The gRPC-Web port on 127.0.0.1 (0: none).
+    web_port: int = 0
 
     def scrape_target(self) -> ScrapeTarget:
         """How Prometheus scrapes this backend: its Service's job and namespace, its names."""
@@ -51,22 +53,19 @@ class Backend:
         address = f"127.0.0.1:{self.metrics_port}"
         return ScrapeTarget(job, namespace, self.cluster, self.pod, address)
 
-    # The gRPC-Web port on 127.0.0.1 (0: none).
-    web_port: int = 0
-
     @property
     def web_upstream(self) -> str:
         return f"127.0.0.1:{self.web_port}"
 
     @property
     def address(self) -> str:
-        """The gRPC target."""
+        """Where the pod serves gRPC: the target of a direct channel."""
         return f"unix:{self.socket}"
 
     @property
     def upstream(self) -> str:
-        """How nginx names this backend."""
-        return f"unix:{self.socket}"
+        """How a gateway names this pod (an :class:`Endpoint`'s address): its address."""
+        return self.address
 
     @property
     def socket_file(self) -> Path:
