@@ -277,7 +277,7 @@ async def test_a_delay_in_envoy_shows_outside_the_server(rehearsal: Rehearsal) -
     """Where the latency goes: a delay in the gateway only (Envoy's fault filter, asked for by
     the call) shows in the outside share and not in the server's (its server-timing)."""
     r = rehearsal
-    done = await asyncio.to_thread(_load, r, 400)
+    done = await asyncio.to_thread(_load, r, 1200)  # as many calls as the counters' run
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     held = await asyncio.to_thread(
