@@ -250,16 +250,27 @@ def _load(r: Rehearsal, calls: int, *flags: str) -> subprocess.CompletedProcess[
     )  # fmt: skip
 
 
-@IN_MODULE_LOOP
-async def test_envoys_per_pod_counters_agree_with_greeter_load(rehearsal: Rehearsal) -> None:
+LoadRun = tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def plain_load(rehearsal: Rehearsal) -> LoadRun:
+    """One ``greeter load`` run of 1200 calls through Envoy, no delay asked for: Envoy's
+    per-pod counters before it, its report, the counters after it."""
+    envoy = _envoy(rehearsal)
+    before = envoy.host_stats("fleet")
+    done = _load(rehearsal, 1200)
+    assert done.returncode == 0, done.stderr
+    return before, json.loads(done.stdout), envoy.host_stats("fleet")
+
+
+def test_envoys_per_pod_counters_agree_with_greeter_load(
+    rehearsal: Rehearsal, plain_load: LoadRun
+) -> None:
     """Envoy's per-pod counters agree exactly with greeter load's per-pod counts, over one
     upstream HTTP/2 connection per pod (one worker), kept open."""
-    r, envoy = rehearsal, _envoy(rehearsal)
-    before = envoy.host_stats("fleet")
-    done = await asyncio.to_thread(_load, r, 1200)
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
-    after = envoy.host_stats("fleet")
+    r = rehearsal
+    before, report, after = plain_load
     by_address = {b.upstream: b.pod for b in r.backends}
     envoy_counts = {
         by_address[address]: stats["rq_success"] - before[address]["rq_success"]
@@ -273,13 +284,14 @@ async def test_envoys_per_pod_counters_agree_with_greeter_load(rehearsal: Rehear
 
 
 @IN_MODULE_LOOP
-async def test_a_delay_in_envoy_shows_outside_the_server(rehearsal: Rehearsal) -> None:
+async def test_a_delay_in_envoy_shows_outside_the_server(
+    rehearsal: Rehearsal, plain_load: LoadRun
+) -> None:
     """Where the latency goes: a delay in the gateway only (Envoy's fault filter, asked for by
-    the call) shows in the outside share and not in the server's (its server-timing)."""
+    the call) shows in the outside share (against the plain run's) and not in the server's
+    (its server-timing)."""
     r = rehearsal
-    done = await asyncio.to_thread(_load, r, 1200)  # as many calls as the counters' run
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    report = plain_load[1]
     held = await asyncio.to_thread(
         _load, r, 200,
         "-m", f"x-envoy-fault-delay-request:{GATEWAY_DELAY_MS}",
