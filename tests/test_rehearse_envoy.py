@@ -18,29 +18,23 @@ from typing import Any
 
 import grpc
 import pytest
+import pytest_asyncio
 import yaml
 from browser_support import chromium, repeat, text_of, use_page
 from load_support import load_cli
-from test_rehearse import TIMELINE_INTERVAL_S, _hello, _list_services, calls, check_page, marked
+from rehearse_support import calls, check_page, hello, list_services, marked
 
 from conftest import IN_CI, ROOT, free_port, running, until
 from greeter import certs
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
 from greeter.client import Target
-from greeter.rehearse import scenarios
-from greeter.rehearse.envoy import (
-    Endpoint,
-    Envoy,
-    EnvoyError,
-    EnvoyGateway,
-    HealthCheck,
-    config,
-    find_envoy,
-)
+from greeter.rehearse import findings, scenarios
+from greeter.rehearse.envoy import Envoy, EnvoyError, find_envoy
+from greeter.rehearse.envoy_config import EnvoyGateway, HealthCheck, config
 from greeter.rehearse.fleet import Rehearsal, RehearsalConfig
-from greeter.rehearse.nginx import BACKEND_HOST, HOST, BackendTLS
+from greeter.rehearse.gateway import BACKEND_HOST, HOST, BackendTLS, Endpoint
 from greeter.rehearse.report import report_lines
-from greeter.rehearse.traffic import Outcome, TrafficReport
+from greeter.rehearse.traffic import TIMELINE_INTERVAL_S, Outcome, TrafficReport
 
 CLUSTERS = ("cluster-a", "cluster-b")
 GATEWAY_DELAY_MS = 50
@@ -195,28 +189,42 @@ def test_bad_gateway_flags_exit_2_in_one_line(flags: list[str], says: str) -> No
     assert "Traceback" not in done.stderr
 
 
-# -- a running Envoy rehearsal -------------------------------------------------------------------
-@pytest.fixture
-async def rehearsal(tmp_path: Path) -> AsyncIterator[Rehearsal]:
+# -- a running Envoy rehearsal: one fleet for the tests that only call through it ------------
+IN_MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rehearsal]:
     require_envoy()
-    async with Rehearsal(_config(tmp_path)) as r:
+    async with Rehearsal(_config(tmp_path_factory.mktemp("envoy-rehearsal"))) as r:
         yield r
 
 
-async def test_calls_web_page_and_envoys_counters_through_envoy(
-    rehearsal: Rehearsal, tmp_path: Path
-) -> None:
+def _envoy(r: Rehearsal) -> Envoy:
+    assert r.envoy is not None
+    return r.envoy
+
+
+@IN_MODULE_LOOP
+async def test_every_pod_is_healthy_in_envoys_view_once_started(rehearsal: Rehearsal) -> None:
+    """The rehearsal is ready only once Envoy's own health checks see every pod serving."""
+    assert rehearsal.nginx is None
+    assert _envoy(rehearsal).unhealthy() == []
+
+
+@IN_MODULE_LOOP
+async def test_calls_reflection_and_the_canary_through_envoy(rehearsal: Rehearsal) -> None:
     r = rehearsal
-    envoy = r.envoy
-    assert envoy is not None
-    assert r.nginx is None
-    # Every pod healthy in Envoy's own view before the rehearsal said it was ready.
-    assert envoy.unhealthy() == []
-    await _list_services(r.target())
-    seen = {(await _hello(r.target()))["x-greeter-cluster"] for _ in range(4)}
+    await list_services(r.target())
+    seen = {(await hello(r.target()))["x-greeter-cluster"] for _ in range(4)}
     assert seen == set(CLUSTERS)
-    assert (await _hello(r.target(canary=True)))["x-greeter-pod"] == "greeter-canary-0"
-    # gRPC-Web through Envoy's grpc_web filter to the pods' gRPC port.
+    assert (await hello(r.target(canary=True)))["x-greeter-pod"] == "greeter-canary-0"
+
+
+@IN_MODULE_LOOP
+async def test_grpc_web_through_envoys_filter(rehearsal: Rehearsal) -> None:
+    """gRPC-Web through Envoy's grpc_web filter to the pods' gRPC port."""
+    r = rehearsal
     call = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "greeter", "call", r.address, "--protocol", "grpc-web",
@@ -233,15 +241,36 @@ async def test_calls_web_page_and_envoys_counters_through_envoy(
     web_report = json.loads(web_load.stdout)
     assert web_report["status_codes"] == {"OK": 200}
     assert set(web_report["by_cluster"]) == set(CLUSTERS)
-    # Envoy's per-pod counters agree exactly with greeter load's per-pod counts.
-    before = envoy.host_stats("fleet")
-    done = await asyncio.to_thread(
-        load_cli, r.address, "--cacert", str(r.cert), "--authority", HOST,
-        "-n", "1200", "-c", "8", "-O", "json",
+
+
+def _load(r: Rehearsal, calls: int, *flags: str) -> subprocess.CompletedProcess[str]:
+    return load_cli(
+        r.address, "--cacert", str(r.cert), "--authority", HOST,
+        "-n", str(calls), "-c", "8", "-O", "json", *flags,
     )  # fmt: skip
+
+
+LoadRun = tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def plain_load(rehearsal: Rehearsal) -> LoadRun:
+    """One ``greeter load`` run of 1200 calls through Envoy, no delay asked for: Envoy's
+    per-pod counters before it, its report, the counters after it."""
+    envoy = _envoy(rehearsal)
+    before = envoy.host_stats("fleet")
+    done = _load(rehearsal, 1200)
     assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
-    after = envoy.host_stats("fleet")
+    return before, json.loads(done.stdout), envoy.host_stats("fleet")
+
+
+def test_envoys_per_pod_counters_agree_with_greeter_load(
+    rehearsal: Rehearsal, plain_load: LoadRun
+) -> None:
+    """Envoy's per-pod counters agree exactly with greeter load's per-pod counts, over one
+    upstream HTTP/2 connection per pod (one worker), kept open."""
+    r = rehearsal
+    before, report, after = plain_load
     by_address = {b.upstream: b.pod for b in r.backends}
     envoy_counts = {
         by_address[address]: stats["rq_success"] - before[address]["rq_success"]
@@ -251,13 +280,20 @@ async def test_calls_web_page_and_envoys_counters_through_envoy(
     assert sum(load_counts.values()) == 1200
     assert envoy_counts == load_counts
     assert all(stats["rq_error"] == before[a]["rq_error"] for a, stats in after.items())
-    # One upstream HTTP/2 connection per pod (one worker), kept open.
     assert all(stats["cx_active"] == 1 for stats in after.values()), after
-    # Where the latency goes: a delay in the gateway only (Envoy's fault filter, asked for by
-    # the call) shows in the outside share and not in the server's (its server-timing).
+
+
+@IN_MODULE_LOOP
+async def test_a_delay_in_envoy_shows_outside_the_server(
+    rehearsal: Rehearsal, plain_load: LoadRun
+) -> None:
+    """Where the latency goes: a delay in the gateway only (Envoy's fault filter, asked for by
+    the call) shows in the outside share (against the plain run's) and not in the server's
+    (its server-timing)."""
+    r = rehearsal
+    report = plain_load[1]
     held = await asyncio.to_thread(
-        load_cli, r.address, "--cacert", str(r.cert), "--authority", HOST,
-        "-n", "200", "-c", "8", "-O", "json",
+        _load, r, 200,
         "-m", f"x-envoy-fault-delay-request:{GATEWAY_DELAY_MS}",
         "--max-latency", f"outside.p50={GATEWAY_DELAY_MS // 2}ms",
     )  # fmt: skip
@@ -273,8 +309,13 @@ async def test_calls_web_page_and_envoys_counters_through_envoy(
             assert run["by_cluster"][cluster]["server_ms"]["p50"] < 5.0, run["by_cluster"]
     for cluster in CLUSTERS:
         assert delayed["by_cluster"][cluster]["outside_ms"]["p50"] >= 0.8 * GATEWAY_DELAY_MS
-    # The page at /web/ in headless Chromium: its files from the web ports, its calls
-    # through grpc_web; the answering cluster and pod appear on it.
+
+
+@IN_MODULE_LOOP
+async def test_the_page_through_envoy_in_a_browser(rehearsal: Rehearsal, tmp_path: Path) -> None:
+    """The page at /web/ in headless Chromium: its files from the web ports, its calls
+    through grpc_web; the answering cluster and pod appear on it."""
+    r = rehearsal
 
     def browse() -> tuple[str, str, list[tuple[str, str, int, int]]]:
         with chromium(tmp_path) as driver:
@@ -287,7 +328,12 @@ async def test_calls_web_page_and_envoys_counters_through_envoy(
     assert {row[0] for row in rows} == set(CLUSTERS)
     assert sum(row[2] for row in rows) == 8
     assert all(row[3] == 0 for row in rows)
-    # Another host name gets the default backend's 404 (UNIMPLEMENTED to gRPC).
+
+
+@IN_MODULE_LOOP
+async def test_other_host_names_get_envoys_default_404(rehearsal: Rehearsal) -> None:
+    """Another host name gets the default backend's 404 (UNIMPLEMENTED to gRPC)."""
+    r = rehearsal
     async with grpc.aio.secure_channel(
         r.address,
         grpc.ssl_channel_credentials(r.cert.read_bytes()),
@@ -355,7 +401,7 @@ async def test_drain_delay_shorter_than_detection_loses_calls(tmp_path: Path) ->
     assert summary["covered_all_restarts"], summary
     assert summary["failed"] > 0, summary
     assert set(summary["status_codes"]) - {"OK"} <= {"UNAVAILABLE", "CANCELLED"}, summary
-    assert not scenarios.passed(summary, scenarios.allowed_failures("drain"))
+    assert not findings.passed(summary, findings.allowed_failures("drain"))
 
 
 # -- outage and failover: outlier detection, health checks, priorities ----------------------
@@ -369,10 +415,10 @@ async def test_outage_and_failover_are_bounded(tmp_path: Path) -> None:
     assert s["survivors"] == [], s
     assert s["by_cluster"].get("cluster-b", 0) > 0, s
     assert s["ok_sent_after_dead"] >= 0.4 * rate * after, s
-    assert s["failed"] <= scenarios.OUTAGE_MAX_FAILED, s
+    assert s["failed"] <= findings.OUTAGE_MAX_FAILED, s
     assert s["failures_sent_after_dead"] == 0, s
     if s["failed"]:
-        assert s["last_failure_sent_after_kill_s"] <= scenarios.OUTAGE_MAX_WINDOW_S, s
+        assert s["last_failure_sent_after_kill_s"] <= findings.OUTAGE_MAX_WINDOW_S, s
     assert s["returned_at_s"] is not None, s
     assert s["returned_at_s"] <= s["revived_at_s"] + r.return_bound, s
     at = marked(outage)
@@ -391,7 +437,7 @@ async def test_outage_and_failover_are_bounded(tmp_path: Path) -> None:
         failover = await scenarios.cluster_failover(r, rps=rate)
         bound = r.return_bound
     f = failover.summary()
-    assert f["failed"] <= scenarios.FAILOVER_MAX_FAILED, f
+    assert f["failed"] <= findings.FAILOVER_MAX_FAILED, f
     # the standby (priority 1) took every call sent once the active pods were gone
     assert f["dead_grace_s"] == 0.1  # Envoy's keep-alive: see Rehearsal.dead_grace_s
     late = (f["kill_at_s"], f["dead_at_s"], f.get("failure_samples"))
@@ -400,7 +446,7 @@ async def test_outage_and_failover_are_bounded(tmp_path: Path) -> None:
     assert f["standby_share_after_kill"] == 1.0, f
     assert f["active_share_after_return"] == 1.0, f
     assert f["return_bound_s"] == bound
-    assert scenarios.passed(f, scenarios.allowed_failures("failover"))
+    assert findings.passed(f, findings.allowed_failures("failover"))
 
 
 # -- weights and TLS origination -----------------------------------------------------------------
@@ -446,7 +492,7 @@ async def test_tls_origination_verified_and_a_foreign_ca_refused(tmp_path: Path)
         conf = (r.workdir / "envoy" / "envoy.yaml").read_text()
         assert f'sni: "{BACKEND_HOST}"' in conf
         assert str(r.fleet_ca) in conf
-        reply = await _hello(r.target())
+        reply = await hello(r.target())
         assert reply["x-greeter-cluster"] in CLUSTERS
         fleet_ca = r.fleet_ca
     # A pod whose certificate carries the right name but comes from another CA: Envoy refuses
@@ -482,7 +528,7 @@ async def test_tls_origination_verified_and_a_foreign_ca_refused(tmp_path: Path)
             assert set(envoy.unhealthy()) == {f"fleet/{rogue_pod}", f"canary/{rogue_pod}"}
             target = Target(envoy.address, cacert=str(pair.cert), authority=HOST)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await _hello(target)
+                await hello(target)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         finally:
             await asyncio.to_thread(envoy.stop)
@@ -495,8 +541,9 @@ def test_calls_envoy_answered_itself_read_as_no_backend() -> None:
     reset = "upstream connect error or disconnect/reset before headers. reset reason: termination"
     lost = Outcome(2.05, "UNAVAILABLE", sent=2.02, details=reset)
     report = TrafficReport(outcomes=[*ok, lost], duration=4.0)
-    outage = scenarios.outage_summary(report, 2.0, 2.01, [])
-    summary = scenarios.ScenarioResult("cluster-outage", outage, [], None, 0.5).summary()
+    killed = findings.killed(report, 2.0, 2.01, [])
+    result = scenarios.ScenarioResult("outage", report.summary(), [], None, 0.5, killed)
+    summary = result.summary()
     text = "\n".join(report_lines(summary))
     assert "no backend (gateway 503)   1" in text, text
     assert f"UNAVAILABLE  no backend (gateway 503): {reset}" in text, text

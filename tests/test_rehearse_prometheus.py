@@ -28,8 +28,9 @@ import pytest
 
 from greeter.monitoring import DEFAULT_SELECTOR
 from greeter.rehearse.cli import print_banner
-from greeter.rehearse.fleet import Backend, Rehearsal, RehearsalConfig
-from greeter.rehearse.nginx import HOST
+from greeter.rehearse.fleet import Rehearsal, RehearsalConfig
+from greeter.rehearse.gateway import HOST
+from greeter.rehearse.pods import Backend
 from greeter.rehearse.prometheus import (
     PrometheusAPI,
     QueryError,

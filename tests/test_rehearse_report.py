@@ -9,7 +9,7 @@ from pathlib import Path
 from browser_support import chromium
 
 from greeter.client import Target
-from greeter.rehearse import report, scenarios
+from greeter.rehearse import findings, report, scenarios
 from greeter.rehearse.traffic import Outcome, Traffic, TrafficReport, load_report, load_summary
 
 REPR = re.compile(r"\['|\{'|=\[|\[\]|\bNone\b")
@@ -36,10 +36,13 @@ def outage(details: str = "no healthy upstream") -> scenarios.ScenarioResult:
         {"at_s": began + 3.5, "event": "reviving", "cluster": "cluster-b"},
         {"at_s": began + 4.2, "event": "revived", "cluster": "cluster-b"},
     ]
-    summary = scenarios.outage_summary(traffic.report, 2.0, 2.01, [])
-    summary["cluster"] = "cluster-b"
-    summary.update(scenarios.return_summary(traffic.report, ["cluster-b"], 3.5, 4.2))
-    return scenarios.ScenarioResult("cluster-outage", summary, events, load_report(traffic), began)
+    facts = findings.OutageFacts(
+        killed=findings.killed(traffic.report, 2.0, 2.01, []),
+        cluster="cluster-b",
+        returned=findings.returned(traffic.report, ["cluster-b"], 3.5, 4.2),
+    )
+    summary = traffic.report.summary()
+    return scenarios.ScenarioResult("outage", summary, events, load_report(traffic), began, facts)
 
 
 def test_no_python_reprs_on_the_page_or_in_the_terminal() -> None:
@@ -117,8 +120,8 @@ def drain() -> scenarios.ScenarioResult:
         {"at_s": began + 8.0, "event": "greeter load interrupted"},
         {"at_s": began + 8.1, "event": "greeter load done"},
     ]
-    summary = {**load_summary(load), "covered_all_restarts": True}
-    return scenarios.ScenarioResult("rolling-drain", summary, events, load, began)
+    facts = findings.DrainFacts(load_sending_at_s=0.0, covered_all_restarts=True)
+    return scenarios.ScenarioResult("drain", load_summary(load), events, load, began, facts)
 
 
 def test_the_drain_says_when_each_pod_stopped_getting_calls() -> None:

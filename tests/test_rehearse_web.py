@@ -18,7 +18,8 @@ from conftest import require_tool
 from greeter._proto import helloworld_pb2
 from greeter.client import Target
 from greeter.rehearse.fleet import Rehearsal, RehearsalConfig
-from greeter.rehearse.nginx import HOST, Gateway, render
+from greeter.rehearse.gateway import HOST
+from greeter.rehearse.nginx import NginxGateway, render
 from greeter.web.client import WebChannel
 
 CLUSTERS = ("cluster-a", "cluster-b")
@@ -105,9 +106,9 @@ async def test_the_page_through_the_gateway_tallies_both_clusters(rehearsal: Reh
 
 
 def test_no_web_route_without_web_ports(tmp_path: Path):
-    gateway = Gateway(port=1, fleet=["127.0.0.1:2"], canary=[], cert=tmp_path, key=tmp_path)
+    gateway = NginxGateway(port=1, fleet=["127.0.0.1:2"], canary=[], cert=tmp_path, key=tmp_path)
     assert "/web/" not in render(gateway, tmp_path)
-    web = Gateway(
+    web = NginxGateway(
         port=1, fleet=["127.0.0.1:2"], canary=[], cert=tmp_path, key=tmp_path,
         web_fleet=["127.0.0.1:3"],
     )  # fmt: skip

@@ -114,6 +114,34 @@ def test_combinations_are_checked():
         settings.load({"port": "9000", "metrics_port": "9000"}, {})
 
 
+def test_every_problem_is_reported_at_once():
+    """One run names every bad setting, not only the first: unparsable values together, then
+    each value's own check and the checks across settings together."""
+    with pytest.raises(SettingsError) as unparsable:
+        settings.load({"port": "http"}, {"GREETER_DRAIN_DELAY": "soon"})
+    assert "port (--port / GREETER_PORT)" in str(unparsable.value)
+    assert "drain_delay (--drain-delay / GREETER_DRAIN_DELAY)" in str(unparsable.value)
+    with pytest.raises(SettingsError) as invalid:
+        settings.load({"port": "70000", "log_level": "loud"}, {"GREETER_AUTH_ENABLED": "true"})
+    lines = str(invalid.value).splitlines()
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("port (--port / GREETER_PORT): 70000 is not a valid port")
+    assert "log_level (--log-level / GREETER_LOG_LEVEL): 'loud' is not one of" in lines[1]
+    assert lines[2].startswith("auth_enabled (")  # across settings: after each one's own
+
+
+def test_enumerated_flags_offer_their_choices(capsys):
+    """A setting with a fixed set of values (typed as a Literal) gives argparse its choices:
+    a flag outside them exits 2 naming the flag and the choices."""
+    assert serve_flags("--log-level", "debug").log_level == "debug"
+    with pytest.raises(SystemExit) as exc:
+        serve_flags("--event-loop", "trio")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--event-loop" in err, err
+    assert "'uvloop'" in err, err
+
+
 def test_settings_are_frozen():
     s = settings.load({}, {})
     with pytest.raises(dataclasses.FrozenInstanceError):

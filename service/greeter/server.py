@@ -65,7 +65,7 @@ class StartupError(RuntimeError):
 
 def listener_count(settings: Settings) -> int:
     """How many gRPC servers this process runs on the port (a unix socket takes one)."""
-    return 1 if settings.host.startswith("unix:") else settings.listeners
+    return 1 if settings.is_unix else settings.listeners
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -93,7 +93,7 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
 
 def bind_address(settings: Settings, port: int | None = None) -> str:
     """``host:port``, or a ``unix:/path`` host as it is (the port is then unused)."""
-    if settings.host.startswith("unix:"):
+    if settings.is_unix:
         return settings.host
     return f"{settings.host}:{settings.port if port is None else port}"
 
@@ -267,9 +267,7 @@ class GreeterServer:
             "serving",
             extra={
                 "phase": "startup",
-                "address": bind_address(s)
-                if s.host.startswith("unix:")
-                else f"{s.host}:{self.port}",
+                "address": bind_address(s) if s.is_unix else f"{s.host}:{self.port}",
                 "tls": s.tls,
                 "mtls": bool(s.tls_client_ca),
                 "metrics_port": self.metrics_port,
@@ -326,7 +324,7 @@ class GreeterServer:
         if self.metrics is None:
             return
         s = self.settings
-        reader = ConnectionReader(s.host if s.host.startswith("unix:") else f":{self.port}")
+        reader = ConnectionReader(s.host if s.is_unix else f":{self.port}")
         if not reader.available:
             return
         if self.worker is None:
@@ -515,6 +513,14 @@ def _install_signal_handlers(server: GreeterServer) -> None:
     def on_signal(signum: int) -> None:
         if received:
             logger.warning("second signal %s: exiting now", signal.Signals(signum).name)
+            # os._exit, not SystemExit: a second signal means "stop waiting", and what a
+            # SystemExit would run first is what is being waited for. Raised in this handler,
+            # it would cancel every task and run their cleanup (the drain's own finally
+            # blocks, grpc.aio's server shutdown, each listener's stop with its grace), any
+            # of which may block on the calls or peers that made the drain slow; with
+            # --workers, the parent's second signal must end it without that wait too.
+            # Nothing is lost that the drain would keep: the log handlers flush each line as
+            # it is written, and the kernel closes the sockets, as after a SIGKILL.
             os._exit(128 + signum)
         received.append(signum)
         logger.info("signal %s: draining", signal.Signals(signum).name)

@@ -20,7 +20,7 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import grpc
 
@@ -83,6 +83,72 @@ def status_code(text: str) -> grpc.StatusCode:
         raise ValueError(f"unknown gRPC status {text!r}") from None
 
 
+# --- value checks: each takes a parsed value and says what is wrong with it, or None ---
+
+Check = Callable[[Any], "str | None"]
+
+
+def valid_port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else f"{value} is not a valid port"
+
+
+def positive(value: float) -> str | None:
+    return None if value > 0 else "must be positive"
+
+
+def non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must not be negative"
+
+
+def not_empty(value: str) -> str | None:
+    return None if value else "must not be empty"
+
+
+def between(
+    low: float, high: float, text: str = "{value} is not between {low} and {high}"
+) -> Check:
+    """A check of ``low <= value <= high``; ``text`` says what is wrong (``{value}``,
+    ``{low}``, ``{high}`` filled in)."""
+
+    def check(value: float) -> str | None:
+        return None if low <= value <= high else text.format(value=value, low=low, high=high)
+
+    return check
+
+
+def one_of(choices: Sequence[str]) -> Check:
+    def check(value: str) -> str | None:
+        return None if value in choices else f"{value!r} is not one of {tuple(choices)}"
+
+    return check
+
+
+def each(check: Check) -> Check:
+    """A check of every item of a list setting (every problem, in one text)."""
+
+    def check_all(values: Sequence[Any]) -> str | None:
+        problems = [p for p in map(check, values) if p]
+        return "; ".join(problems) or None
+
+    return check_all
+
+
+def readable_file(path: str) -> str | None:
+    if not path or _is_file(path):
+        return None
+    return f"file {path[:200]!r} does not exist or is not readable"
+
+
+def origin(value: str) -> str | None:
+    if value == "*" or _ORIGIN.fullmatch(value):
+        return None
+    return f"{value[:100]!r} is not an origin (scheme://host[:port], no path) or *"
+
+
+def not_ok(value: grpc.StatusCode) -> str | None:
+    return "OK is not a fault" if value == grpc.StatusCode.OK else None
+
+
 def _setting(
     default: Any,
     help: str,
@@ -90,18 +156,37 @@ def _setting(
     *,
     metavar: str | None = None,
     secret: bool = False,
+    check: Check | None = None,
+    choices: Sequence[str] = (),
 ) -> Any:
+    """A setting: its default, help and parser; ``check`` what a parsed value must satisfy
+    on its own (other settings aside); ``choices`` the values it may take (the flag accepts
+    only those)."""
+    if choices and check is None:
+        check = one_of(choices)
     return field(
         default=default,
-        metadata={"help": help, "parse": parse, "metavar": metavar, "secret": secret},
+        metadata={
+            "help": help,
+            "parse": parse,
+            "metavar": metavar,
+            "secret": secret,
+            "check": check,
+            "choices": tuple(choices),
+        },
     )
 
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_FORMATS = ("json", "text")
-EVENT_LOOPS = ("auto", "asyncio", "uvloop")
-THREAD_POLICIES = ("batch", "normal")
-AUTH_EXEMPT_CHOICES = ("health", "reflection")
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["json", "text"]
+EventLoop = Literal["auto", "asyncio", "uvloop"]
+ThreadPolicy = Literal["batch", "normal"]
+AuthExempt = Literal["health", "reflection"]
+LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
+LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
+EVENT_LOOPS: tuple[EventLoop, ...] = get_args(EventLoop)
+THREAD_POLICIES: tuple[ThreadPolicy, ...] = get_args(ThreadPolicy)
+AUTH_EXEMPT_CHOICES: tuple[AuthExempt, ...] = get_args(AuthExempt)
 MAX_STREAM_MESSAGES = 100_000
 MAX_LISTENERS = 64
 MAX_ACCEPT_DEPTH = 256
@@ -113,6 +198,8 @@ MAX_INTEROP_MESSAGES = 100_000
 _ORIGIN = re.compile(
     r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
 )
+_BYTES = "must be between {low} and {high} bytes"
+_PERCENT = between(0, 100, "must be a percentage between {low} and {high}")
 
 
 @dataclass(frozen=True)
@@ -121,16 +208,24 @@ class Settings:
 
     # -- listening --
     host: str = _setting(
-        "[::]", "address to bind the gRPC port on, or unix:/path for a unix socket", parse_str
+        "[::]",
+        "address to bind the gRPC port on, or unix:/path for a unix socket",
+        parse_str,
+        check=not_empty,
     )
-    port: int = _setting(50051, "gRPC port (0: any free port)", parse_int)
+    port: int = _setting(50051, "gRPC port (0: any free port)", parse_int, check=valid_port)
     metrics_host: str = _setting("[::]", "address to bind the metrics port on", parse_str)
-    metrics_port: int = _setting(9090, "Prometheus /metrics port (0 turns metrics off)", parse_int)
-    web_host: str = _setting("[::]", "address to bind the gRPC-Web port on", parse_str)
+    metrics_port: int = _setting(
+        9090, "Prometheus /metrics port (0 turns metrics off)", parse_int, check=valid_port
+    )
+    web_host: str = _setting(
+        "[::]", "address to bind the gRPC-Web port on", parse_str, check=not_empty
+    )
     web_port: int = _setting(
         0,
         "gRPC-Web and browser page port, HTTP/1.1 and HTTP/2 (0 turns it off)",
         parse_int,
+        check=valid_port,
     )
     web_cors_origins: tuple[str, ...] = _setting(
         (),
@@ -138,38 +233,50 @@ class Settings:
         " port from a browser, or * for any; empty: only the port's own page",
         parse_list,
         metavar="ORIGINS",
+        check=each(origin),
     )
     workers: int = _setting(
-        1, "server processes sharing the port (0 or 'auto': one per core)", lambda t: _workers(t)
+        1,
+        "server processes sharing the port (0 or 'auto': one per core)",
+        lambda t: _workers(t),
+        check=between(1, 256),
     )
     listeners: int = _setting(
         8,
         "gRPC servers in each process sharing the port (SO_REUSEPORT), each accepting its own"
         " connections; grpc.aio accepts one call per method and server per event-loop turn",
         parse_int,
+        check=between(1, MAX_LISTENERS),
     )
     accept_depth: int = _setting(
         16,
         "calls of each method a listener accepts per event-loop turn (grpc.aio alone: 1);"
         " more lets one connection, such as a gateway's, get what several get",
         parse_int,
+        check=between(1, MAX_ACCEPT_DEPTH),
     )
-    event_loop: str = _setting("auto", "event loop: auto, asyncio or uvloop", parse_str)
-    thread_policy: str = _setting(
+    event_loop: EventLoop = _setting(
+        "auto", "event loop: auto, asyncio or uvloop", parse_str, choices=EVENT_LOOPS
+    )
+    thread_policy: ThreadPolicy = _setting(
         "batch",
         "Linux scheduling of grpc's poller and I/O threads: batch (they never preempt the"
         " event loop on wake-up; fewer context switches on a busy core) or normal",
         parse_str,
         metavar="POLICY",
+        choices=THREAD_POLICIES,
     )
     # -- the Greeter --
     stream_count: int = _setting(10, "replies per SayHelloStreamReply call", parse_int)
-    stream_interval: float = _setting(0.0, "pause between streamed replies, seconds", parse_float)
+    stream_interval: float = _setting(
+        0.0, "pause between streamed replies, seconds", parse_float, check=non_negative
+    )
     stream_max: int = _setting(
         1000,
         "cap on replies per server stream and messages per bidi stream "
         "(x-greeter-stream-count may ask for up to this many)",
         parse_int,
+        check=between(1, MAX_STREAM_MESSAGES, "must be between {low} and {high}"),
     )
     reflection: bool = _setting(True, "serve reflection v1 and v1alpha", parse_bool)
     # -- the gRPC interop service (docs/interop.md) --
@@ -185,17 +292,26 @@ class Settings:
         "largest payload an interop call may send or ask for, bytes; with --interop the"
         " max_recv/max_send_message_size limits are raised to fit it",
         parse_int,
+        check=between(0, 2**31 - 1 - INTEROP_FRAMING, _BYTES),
     )
     interop_max_interval: float = _setting(
-        300.0, "longest pause an interop call may ask for before one reply, seconds", parse_float
+        300.0,
+        "longest pause an interop call may ask for before one reply, seconds",
+        parse_float,
+        # interval_us is an int32 of microseconds
+        check=between(0, 2147, "must be between {low} and {high} seconds"),
     )
     interop_max_duration: float = _setting(
         600.0,
         "longest an interop call may last, from its start to its last asked-for pause, seconds",
         parse_float,
+        check=between(0, 86400, "must be between {low} and {high} seconds"),
     )
     interop_max_messages: int = _setting(
-        1000, "most replies, and most request messages, in one interop call", parse_int
+        1000,
+        "most replies, and most request messages, in one interop call",
+        parse_int,
+        check=between(1, MAX_INTEROP_MESSAGES, "must be between {low} and {high}"),
     )
     # -- serving identity, sent as x-greeter-* response metadata --
     cluster_name: str = _setting("", "cluster this server runs in", parse_str)
@@ -205,47 +321,76 @@ class Settings:
     namespace: str = _setting("", "namespace the pod runs in", parse_str)
     # -- graceful drain --
     drain_delay: float = _setting(
-        5.0, "seconds to keep serving after SIGTERM while health says NOT_SERVING", parse_float
+        5.0,
+        "seconds to keep serving after SIGTERM while health says NOT_SERVING",
+        parse_float,
+        check=non_negative,
     )
     grace_period: float = _setting(
-        20.0, "seconds in-flight RPCs get to finish after the drain delay", parse_float
+        20.0,
+        "seconds in-flight RPCs get to finish after the drain delay",
+        parse_float,
+        check=non_negative,
     )
     # -- connection management --
-    keepalive_time: float = _setting(60.0, "seconds between server keepalive pings", parse_float)
-    keepalive_timeout: float = _setting(20.0, "seconds to wait for a ping ack", parse_float)
+    keepalive_time: float = _setting(
+        60.0, "seconds between server keepalive pings", parse_float, check=positive
+    )
+    keepalive_timeout: float = _setting(
+        20.0, "seconds to wait for a ping ack", parse_float, check=positive
+    )
     keepalive_min_time: float = _setting(
-        10.0, "shortest client ping interval allowed (keepalive enforcement)", parse_float
+        10.0,
+        "shortest client ping interval allowed (keepalive enforcement)",
+        parse_float,
+        check=non_negative,
     )
     max_connection_idle: float = _setting(
-        300.0, "close connections idle this long (0: never)", parse_float
+        300.0, "close connections idle this long (0: never)", parse_float, check=non_negative
     )
     max_connection_age: float = _setting(
         0.0,
         "close connections after this long so clients rebalance (0: never)",
         parse_float,
+        check=non_negative,
     )
     max_connection_age_grace: float = _setting(
-        30.0, "time RPCs get to finish on a connection past its max age", parse_float
+        30.0,
+        "time RPCs get to finish on a connection past its max age",
+        parse_float,
+        check=non_negative,
     )
     max_concurrent_streams: int = _setting(
-        1000, "concurrent streams per HTTP/2 connection", parse_int
+        1000, "concurrent streams per HTTP/2 connection", parse_int, check=positive
     )
     max_recv_message_size: int = _setting(
-        4 * 1024 * 1024, "largest request message, bytes", parse_int
+        4 * 1024 * 1024,
+        "largest request message, bytes",
+        parse_int,
+        check=between(1024, 2**31 - 1, _BYTES),
     )
     max_metadata_size: int = _setting(
         16 * 1024,
         "largest request metadata (header list), bytes; more gets RESOURCE_EXHAUSTED",
         parse_int,
+        check=between(1024, 1024 * 1024, _BYTES),
     )
     max_send_message_size: int = _setting(
-        4 * 1024 * 1024, "largest response message, bytes", parse_int
+        4 * 1024 * 1024,
+        "largest response message, bytes",
+        parse_int,
+        check=between(1024, 2**31 - 1, _BYTES),
     )
     # -- TLS --
-    tls_cert: str = _setting("", "PEM certificate chain file (TLS on when set)", parse_str)
-    tls_key: str = _setting("", "PEM private key file", parse_str)
+    tls_cert: str = _setting(
+        "", "PEM certificate chain file (TLS on when set)", parse_str, check=readable_file
+    )
+    tls_key: str = _setting("", "PEM private key file", parse_str, check=readable_file)
     tls_client_ca: str = _setting(
-        "", "PEM CA bundle; when set, clients must present a certificate it signed", parse_str
+        "",
+        "PEM CA bundle; when set, clients must present a certificate it signed",
+        parse_str,
+        check=readable_file,
     )
     # -- auth --
     auth_enabled: bool = _setting(False, "require a bearer token", parse_bool)
@@ -256,28 +401,35 @@ class Settings:
         secret=True,
     )
     auth_tokens_file: str = _setting(
-        "", "file of tokens, one per line: TOKEN [METHOD ...]", parse_str
+        "", "file of tokens, one per line: TOKEN [METHOD ...]", parse_str, check=readable_file
     )
-    auth_exempt: tuple[str, ...] = _setting(
+    auth_exempt: tuple[AuthExempt, ...] = _setting(
         ("health", "reflection"),
         "services that need no token: health (Health and Readiness), reflection",
         parse_list,
+        check=each(one_of(AUTH_EXEMPT_CHOICES)),
     )
     # -- fault injection --
     fault_enabled: bool = _setting(
         False, "inject faults (and honour x-greeter-fault-* request metadata)", parse_bool
     )
-    fault_delay: float = _setting(0.0, "seconds of delay to inject", parse_float)
-    fault_delay_percent: float = _setting(0.0, "percent of calls that get the delay", parse_float)
+    fault_delay: float = _setting(
+        0.0, "seconds of delay to inject", parse_float, check=non_negative
+    )
+    fault_delay_percent: float = _setting(
+        0.0, "percent of calls that get the delay", parse_float, check=_PERCENT
+    )
     fault_status: grpc.StatusCode = _setting(
-        grpc.StatusCode.UNAVAILABLE, "status to inject (name or number)", parse_status
+        grpc.StatusCode.UNAVAILABLE, "status to inject (name or number)", parse_status, check=not_ok
     )
     fault_status_percent: float = _setting(
-        0.0, "percent of calls that fail with the status", parse_float
+        0.0, "percent of calls that fail with the status", parse_float, check=_PERCENT
     )
     # -- logging --
-    log_level: str = _setting("info", "debug, info, warning or error", parse_str)
-    log_format: str = _setting("json", "json or text", parse_str)
+    log_level: LogLevel = _setting(
+        "info", "debug, info, warning or error", parse_str, choices=LOG_LEVELS
+    )
+    log_format: LogFormat = _setting("json", "json or text", parse_str, choices=LOG_FORMATS)
     access_log: bool = _setting(True, "log one line per RPC", parse_bool)
     server_timing: bool = _setting(
         True,
@@ -285,113 +437,57 @@ class Settings:
         parse_bool,
     )
     access_log_budget: int = _setting(
-        10, "OK calls logged in full each second before sampling starts", parse_int
+        10,
+        "OK calls logged in full each second before sampling starts",
+        parse_int,
+        check=non_negative,
     )
     access_log_sample: float = _setting(
         0.01,
         "fraction of OK calls logged past the per-second budget (errors are always logged)",
         parse_float,
+        check=between(0, 1, "must be a fraction between {low} and {high}"),
     )
 
     def __post_init__(self) -> None:
-        for name, problem in self._problems():
-            raise SettingsError(f"{describe(name)}: {problem}")
+        problems = self.problems()
+        if problems:
+            raise SettingsError("\n".join(f"{describe(name)}: {text}" for name, text in problems))
 
-    def _problems(self) -> list[tuple[str, str]]:
+    def problems(self) -> list[tuple[str, str]]:
+        """Every problem at once: each setting's own check (declared with it), then the
+        checks across settings."""
         bad: list[tuple[str, str]] = []
-        for name in ("port", "metrics_port", "web_port"):
-            value = getattr(self, name)
-            if not 0 <= value <= 65535:
-                bad.append((name, f"{value} is not a valid port"))
+        for f in dataclasses.fields(self):
+            check = f.metadata.get("check")
+            problem = check(getattr(self, f.name)) if check else None
+            if problem:
+                bad.append((f.name, problem))
+        return bad + self._cross_field_problems()
+
+    def _cross_field_problems(self) -> list[tuple[str, str]]:
+        """What one setting's value means for another's."""
+        bad: list[tuple[str, str]] = []
         if self.metrics_port and self.metrics_port == self.port:
             bad.append(("metrics_port", "must differ from the gRPC port"))
         if self.web_port and self.web_port in (self.port, self.metrics_port):
             bad.append(("web_port", "must differ from the gRPC and metrics ports"))
-        if not self.web_host:
-            bad.append(("web_host", "must not be empty"))
-        for origin in self.web_cors_origins:
-            if origin != "*" and not _ORIGIN.fullmatch(origin):
-                bad.append(
-                    (
-                        "web_cors_origins",
-                        f"{origin[:100]!r} is not an origin (scheme://host[:port], no path) or *",
-                    )
-                )
-        if not self.host:
-            bad.append(("host", "must not be empty"))
-        if self.workers < 1 or self.workers > 256:
-            bad.append(("workers", f"{self.workers} is not between 1 and 256"))
-        if not 1 <= self.listeners <= MAX_LISTENERS:
-            bad.append(("listeners", f"{self.listeners} is not between 1 and {MAX_LISTENERS}"))
-        if not 1 <= self.accept_depth <= MAX_ACCEPT_DEPTH:
-            bad.append(
-                ("accept_depth", f"{self.accept_depth} is not between 1 and {MAX_ACCEPT_DEPTH}")
-            )
-        if self.event_loop not in EVENT_LOOPS:
-            bad.append(("event_loop", f"{self.event_loop!r} is not one of {EVENT_LOOPS}"))
-        if self.thread_policy not in THREAD_POLICIES:
-            bad.append(("thread_policy", f"{self.thread_policy!r} is not one of {THREAD_POLICIES}"))
-        if not 1 <= self.stream_max <= MAX_STREAM_MESSAGES:
-            bad.append(("stream_max", f"must be between 1 and {MAX_STREAM_MESSAGES}"))
         if not 0 <= self.stream_count <= self.stream_max:
             bad.append(("stream_count", f"must be between 0 and stream_max ({self.stream_max})"))
-        positive = ("keepalive_time", "keepalive_timeout", "max_concurrent_streams")
-        non_negative = (
-            "stream_interval",
-            "drain_delay",
-            "grace_period",
-            "keepalive_min_time",
-            "max_connection_idle",
-            "max_connection_age",
-            "max_connection_age_grace",
-            "fault_delay",
-        )
-        bad += [(n, "must be positive") for n in positive if getattr(self, n) <= 0]
-        bad += [(n, "must not be negative") for n in non_negative if getattr(self, n) < 0]
-        bad += self._interop_problems()
-        if not 1024 <= self.max_metadata_size <= 1024 * 1024:
-            bad.append(("max_metadata_size", "must be between 1024 and 1048576 bytes"))
-        for name in ("max_recv_message_size", "max_send_message_size"):
-            if not 1024 <= getattr(self, name) <= 2**31 - 1:
-                bad.append((name, "must be between 1024 and 2147483647 bytes"))
-        for name in ("fault_delay_percent", "fault_status_percent"):
-            if not 0 <= getattr(self, name) <= 100:
-                bad.append((name, "must be a percentage between 0 and 100"))
-        if self.access_log_budget < 0:
-            bad.append(("access_log_budget", "must not be negative"))
-        if not 0 <= self.access_log_sample <= 1:
-            bad.append(("access_log_sample", "must be a fraction between 0 and 1"))
-        if self.fault_status == grpc.StatusCode.OK:
-            bad.append(("fault_status", "OK is not a fault"))
-        if self.log_level not in LOG_LEVELS:
-            bad.append(("log_level", f"{self.log_level!r} is not one of {LOG_LEVELS}"))
-        if self.log_format not in LOG_FORMATS:
-            bad.append(("log_format", f"{self.log_format!r} is not one of {LOG_FORMATS}"))
-        for item in self.auth_exempt:
-            if item not in AUTH_EXEMPT_CHOICES:
-                bad.append(("auth_exempt", f"{item!r} is not one of {AUTH_EXEMPT_CHOICES}"))
-        bad += self._file_problems()
+        if bool(self.tls_cert) != bool(self.tls_key):
+            bad.append(("tls_key" if self.tls_cert else "tls_cert", "TLS needs both cert and key"))
+        if self.tls_client_ca and not self.tls_cert:
+            bad.append(("tls_client_ca", "client certificates need TLS (tls_cert, tls_key)"))
         if self.auth_enabled and not (self.auth_tokens or self.auth_tokens_file):
             bad.append(("auth_enabled", "needs auth_tokens or auth_tokens_file"))
-        return bad
-
-    def _interop_problems(self) -> list[tuple[str, str]]:
-        bad: list[tuple[str, str]] = []
-        top = 2**31 - 1 - INTEROP_FRAMING
-        if not 0 <= self.interop_max_message_size <= top:
-            bad.append(("interop_max_message_size", f"must be between 0 and {top} bytes"))
-        if not 0 <= self.interop_max_interval <= 2147:  # interval_us is an int32 of µs
-            bad.append(("interop_max_interval", "must be between 0 and 2147 seconds"))
-        if not self.interop_max_interval <= self.interop_max_duration <= 86400:
+        if self.interop_max_duration < self.interop_max_interval:
             bad.append(
                 (
                     "interop_max_duration",
-                    "must be between interop_max_interval"
-                    f" ({self.interop_max_interval:g}) and 86400 seconds",
+                    "must not be shorter than interop_max_interval"
+                    f" ({self.interop_max_interval:g})",
                 )
             )
-        if not 1 <= self.interop_max_messages <= MAX_INTEROP_MESSAGES:
-            bad.append(("interop_max_messages", f"must be between 1 and {MAX_INTEROP_MESSAGES}"))
         return bad
 
     @property
@@ -410,21 +506,14 @@ class Settings:
             return configured
         return max(configured, self.interop_max_message_size + INTEROP_FRAMING)
 
-    def _file_problems(self) -> list[tuple[str, str]]:
-        bad: list[tuple[str, str]] = []
-        for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file"):
-            path = getattr(self, name)
-            if path and not _is_file(path):
-                bad.append((name, f"file {path[:200]!r} does not exist or is not readable"))
-        if bool(self.tls_cert) != bool(self.tls_key):
-            bad.append(("tls_key" if self.tls_cert else "tls_cert", "TLS needs both cert and key"))
-        if self.tls_client_ca and not self.tls_cert:
-            bad.append(("tls_client_ca", "client certificates need TLS (tls_cert, tls_key)"))
-        return bad
-
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert)
+
+    @property
+    def is_unix(self) -> bool:
+        """The gRPC port is a unix socket (``host`` is ``unix:/path``)."""
+        return self.host.startswith("unix:")
 
     @property
     def identity(self) -> dict[str, str]:
@@ -537,6 +626,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             flag_name(f.name),
             dest=f.name,
             default=None,
+            choices=f.metadata.get("choices") or None,
             metavar=f.metadata.get("metavar") or f.name.split("_")[-1].upper(),
             help=f"{f.metadata['help']} [env {env_name(f.name)}, default {default!r}]",
         )
@@ -550,6 +640,7 @@ def load(
     flags = flags or {}
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    unparsed: list[str] = []
     for name, f in _FIELDS.items():
         raw = flags.get(name)
         source = flag_name(name)
@@ -560,7 +651,9 @@ def load(
         try:
             values[name] = f.metadata["parse"](raw)
         except ValueError as exc:
-            raise SettingsError(f"{describe(name)}: bad value from {source}: {exc}") from None
+            unparsed.append(f"{describe(name)}: bad value from {source}: {exc}")
+    if unparsed:  # every one at once; the values' own checks need values
+        raise SettingsError("\n".join(unparsed))
     return Settings(**values)
 
 

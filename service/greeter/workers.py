@@ -79,7 +79,7 @@ def worker_main(settings: Settings, index: int) -> None:
 
 def resolve_port(settings: Settings) -> int:
     """Check the gRPC port is free (and pick one for port 0) before workers share it."""
-    if settings.host.startswith("unix:"):
+    if settings.is_unix:
         raise OSError("workers share a TCP port (SO_REUSEPORT); a unix socket cannot be shared")
     return ports.resolve_port(settings.host, settings.port)
 

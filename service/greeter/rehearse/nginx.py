@@ -31,83 +31,43 @@ keep-alive limits) are explained in docs/rehearsal.md.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from greeter.rehearse.gateway import (
+    CANARY_HEADER,
+    CANARY_VALUE,
+    STREAM_TIMEOUT_S,
+    WEB_PATH,
+    GatewayError,
+    GatewayProcess,
+    GatewaySpec,
+    member_upstream,
+    tail_lines,
+)
 from greeter.rehearse.policy import header_variable
 
-INSTALL_HINT = "install it with: apt-get install -y nginx-light"
-HOST = "grpc.example.com"
-CANARY_HEADER = "x-canary"
-CANARY_VALUE = "true"
-# The names a gateway verifies the pods' certificates by: the Services the fleet runs
-# (gitops/README.md: grpc-service in gateway-demo; the chart's grpcRoute.canary.backend).
-BACKEND_HOST = "grpc-service.gateway-demo.svc"
-CANARY_BACKEND_HOST = "grpc-service-canary.gateway-demo.svc"
-STREAM_TIMEOUT_S = 3600
-WEB_PATH = "/web/"
 
-
-def tail_lines(path: Path, count: int) -> str:
-    """The last ``count`` lines of a gateway's log ("" before it exists)."""
-    if not path.exists():
-        return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-count:])
-
-
-class NginxError(RuntimeError):
+class NginxError(GatewayError):
     """nginx is missing, its configuration is rejected, or it would not start."""
 
 
-def find_nginx(binary: str = "") -> str:
-    """Path of nginx (``binary``, else PATH, else /usr/sbin); NginxError naming the apt command."""
-    if binary:
-        path = shutil.which(binary)
-        if not path:
-            raise NginxError(f"nginx not found at {binary!r}: {INSTALL_HINT}")
-        return path
-    path = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
-    if not path:
-        raise NginxError(f"nginx is not installed: {INSTALL_HINT}")
-    return path
-
-
 @dataclass(frozen=True)
-class BackendTLS:
-    """TLS from nginx to the backends: verified against ``ca``, by each upstream's name."""
-
-    ca: Path
-    # The name sent as SNI and checked against the backend certificate's subjectAltName, per
-    # upstream group (nginx would otherwise check the group's name, "fleet" or "canary").
-    fleet_name: str = BACKEND_HOST
-    canary_name: str = CANARY_BACKEND_HOST
-    protocols: str = "TLSv1.2 TLSv1.3"
-
-
-@dataclass(frozen=True)
-class Gateway:
+class NginxGateway(GatewaySpec):
     """Everything the nginx configuration depends on. Durations in seconds."""
 
-    port: int
     # Backend addresses as nginx names them: unix:/path.sock or 127.0.0.1:port.
     fleet: Sequence[str]
     canary: Sequence[str]
-    cert: Path
-    key: Path
-    host: str = HOST
     # Passive health: one failed attempt takes a backend out for fail_timeout (whole seconds).
     max_fails: int = 1
     fail_timeout: float = 2.0
-    # A backend that does not accept a connection in this long counts as failed.
-    connect_timeout: float = 1.0
     # How long nginx keeps trying other backends for one call before answering 502.
     next_upstream_timeout: float = 10.0
     # Requests and idle seconds per client HTTP/2 connection before nginx sends GOAWAY.
@@ -117,16 +77,12 @@ class Gateway:
     # connection per call, so a backend whose endpoint is removed gets no call after that
     # (docs/rehearsal.md, "Why no upstream keepalive").
     upstream_keepalive: int = 0
-    # TLS to the backends (grpcs); None: cleartext HTTP/2 (grpc).
-    backend_tls: BackendTLS | None = None
     # Traffic policies (greeter.rehearse.policy). nginx weight of a fleet backend by address
     # (absent: 1; 0: ``down``, no share of the weighted traffic).
     weights: Mapping[str, int] = field(default_factory=dict)
     # Fleet backends that only take calls while no other fleet backend is available (standby).
     backup: Sequence[str] = ()
-    # A request header whose value names a cluster: such calls go to that cluster only
-    # (``members``: the cluster's backends); "" for no header routing.
-    route_header: str = ""
+    # With ``route_header``: each cluster's backends.
     members: Mapping[str, Sequence[str]] = field(default_factory=dict)
     # The backends' gRPC-Web ports (127.0.0.1:port), fleet and canary; empty: no /web/ route.
     web_fleet: Sequence[str] = ()
@@ -137,12 +93,7 @@ def _ms(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
-def member_upstream(cluster: str) -> str:
-    """The upstream group of one cluster's backends (header routing)."""
-    return f"member-{cluster}"
-
-
-def _server(address: str, g: Gateway, policies: bool) -> str:
+def _server(address: str, g: NginxGateway, policies: bool) -> str:
     params = [f"max_fails={g.max_fails}", f"fail_timeout={max(1, round(g.fail_timeout))}s"]
     if policies:
         weight = g.weights.get(address, 1)
@@ -155,7 +106,7 @@ def _server(address: str, g: Gateway, policies: bool) -> str:
     return f"        server {address} {' '.join(params)};"
 
 
-def _upstream(name: str, addresses: Sequence[str], g: Gateway, policies: bool = True) -> str:
+def _upstream(name: str, addresses: Sequence[str], g: NginxGateway, policies: bool = True) -> str:
     """An upstream group; with ``policies`` its servers carry the weights and backup flags."""
     servers = "\n".join(_server(address, g, policies) for address in addresses)
     keepalive = ""
@@ -172,7 +123,7 @@ def _upstream(name: str, addresses: Sequence[str], g: Gateway, policies: bool = 
 """
 
 
-def _backend_tls_map(g: Gateway) -> str:
+def _backend_tls_map(g: NginxGateway) -> str:
     if g.backend_tls is None:
         return ""
     t = g.backend_tls
@@ -185,7 +136,7 @@ def _backend_tls_map(g: Gateway) -> str:
 """
 
 
-def _backend_tls(g: Gateway) -> str:
+def _backend_tls(g: NginxGateway) -> str:
     if g.backend_tls is None:
         return ""
     t = g.backend_tls
@@ -203,7 +154,7 @@ def _backend_tls(g: Gateway) -> str:
 """
 
 
-def _route_map(g: Gateway) -> str:
+def _route_map(g: NginxGateway) -> str:
     if not g.route_header:
         return ""
     clusters = "\n".join(
@@ -220,7 +171,7 @@ def _route_map(g: Gateway) -> str:
 """
 
 
-def _member_upstreams(g: Gateway) -> str:
+def _member_upstreams(g: NginxGateway) -> str:
     if not g.route_header:
         return ""
     return "".join(
@@ -229,7 +180,7 @@ def _member_upstreams(g: Gateway) -> str:
     )
 
 
-def _web_upstreams(g: Gateway) -> str:
+def _web_upstreams(g: NginxGateway) -> str:
     if not g.web_fleet:
         return ""
     canary = g.web_canary or g.web_fleet
@@ -243,7 +194,7 @@ def _web_upstreams(g: Gateway) -> str:
 {_upstream("web_canary", canary, g, policies=False)}"""
 
 
-def _web_location(g: Gateway) -> str:
+def _web_location(g: NginxGateway) -> str:
     if not g.web_fleet:
         return ""
     return f"""
@@ -268,7 +219,7 @@ def _web_location(g: Gateway) -> str:
 """
 
 
-def _web_by_content_type(g: Gateway) -> str:
+def _web_by_content_type(g: NginxGateway) -> str:
     if not g.web_fleet:
         return ""
     return """
@@ -278,7 +229,7 @@ def _web_by_content_type(g: Gateway) -> str:
             }"""
 
 
-def render(g: Gateway, prefix: Path) -> str:
+def render(g: NginxGateway, prefix: Path) -> str:
     """The nginx.conf for ``nginx -p PREFIX -c nginx.conf``: unprivileged, in the foreground."""
     # Started as root, nginx would run its workers as nobody, who may not open the backends'
     # sockets in a private work folder: keep the workers as the user who started it.
@@ -378,86 +329,59 @@ http {{
 """
 
 
-class Nginx:
+class Nginx(GatewayProcess):
     """One nginx master process in the foreground, with its prefix folder."""
 
-    def __init__(self, gateway: Gateway, prefix: Path, binary: str = "") -> None:
-        self.gateway = gateway
-        self.prefix = prefix
-        self.binary = find_nginx(binary)
-        self.conf = prefix / "nginx.conf"
-        self.proc: subprocess.Popen[bytes] | None = None
+    name = "nginx"
+    error = NginxError
+    install_hint = "install it with: apt-get install -y nginx-light"
+    search_path = "/usr/sbin:/usr/local/sbin"
+    drain_by_endpoint = True  # a connection per call: a removed endpoint gets no new call
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.gateway.port}"
+    def __init__(self, gateway: NginxGateway, prefix: Path, binary: str = "") -> None:
+        super().__init__(
+            prefix, gateway.port, prefix / "nginx.conf", prefix / "nginx.stderr", self.find(binary)
+        )
+        self.gateway = gateway
 
     @property
     def access_log(self) -> Path:
         """One line per call (``log_format grpc``), written as each call ends."""
         return self.prefix / "access.log"
 
-    def _command(self, *extra: str) -> list[str]:
+    def render(self) -> str:
+        return render(self.gateway, self.prefix)
+
+    def command(self, *extra: str) -> list[str]:
         return [self.binary, "-p", str(self.prefix), "-c", str(self.conf), *extra]
+
+    def validate_command(self) -> list[str]:
+        return self.command("-t", "-q", "-e", str(self.prefix / "error.log"))
 
     def write_config(self) -> None:
         for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi", "logs"):
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(render(self.gateway, self.prefix))
-        check = subprocess.run(
-            self._command("-t", "-q", "-e", str(self.prefix / "error.log")),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        if check.returncode != 0:
-            raise NginxError(f"nginx rejected {self.conf}:\n{check.stderr.strip()}")
+        super().write_config()
 
-    def start(self, timeout: float = 10.0) -> None:
-        self.write_config()
-        log = (self.prefix / "nginx.stderr").open("ab")
-        self.proc = subprocess.Popen(
-            self._command("-e", str(self.prefix / "error.log")),
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise NginxError(f"nginx exited with {self.proc.returncode}: {self.error_log()}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.gateway.port), timeout=0.5),
-            ):
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise NginxError(f"nginx did not listen on {self.address} within {timeout}s")
+    def graceful_stop(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGQUIT: nginx finishes the calls in hand, then exits."""
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGQUIT)
 
     def error_log(self, tail: int = 20) -> str:
         return tail_lines(self.prefix / "error.log", tail)
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGQUIT (graceful), then SIGTERM, then SIGKILL to the whole process group."""
-        proc = self.proc
-        if proc is None:
-            return None
-        for sig, wait in ((signal.SIGQUIT, timeout), (signal.SIGTERM, 3.0)):
-            if proc.poll() is not None:
-                break
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(wait)
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait(3.0)
-        # Workers are in the master's session: make sure none outlive it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        self.proc = None
-        return proc.returncode
+    @property
+    def return_bound(self) -> float:
+        """nginx tries a failed backend again after ``fail_timeout`` (whole seconds), plus one."""
+        return max(1, round(self.gateway.fail_timeout)) + 1.0
+
+    async def back_in_rotation(self, addresses: Sequence[str], timeout: float) -> None:
+        """nginx has no health checks: a backend it marked failed while it was down is tried
+        again once ``fail_timeout`` has passed."""
+        await asyncio.sleep(self.gateway.fail_timeout)
+
+
+def find_nginx(binary: str = "") -> str:
+    """Path of nginx (``binary``, else PATH, else /usr/sbin); NginxError naming the apt command."""
+    return Nginx.find(binary)

@@ -15,19 +15,14 @@ from typing import Any
 from greeter.load import render
 from greeter.load.engine import UNKNOWN
 from greeter.load.report import Report
-from greeter.rehearse import scenarios
+from greeter.rehearse import findings, scenarios
 from greeter.wording import plural
 
 # What each scenario did, for the line under the verdict.
-WHAT = {
-    "rolling-drain": "SIGTERM each backend in turn under greeter load, restart it",
-    "cluster-outage": "SIGKILL every backend of {cluster} under traffic, then restart them",
-    "cluster-failover": "SIGKILL the active {active}; the standby {standby} takes the calls",
-}
-SCENARIO_FLAGS = {
-    "rolling-drain": "drain",
-    "cluster-outage": "outage",
-    "cluster-failover": "failover",
+WHAT: dict[findings.ScenarioName, str] = {
+    "drain": "SIGTERM each backend in turn under greeter load, restart it",
+    "outage": "SIGKILL every backend of {cluster} under traffic, then restart them",
+    "failover": "SIGKILL the active {active}; the standby {standby} takes the calls",
 }
 NO_BACKEND = "no backend (gateway 502)"  # nginx: no backend took the call
 NO_BACKEND_ENVOY = "no backend (gateway 503)"  # Envoy: no healthy pod, or the pod's link broke
@@ -53,17 +48,17 @@ def report_lines(summary: dict[str, Any], allowed: int | None = None) -> list[st
     first, then aligned lines; every time on the traffic's clock. ``allowed``: failed calls
     the scenario may have (default: the scenario's own)."""
     if allowed is None:
-        allowed = scenarios.allowed_failures(SCENARIO_FLAGS[summary["scenario"]])
+        allowed = findings.allowed_failures(summary["scenario"])
     return [verdict_line(summary, allowed), *detail_lines(summary), allowed_line(summary, allowed)]
 
 
 # Why each scenario may fail that many calls (its default), for the "allowed" row.
-ALLOWED_WHY = {
-    "rolling-drain": "a drain must lose no call",
-    "cluster-outage": "the calls already sent to a killed backend (a gateway cannot replay a "
+ALLOWED_WHY: dict[findings.ScenarioName, str] = {
+    "drain": "a drain must lose no call",
+    "outage": "the calls already sent to a killed backend (a gateway cannot replay a "
     "gRPC request it has started to send; every later call is retried elsewhere)",
-    "cluster-failover": f"the calls in flight at the SIGKILL (the probe keeps at most "
-    f"{scenarios.PROBE_CONCURRENCY}) plus the outage's {scenarios.OUTAGE_MAX_FAILED}",
+    "failover": f"the calls in flight at the SIGKILL (the probe keeps at most "
+    f"{findings.PROBE_CONCURRENCY}) plus the outage's {findings.OUTAGE_MAX_FAILED}",
 }
 # The outage's and the failover's bound on when a failed call may have been sent.
 WINDOW_WHY = "a call sent any later must reach a live backend"
@@ -72,19 +67,19 @@ WINDOW_WHY = "a call sent any later must reach a live backend"
 def allowed_line(summary: dict[str, Any], allowed: int) -> str:
     """The verdict's "(allowed N)" explained: the scenario's reason, or --max-failed."""
     name = summary["scenario"]
-    default = scenarios.allowed_failures(SCENARIO_FLAGS[name])
+    default = findings.allowed_failures(name)
     why = ALLOWED_WHY.get(name, "") if allowed == default else "as --max-failed set"
     return _row("allowed", f"{plural(allowed, 'failed call')}: {why}")
 
 
 def verdict_line(summary: dict[str, Any], allowed: int) -> str:
     """``PASSED: 1 failed of 2,925 calls (allowed 10)`` or ``FAILED: ...``."""
-    ok = scenarios.passed(summary, allowed)
+    ok = findings.passed(summary, allowed)
     line = (
         f"{summary['failed']:,} failed of {plural(summary['count'], 'call')} (allowed {allowed:,})"
     )
-    late = summary.get("failures_sent_after_dead")
-    if summary["scenario"] == "cluster-failover" and late:
+    late = findings.failures_after_dead(summary)
+    if late:
         line += f"; {late:,} sent after the active backends had exited{_grace(summary)} (allowed 0)"
     return f"{'PASSED' if ok else 'FAILED'}: {line}"
 
@@ -244,7 +239,7 @@ def _failures(summary: dict[str, Any]) -> str:
     return (
         f"{failed:,}, answered {first:.3f}-{last:.3f} s; the last sent "
         f"{_after(summary['last_failure_sent_after_kill_s'], 3)} {kill} (bound "
-        f"{scenarios.OUTAGE_MAX_WINDOW_S:g} s: {WINDOW_WHY})"
+        f"{findings.OUTAGE_MAX_WINDOW_S:g} s: {WINDOW_WHY})"
     )
 
 
@@ -346,14 +341,14 @@ def markers(result: scenarios.ScenarioResult) -> list[tuple[float, str]]:
 
 
 def _verdict(summary: dict[str, Any], allowed: int) -> str:
-    ok = scenarios.passed(summary, allowed)
+    ok = findings.passed(summary, allowed)
     parts = [verdict_line(summary, allowed).split(": ", 1)[1]]
     if "kill_at_s" in summary:
         late = summary["last_failure_sent_after_kill_s"]
         if late is not None:
             parts.append(
                 f"the last failed call was sent {_after(late)} the SIGKILL (bound "
-                f"{scenarios.OUTAGE_MAX_WINDOW_S:g} s: {WINDOW_WHY})"
+                f"{findings.OUTAGE_MAX_WINDOW_S:g} s: {WINDOW_WHY})"
             )
         after = summary["failures_sent_after_dead"]
         parts.append(

@@ -14,38 +14,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from greeter.rehearse.fleet import Backend, Rehearsal
+from greeter.rehearse import findings
+from greeter.rehearse.findings import (
+    PROBE_CONCURRENCY,
+    DrainFacts,
+    Facts,
+    FailoverFacts,
+    OutageFacts,
+    ScenarioName,
+    facts_json,
+)
+from greeter.rehearse.fleet import Rehearsal
+from greeter.rehearse.pods import Backend
 from greeter.rehearse.traffic import LoadRun, Traffic, TrafficReport, load_report, load_summary
 
 logger = logging.getLogger(__name__)
 
-# A cluster outage (SIGKILL: connections reset, ports refused) may fail only the calls that were
-# already sent to a killed backend: nginx cannot replay a gRPC request it has started to send.
-# At the scenario's rate that is a handful; every other call is retried on the other cluster.
-OUTAGE_MAX_FAILED = 10
-# ...and every one of them was sent before the killed backends were gone, and at most this many
-# seconds after the SIGKILL (a call sent later never goes to a dead backend, or is retried).
-OUTAGE_MAX_WINDOW_S = 1.0
-# Calls the scenarios' probe keeps in flight at most.
-PROBE_CONCURRENCY = 16
-# The failover kills the active clusters, which take *every* call (the outage's victims take
-# half): every call in flight at the SIGKILL may be lost (at most the probe's concurrency),
-# plus the outage's allowance for calls that reach the victims while they die. As in the
-# outage, a failed call sent after they were gone fails the run (the standby must take it).
-FAILOVER_MAX_FAILED = PROBE_CONCURRENCY + OUTAGE_MAX_FAILED
 # How long the traffic may take to start (a `greeter load` process: start-up and connect).
 TRAFFIC_START_TIMEOUT_S = 60.0
 
 
 @dataclass
 class ScenarioResult:
-    name: str
+    name: ScenarioName
+    # The traffic's own summary (``count``, ``failed``, ``status_codes``, ``by_cluster``...).
     traffic: dict[str, Any]
     events: list[dict[str, Any]] = field(default_factory=list)
     # The traffic as a ``greeter load`` JSON report; its ``timeline`` buckets and the
@@ -53,33 +50,23 @@ class ScenarioResult:
     # events' clock began (their ``at_s``).
     load: dict[str, Any] | None = None
     traffic_started_at_s: float = 0.0
+    # What the scenario's steps found (greeter.rehearse.findings).
+    facts: Facts | None = None
 
     @property
     def failed(self) -> int:
         return int(self.traffic["failed"])
 
     def summary(self) -> dict[str, Any]:
+        """The report's JSON: the scenario's name, the traffic's summary, the facts, the
+        events."""
         return {
             "scenario": self.name,
             **self.traffic,
+            **facts_json(self.facts),
             "events": self.events,
             "traffic_started_at_s": round(self.traffic_started_at_s, 3),
         }
-
-
-def allowed_failures(scenario: str, max_failed: int | None = None) -> int:
-    """Failed calls ``scenario`` (drain, outage, failover) may have: ``max_failed`` if given."""
-    if max_failed is not None:
-        return max_failed
-    return {"drain": 0, "outage": OUTAGE_MAX_FAILED, "failover": FAILOVER_MAX_FAILED}[scenario]
-
-
-def passed(summary: dict[str, Any], allowed: int) -> bool:
-    """The verdict: no more failed calls than ``allowed``, and in a failover none sent once
-    the active backends were gone (the standby must take those)."""
-    if summary["scenario"] == "cluster-failover" and summary["failures_sent_after_dead"]:
-        return False
-    return int(summary["failed"]) <= allowed
 
 
 class _Timeline:
@@ -191,11 +178,9 @@ async def rolling_drain(
     ran = float(traffic["duration_s"] or 0.0)
     limit = traffic["limit_s"]
     still_running = traffic["interrupted"] and limit is not None and ran < float(limit)
-    traffic["load_sending_at_s"] = round(sending, 3)
-    traffic["covered_all_restarts"] = (
-        first_sigterm is not None and sending <= first_sigterm and still_running
-    )
-    return ScenarioResult("rolling-drain", traffic, timeline.events, report, started)
+    covered = first_sigterm is not None and sending <= first_sigterm and still_running
+    facts = DrainFacts(load_sending_at_s=round(sending, 3), covered_all_restarts=covered)
+    return ScenarioResult("drain", traffic, timeline.events, report, started, facts)
 
 
 def _load_start(began: float, sending: float, stopping: float, report: dict[str, Any]) -> float:
@@ -233,17 +218,114 @@ async def _abandon_probe(traffic: Traffic, runner: asyncio.Task[TrafficReport]) 
     await asyncio.gather(runner, return_exceptions=True)
 
 
-async def _kill(
-    rehearsal: Rehearsal, victims: list[Backend], timeline: _Timeline, **what: Any
-) -> tuple[float, float, list[str]]:
-    """SIGKILL ``victims``: (when the signal went out, when they had exited, survivors)."""
-    kill_at = time.perf_counter()
-    timeline.mark("sigkill", **what, pods=[b.pod for b in victims])
-    await rehearsal.kill(victims)
-    dead_at = time.perf_counter()
-    survivors = [b.pod for b in victims if b.alive]
-    timeline.mark("killed", **what, survivors=survivors)
-    return kill_at, dead_at, survivors
+class Fault(Protocol):
+    """What a probe scenario does to the fleet under traffic (``inflict``) and undoes
+    (``recover``); ``what`` names the victims in the events (``cluster=...``)."""
+
+    what: dict[str, Any]
+
+    async def inflict(self, rehearsal: Rehearsal, timeline: _Timeline) -> Inflicted: ...
+
+    async def recover(self, rehearsal: Rehearsal, timeline: _Timeline) -> tuple[float, float]:
+        """When recovery began, and when it was complete (``perf_counter`` times)."""
+        ...
+
+
+@dataclass
+class Inflicted:
+    """``perf_counter`` times: when the fault began, when it had taken full effect (the
+    victims gone); the victims it did not reach."""
+
+    began: float
+    effective: float
+    survivors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Kill:
+    """SIGKILL ``victims`` (no drain: connections reset, ports refused, as when a cluster
+    drops out); recover by starting them again."""
+
+    victims: list[Backend]
+    what: dict[str, Any]
+
+    async def inflict(self, rehearsal: Rehearsal, timeline: _Timeline) -> Inflicted:
+        began = time.perf_counter()
+        timeline.mark("sigkill", **self.what, pods=[b.pod for b in self.victims])
+        await rehearsal.kill(self.victims)
+        dead = time.perf_counter()
+        survivors = [b.pod for b in self.victims if b.alive]
+        timeline.mark("killed", **self.what, survivors=survivors)
+        return Inflicted(began, dead, survivors)
+
+    async def recover(self, rehearsal: Rehearsal, timeline: _Timeline) -> tuple[float, float]:
+        reviving = time.perf_counter()
+        timeline.mark("reviving", **self.what)
+        await rehearsal.revive(self.victims)
+        revived = time.perf_counter()
+        timeline.mark("revived", **self.what)
+        return reviving, revived
+
+
+@dataclass
+class ProbeRun:
+    """A probe scenario's run: the probe's records and the steps' times, in seconds since
+    the traffic started."""
+
+    report: TrafficReport
+    traffic: Traffic
+    timeline: _Timeline
+    fault_s: float
+    effective_s: float
+    survivors: list[str]
+    recovering_s: float
+    recovered_s: float
+
+    def result(self, name: ScenarioName, facts: Facts) -> ScenarioResult:
+        started = self.traffic.started - self.timeline.began
+        return ScenarioResult(
+            name, self.report.summary(), self.timeline.events, load_report(self.traffic),
+            started, facts,
+        )  # fmt: skip
+
+
+async def probe_fault_recover(
+    rehearsal: Rehearsal,
+    fault: Fault,
+    rps: float,
+    concurrency: int,
+    before: float,
+    after: float,
+    back: float,
+    **running: Any,
+) -> ProbeRun:
+    """The probe scenarios' skeleton, step by step: **probe** (the rehearsal's own traffic,
+    one record per call, runs ``before`` seconds), **fault** (``fault.inflict``, then
+    ``after`` seconds), **recover** (``fault.recover``, then ``back`` seconds), and the
+    traffic stops; the **verdict** is the caller's, from the records. ``running``: details
+    of the "traffic running" event."""
+    traffic = Traffic(rehearsal.target(), rps, concurrency=concurrency)
+    timeline = _Timeline()
+    runner = asyncio.create_task(traffic.run())
+    try:
+        await _start_probe(traffic, runner)
+        timeline.mark("traffic running", rps=rps, **running)
+        await asyncio.sleep(before)
+        hit = await fault.inflict(rehearsal, timeline)
+        await asyncio.sleep(after)
+        recovering, recovered = await fault.recover(rehearsal, timeline)
+        await asyncio.sleep(back)
+    except BaseException:
+        await _abandon_probe(traffic, runner)
+        raise
+    traffic.stop()
+    report = await runner
+    timeline.mark("traffic stopped")
+    t0 = traffic.started
+    return ProbeRun(
+        report, traffic, timeline, hit.began - t0, hit.effective - t0, hit.survivors,
+        recovering - t0, recovered - t0,
+    )  # fmt: skip
 
 
 async def cluster_outage(
@@ -253,12 +335,11 @@ async def cluster_outage(
     before: float = 2.0,
     after: float = 5.0,
     back: float | None = None,
-    concurrency: int = 16,
+    concurrency: int = PROBE_CONCURRENCY,
 ) -> ScenarioResult:
     """SIGKILL every backend of one cluster under traffic, keep going for ``after`` seconds,
     then bring them back and keep going for ``back`` (default: the rehearsal's
-    ``return_bound`` + 1), so
-    the traffic is seen to return to them.
+    ``return_bound`` + 1), so the traffic is seen to return to them.
 
     The traffic is the rehearsal's own probe, which keeps one record per call (when it was
     sent, when it ended), so the report says which calls the outage hurt, not only how many.
@@ -269,95 +350,15 @@ async def cluster_outage(
     if not victims:
         raise ValueError(f"no backends in cluster {name!r}")
     back = rehearsal.return_bound + 1.0 if back is None else back
-    traffic = Traffic(rehearsal.target(), rps, concurrency=concurrency)
-    timeline = _Timeline()
-    runner = asyncio.create_task(traffic.run())
-    try:
-        await _start_probe(traffic, runner)
-        timeline.mark("traffic running", rps=rps)
-        await asyncio.sleep(before)
-        kill_at, dead_at, survivors = await _kill(rehearsal, victims, timeline, cluster=name)
-        await asyncio.sleep(after)
-        reviving_at, revived_at = await _revive(rehearsal, victims, timeline, cluster=name)
-        await asyncio.sleep(back)
-    except BaseException:
-        await _abandon_probe(traffic, runner)
-        raise
-    traffic.stop()
-    report = await runner
-    timeline.mark("traffic stopped")
-    t0 = traffic.started
-    summary = outage_summary(report, kill_at - t0, dead_at - t0, survivors, rehearsal.dead_grace_s)
-    summary["cluster"] = name
-    summary.update(return_summary(report, [name], reviving_at - t0, revived_at - t0))
-    return _probe_result("cluster-outage", summary, timeline, traffic)
-
-
-def _probe_result(
-    name: str, summary: dict[str, Any], timeline: _Timeline, traffic: Traffic
-) -> ScenarioResult:
-    started = traffic.started - timeline.began
-    return ScenarioResult(name, summary, timeline.events, load_report(traffic), started)
-
-
-async def _revive(
-    rehearsal: Rehearsal, victims: list[Backend], timeline: _Timeline, **what: Any
-) -> tuple[float, float]:
-    """Start ``victims`` again: (when they were started, when all were SERVING)."""
-    reviving_at = time.perf_counter()
-    timeline.mark("reviving", **what)
-    await rehearsal.revive(victims)
-    revived_at = time.perf_counter()
-    timeline.mark("revived", **what)
-    return reviving_at, revived_at
-
-
-def return_summary(
-    report: TrafficReport, clusters: Collection[str], reviving_s: float, revived_s: float
-) -> dict[str, Any]:
-    """When the killed ``clusters`` were started again and were SERVING (since the traffic
-    started), and when one of them served a call again."""
-    back = [
-        o.sent
-        for o in report.outcomes
-        if o.sent > reviving_s and o.code == "OK" and o.cluster in clusters
-    ]
-    return {
-        "reviving_at_s": round(reviving_s, 3),
-        "revived_at_s": round(revived_s, 3),
-        # The restarted backends take calls as soon as they listen, before the rehearsal
-        # has seen them SERVING.
-        "returned_at_s": round(min(back), 3) if back else None,
-    }
-
-
-def outage_summary(
-    report: TrafficReport,
-    kill_s: float,
-    dead_s: float,
-    survivors: list[str],
-    grace_s: float = 0.0,
-) -> dict[str, Any]:
-    """The probe's summary with what the outage did: ``kill_s`` is when the SIGKILL went out,
-    ``dead_s`` when the victims had exited (both since the traffic started). A call sent
-    within ``grace_s`` after that is not counted as sent after they were gone (the
-    rehearsal's ``dead_grace_s``: a keep-alive gateway learns of the death a moment later)."""
-    summary = report.summary()
-    failed = report.failures
-    summary["kill_at_s"] = round(kill_s, 3)
-    summary["dead_at_s"] = round(dead_s, 3)  # the victims had exited (reaped) by then...
-    summary["survivors"] = survivors  # ...except these, if SIGKILL did not end them
-    # Which calls failed is decided by when they were sent: the ones already sent to a killed
-    # backend. When a failed call's answer arrived (``at``) is only the client's pace.
-    summary["last_failure_sent_after_kill_s"] = (
-        round(max(o.sent for o in failed) - kill_s, 3) if failed else None
+    kill = Kill(victims, {"cluster": name})
+    run = await probe_fault_recover(rehearsal, kill, rps, concurrency, before, after, back)
+    report, grace = run.report, rehearsal.dead_grace_s
+    facts = OutageFacts(
+        killed=findings.killed(report, run.fault_s, run.effective_s, run.survivors, grace),
+        cluster=name,
+        returned=findings.returned(report, [name], run.recovering_s, run.recovered_s),
     )
-    summary["dead_grace_s"] = grace_s
-    summary["failures_sent_after_dead"] = len(report.failures_sent_after(dead_s + grace_s))
-    summary["ok_sent_after_dead"] = sum(
-        1 for o in report.outcomes if o.code == "OK" and o.sent > dead_s
-    )
-    return summary
+    return run.result("outage", facts)
 
 
 async def cluster_failover(
@@ -382,91 +383,27 @@ async def cluster_failover(
     c = rehearsal.config
     if not c.standby:
         raise ValueError("the failover needs a standby cluster (standby / --standby)")
-    active_clusters = [name for name in c.clusters if name not in c.standby]
-    victims = [b for b in rehearsal.backends if b.cluster in active_clusters]
+    active = [name for name in c.clusters if name not in c.standby]
+    victims = [b for b in rehearsal.backends if b.cluster in active]
     bound = rehearsal.return_bound
     back = bound + 3.0 if back is None else back
-    traffic = Traffic(rehearsal.target(), rps, concurrency=concurrency)
-    timeline = _Timeline()
-    runner = asyncio.create_task(traffic.run())
-    try:
-        await _start_probe(traffic, runner)
-        timeline.mark("traffic running", rps=rps, active=active_clusters, standby=list(c.standby))
-        await asyncio.sleep(before)
-        kill_at, dead_at, survivors = await _kill(
-            rehearsal, victims, timeline, clusters=active_clusters
-        )
-        await asyncio.sleep(after)
-        reviving_at, revived_at = await _revive(
-            rehearsal, victims, timeline, clusters=active_clusters
-        )
-        await asyncio.sleep(back)
-    except BaseException:
-        await _abandon_probe(traffic, runner)
-        raise
-    traffic.stop()
-    report = await runner
-    timeline.mark("traffic stopped")
-    t0 = traffic.started
-    summary = outage_summary(report, kill_at - t0, dead_at - t0, survivors, rehearsal.dead_grace_s)
-    summary.update(
-        failover_summary(
-            report,
-            active_clusters,
-            c.standby,
-            (kill_at - t0, dead_at - t0, reviving_at - t0, revived_at - t0),
-            bound,
-        )
+    kill = Kill(victims, {"clusters": active})
+    run = await probe_fault_recover(
+        rehearsal, kill, rps, concurrency, before, after, back,
+        active=active, standby=list(c.standby),
+    )  # fmt: skip
+    report = run.report
+    hit = findings.killed(
+        report, run.fault_s, run.effective_s, run.survivors, rehearsal.dead_grace_s
     )
-    return _probe_result("cluster-failover", summary, timeline, traffic)
+    times = (run.fault_s, run.effective_s, run.recovering_s, run.recovered_s)
+    facts: FailoverFacts = findings.failover(report, hit, active, c.standby, times, bound)
+    return run.result("failover", facts)
 
 
-def _phase(report: TrafficReport, since: float, until: float, by: str = "sent") -> dict[str, Any]:
-    """The calls ``by`` ("sent", or "ended": answered or failed) in ``(since, until]``
-    (seconds since the traffic started)."""
-    calls = [o for o in report.outcomes if since < (o.sent if by == "sent" else o.at) <= until]
-    return {
-        "calls": by,
-        "from_s": round(max(since, 0.0), 3),
-        "to_s": round(min(until, report.duration), 3),
-        "count": len(calls),
-        "failed": sum(1 for o in calls if o.code != "OK"),
-        "by_cluster": dict(Counter(o.cluster for o in calls if o.code == "OK")),
-    }
-
-
-def _share(phase: dict[str, Any], clusters: Collection[str]) -> float | None:
-    by_cluster: dict[str, int] = phase["by_cluster"]
-    ok = sum(by_cluster.values())
-    if not ok:
-        return None
-    return round(sum(n for name, n in by_cluster.items() if name in clusters) / ok, 4)
-
-
-def failover_summary(
-    report: TrafficReport,
-    active: Collection[str],
-    standby: Collection[str],
-    times: tuple[float, float, float, float],
-    bound_s: float,
-) -> dict[str, Any]:
-    """What the failover did to the split. ``times`` since the traffic started: the SIGKILL,
-    the active backends gone, their restart begun, all of them SERVING again."""
-    kill_s, dead_s, reviving_s, revived_s = times
-    phases = {
-        # Ended before the SIGKILL: picked while every active backend was up. (A call sent
-        # just before it may reach nginx after it, and rightly go to the standby.)
-        "before_kill": _phase(report, float("-inf"), kill_s, by="ended"),
-        "active_down": _phase(report, dead_s, reviving_s),
-        "returned": _phase(report, revived_s + bound_s, float("inf")),
-    }
-    return {
-        "active": list(active),
-        "standby": list(standby),
-        **return_summary(report, active, reviving_s, revived_s),
-        "return_bound_s": bound_s,
-        "phases": phases,
-        "standby_share_before_kill": _share(phases["before_kill"], standby),
-        "standby_share_after_kill": _share(phases["active_down"], standby),
-        "active_share_after_return": _share(phases["returned"], active),
-    }
+# What ``greeter rehearse --scenario NAME`` runs, with its calls per second.
+RUNNERS: dict[ScenarioName, Callable[..., Awaitable[ScenarioResult]]] = {
+    "drain": rolling_drain,
+    "outage": cluster_outage,
+    "failover": cluster_failover,
+}

@@ -1,0 +1,551 @@
+"""The rehearsal's Envoy configuration: the engine of Emissary, Envoy Gateway, Istio and Contour.
+
+Where nginx (:mod:`greeter.rehearse.nginx`) plays ingress-nginx, this plays the gateways that
+keep HTTP/2 connections to the pods open and take a pod out because their **active health
+checks** see it draining, as an ALB multi-cluster gateway does:
+
+- the HTTPS listener for ``grpc.example.com`` (the same self-signed certificate as nginx's),
+  HTTP/2 and HTTP/1.1 by ALPN; other host names get a 404 (gRPC ``UNIMPLEMENTED``);
+- one Envoy cluster ``fleet`` over every member cluster's pods, each member cluster a
+  *locality* (its share with ``--weights``: locality weights), a standby cluster's pods at
+  *priority 1* (``--standby``: they take the calls priority 0 cannot, all of them once no
+  priority-0 pod is healthy, a share of them while fewer than 1/1.4 of its pods are);
+- upstream HTTP/2 with keep-alive, as Envoy always runs it: one connection per pod per worker;
+- active gRPC health checks (``grpc.health.v1.Health/Check``; ``NOT_SERVING`` is unhealthy)
+  timed like the chart's ALB health checks (:class:`HealthCheck`), with ``no_traffic_interval``
+  set so an idle cluster is checked as often as a busy one, and **panic mode off**
+  (``healthy_panic_threshold: 0``): with every pod unhealthy Envoy answers 503 instead of
+  quietly sending calls to all of them;
+- outlier detection for a pod that dies outright (a refused or reset connection ejects it for
+  ``ejection_time``), and retries of calls that never reached a pod (``connect-failure``,
+  ``refused-stream``, ``reset-before-request``) on another pod;
+- the GRPCRoute's canary rule (``x-canary: "true"`` on ``helloworld.Greeter``), header routing
+  to one cluster (``--route-header``);
+- gRPC-Web through Envoy's ``grpc_web`` and ``cors`` filters to the pods' plain gRPC port, as
+  Emissary's ``enable_grpc_web`` does; the page's files from the pods' web ports under ``/web/``;
+- TLS origination to the pods (``--backend-tls``): ALPN ``h2``, SNI the Service's name, the
+  certificate verified against the fleet CA and that name, as Emissary's origination
+  ``TLSContext`` or a ``BackendTLSPolicy`` configure it;
+- a delay in the gateway only (the ``fault`` filter), to show where latency goes: a call
+  that carries ``x-envoy-fault-delay-request: MS`` is held that long, and ``--gateway-delay``
+  holds every call.
+
+:func:`config` builds the whole bootstrap configuration from an :class:`EnvoyGateway` and
+nothing else (no process, no file): :mod:`greeter.rehearse.envoy` writes it to the run's folder
+as YAML (``envoy/envoy.yaml``) and runs Envoy on it.
+
+Where to change what: a cluster's connection, health-check and outlier settings in
+:func:`_grpc_cluster`; what a route retries in :func:`_retry_policy`; the listener's HTTP
+filters in :func:`_http_filters`; what the connection manager logs or traces in :func:`config`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from greeter.rehearse.gateway import (
+    CANARY_HEADER,
+    CANARY_VALUE,
+    HOST,
+    STREAM_TIMEOUT_S,
+    WEB_PATH,
+    BackendTLS,
+    Endpoint,
+    GatewaySpec,
+    member_upstream,
+)
+from greeter.rehearse.yaml_text import to_yaml
+
+GREETER_PREFIX = "/helloworld.Greeter/"
+# Response metadata a page on another origin may read (Emissary's Mapping `cors`).
+EXPOSED_HEADERS = (
+    "grpc-status",
+    "grpc-message",
+    "x-greeter-cluster",
+    "x-greeter-pod",
+    "x-greeter-node",
+    "x-greeter-zone",
+    "server-timing",
+)
+ALLOWED_HEADERS = (
+    "content-type",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "authorization",
+    "x-greeter-stream-count",
+    CANARY_HEADER,
+)
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """Envoy's active gRPC health checks, timed like the chart's ALB health checks.
+
+    The defaults are ``albIngress.healthCheck`` in chart/values.yaml (a test keeps them equal):
+    a pod that goes ``NOT_SERVING`` stops getting calls within ``detection_s`` (interval x
+    unhealthy threshold + timeout), so its drain delay must be at least that plus ``margin``.
+    """
+
+    interval: float = 1.0
+    timeout: float = 1.0
+    unhealthy_threshold: int = 2
+    healthy_threshold: int = 2
+    margin: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"health check {name} must be more than 0 seconds")
+        for name in ("unhealthy_threshold", "healthy_threshold"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"health check {name.replace('_', ' ')} must be at least 1")
+        if self.margin < 0:
+            raise ValueError("health check margin must not be negative")
+
+    @property
+    def detection_s(self) -> float:
+        """Longest time from ``NOT_SERVING`` to no more calls: interval x unhealthy threshold
+        + timeout."""
+        return self.interval * self.unhealthy_threshold + self.timeout
+
+    @property
+    def min_drain_delay(self) -> float:
+        """The shortest drain delay that loses no call: detection + margin."""
+        return self.detection_s + self.margin
+
+    @property
+    def return_s(self) -> float:
+        """Longest time from a pod serving again to Envoy sending it calls."""
+        return self.interval * self.healthy_threshold + self.timeout
+
+
+@dataclass(frozen=True)
+class EnvoyGateway(GatewaySpec):
+    """Everything the Envoy configuration depends on. Durations in seconds."""
+
+    admin_port: int
+    fleet: Sequence[Endpoint]
+    canary: Sequence[Endpoint]
+    access_log: Path
+    health: HealthCheck = field(default_factory=HealthCheck)
+    # A pod whose connection was refused or reset is ejected this long (nginx's fail_timeout).
+    ejection_time: float = 2.0
+    # Each cluster's share of the fleet's calls in percent (locality weights); empty: round
+    # robin over every pod.
+    weights: Mapping[str, int] = field(default_factory=dict)
+    # Clusters whose pods are at priority 1: calls only while no priority-0 pod is healthy.
+    standby: Sequence[str] = ()
+    # The pods' web ports (127.0.0.1:port) that serve the page's files; empty: no /web/.
+    web: Sequence[str] = ()
+    # A fixed delay the gateway adds to every call (the fault filter), in milliseconds.
+    delay_ms: float = 0.0
+    # Retry a call that never reached a pod on another pod, as nginx's grpc_next_upstream
+    # error does (Emissary's and Envoy Gateway's routes retry nothing unless told; Istio's
+    # default retries these and more). False: no retries, health checks alone.
+    retries: bool = True
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3f}s"
+
+
+def _address(address: str) -> dict[str, Any]:
+    if address.startswith("unix:"):
+        return {"pipe": {"path": address.removeprefix("unix:")}}
+    host, _, port = address.rpartition(":")
+    return {"socket_address": {"address": host.strip("[]"), "port_value": int(port)}}
+
+
+def _typed(kind: str, **config: Any) -> dict[str, Any]:
+    return {"@type": f"type.googleapis.com/{kind}", **config}
+
+
+def _upstream_tls(tls: BackendTLS, name: str, alpn: str) -> dict[str, Any]:
+    """TLS origination: ALPN, SNI ``name``, the certificate verified against the fleet CA
+    and ``name`` (an Emissary origination TLSContext, a BackendTLSPolicy's hostname)."""
+    context = _typed(
+        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        sni=name,
+        common_tls_context={
+            "alpn_protocols": [alpn],
+            "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+            "validation_context": {
+                "trusted_ca": {"filename": str(tls.ca)},
+                "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": name}}],
+            },
+        },
+    )
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+def _grpc_cluster(
+    name: str,
+    endpoints: Sequence[Endpoint],
+    g: EnvoyGateway,
+    tls_name: str,
+    policies: bool = False,
+) -> dict[str, Any]:
+    """An Envoy cluster of pods' gRPC ports: HTTP/2 keep-alive, health checks, outlier
+    detection; with ``policies`` (the fleet), localities (member clusters) with the weights
+    and priorities ``g`` has."""
+    weighted = policies and bool(g.weights)
+    by_locality: dict[str, list[Endpoint]] = {}
+    for endpoint in endpoints:
+        by_locality.setdefault(endpoint.cluster, []).append(endpoint)
+    localities = []
+    for cluster, members in by_locality.items():
+        locality: dict[str, Any] = {
+            "locality": {"zone": cluster},
+            "lb_endpoints": [
+                {
+                    "endpoint": {"address": _address(e.address), "hostname": e.pod},
+                    "metadata": {"filter_metadata": {"greeter": {"pod": e.pod}}},
+                }
+                for e in members
+            ],
+        }
+        if weighted and g.weights.get(cluster, 0) > 0:
+            locality["load_balancing_weight"] = g.weights[cluster]
+        if policies and cluster in g.standby:
+            locality["priority"] = 1
+        localities.append(locality)
+    if weighted:  # a cluster with share 0 keeps no pod in the fleet
+        localities = [loc for loc in localities if "load_balancing_weight" in loc]
+    hc = g.health
+    cluster_config: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": _duration(g.connect_timeout),
+        "lb_policy": "ROUND_ROBIN",
+        "common_lb_config": {
+            # Panic mode off: with every pod unhealthy, 503 rather than all pods regardless.
+            "healthy_panic_threshold": {"value": 0.0},
+            **({"locality_weighted_lb_config": {}} if weighted else {}),
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            # Envoy's default overprovisioning factor (1.4): priority 0 keeps every call
+            # while at least 1/1.4 of its pods are healthy, and spills the rest to priority 1.
+            "endpoints": localities,
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                explicit_http_config={
+                    "http2_protocol_options": {
+                        "max_concurrent_streams": 1000,
+                        "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+                    }
+                },
+                common_http_protocol_options={"idle_timeout": f"{STREAM_TIMEOUT_S}s"},
+            )
+        },
+        # Retries of calls that never reached a pod are not rationed (the default allows 3
+        # at once, and an outage at 250 calls/s needs more).
+        "circuit_breakers": {"thresholds": [{"max_retries": 10_000}]},
+        "health_checks": [
+            {
+                "timeout": _duration(hc.timeout),
+                "interval": _duration(hc.interval),
+                "interval_jitter": "0s",
+                "initial_jitter": "0s",
+                # Without this, a cluster that gets no calls is checked every 60 s, and a
+                # drain would go unseen until the next call.
+                "no_traffic_interval": _duration(hc.interval),
+                "no_traffic_healthy_interval": _duration(hc.interval),
+                "unhealthy_threshold": hc.unhealthy_threshold,
+                "healthy_threshold": hc.healthy_threshold,
+                "grpc_health_check": {"authority": tls_name},
+                "always_log_health_check_failures": True,
+            }
+        ],
+        "outlier_detection": {
+            # A refused or reset connection (local origin) ejects the pod at once, for
+            # ejection_time; a 5xx from the pod itself counts separately.
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 1,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "consecutive_gateway_failure": 3,
+            "enforcing_consecutive_gateway_failure": 100,
+            "interval": "1s",
+            "base_ejection_time": _duration(g.ejection_time),
+            "max_ejection_time": _duration(g.ejection_time),
+            "max_ejection_percent": 100,
+        },
+    }
+    if g.backend_tls is not None:
+        cluster_config["transport_socket"] = _upstream_tls(g.backend_tls, tls_name, "h2")
+    return cluster_config
+
+
+def _web_cluster(g: EnvoyGateway) -> dict[str, Any]:
+    """The pods' web ports, for the page's files (HTTP/1.1)."""
+    config: dict[str, Any] = {
+        "name": "web",
+        "type": "STATIC",
+        "connect_timeout": _duration(g.connect_timeout),
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": "web",
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _address(a)}} for a in g.web]}
+            ],
+        },
+        "outlier_detection": {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 1,
+            "base_ejection_time": _duration(g.ejection_time),
+            "max_ejection_percent": 100,
+        },
+    }
+    if g.backend_tls is not None:
+        config["transport_socket"] = _upstream_tls(
+            g.backend_tls, g.backend_tls.fleet_name, "http/1.1"
+        )
+    return config
+
+
+def _retry_policy() -> dict[str, Any]:
+    """Retry a call on another pod only when it surely never reached one."""
+    return {
+        "retry_on": "connect-failure,refused-stream,reset-before-request",
+        # Up to ~0.6 s of retries: long enough for outlier detection's ejection (or a health
+        # check) to reach the worker, so a call that picked a pod the instant it died is
+        # retried onto the survivors, or the standby, and not onto the dead pods again.
+        "num_retries": 5,
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": _typed(
+                    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                ),
+            }
+        ],
+        "host_selection_retry_max_attempts": 5,
+        "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
+    }
+
+
+def _to(g: EnvoyGateway, cluster: str, rewrite: str = "") -> dict[str, Any]:
+    action: dict[str, Any] = {
+        "cluster": cluster,
+        "timeout": "0s",  # streams may last; the client's deadline bounds a call
+    }
+    if g.retries:
+        action["retry_policy"] = _retry_policy()
+    if rewrite:
+        action["prefix_rewrite"] = rewrite
+    return action
+
+
+def _header(name: str, value: str) -> dict[str, Any]:
+    return {"name": name, "string_match": {"exact": value, "ignore_case": True}}
+
+
+def _web_routes(g: EnvoyGateway) -> list[dict[str, Any]]:
+    """``/web/``: the page's own gRPC-Web calls to the gRPC clusters, its files to the web
+    ports."""
+    if not g.web:
+        return []
+    web = WEB_PATH.rstrip("/")
+    page_calls = web + GREETER_PREFIX
+    canary = [
+        {
+            "match": {"prefix": page_calls, "headers": [_header(CANARY_HEADER, CANARY_VALUE)]},
+            "route": _to(g, "canary", GREETER_PREFIX),
+        }
+    ]
+    return [
+        {"match": {"path": web}, "redirect": {"path_redirect": WEB_PATH}},
+        *canary,
+        {"match": {"prefix": page_calls}, "route": _to(g, "fleet", GREETER_PREFIX)},
+        {
+            "match": {"prefix": WEB_PATH},
+            "route": _to(g, "web", "/"),
+        },
+    ]
+
+
+def _routes(g: EnvoyGateway, clusters: Sequence[str]) -> list[dict[str, Any]]:
+    """grpc.example.com: the canary rule, header routing, then the fleet."""
+    routes = [
+        *_web_routes(g),
+        {
+            "match": {"prefix": GREETER_PREFIX, "headers": [_header(CANARY_HEADER, CANARY_VALUE)]},
+            "route": _to(g, "canary"),
+        },
+    ]
+    if g.route_header:
+        routes += [
+            {
+                "match": {"prefix": "/", "headers": [_header(g.route_header, cluster)]},
+                "route": _to(g, member_upstream(cluster)),
+            }
+            for cluster in clusters
+        ]
+    routes.append({"match": {"prefix": "/"}, "route": _to(g, "fleet")})
+    return routes
+
+
+def _cors(g: EnvoyGateway) -> dict[str, Any]:
+    """Emissary's Mapping ``cors``: which origins may call, and what their pages may read."""
+    origins = [f"https://{name}:{g.port}" for name in (g.host, "127.0.0.1", "localhost")]
+    return _typed(
+        "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        allow_origin_string_match=[{"exact": origin} for origin in origins],
+        allow_methods="POST, OPTIONS",
+        allow_headers=", ".join(ALLOWED_HEADERS),
+        expose_headers=", ".join(EXPOSED_HEADERS),
+        max_age="600",
+    )
+
+
+def _http_filters(g: EnvoyGateway) -> list[dict[str, Any]]:
+    filters = [
+        {
+            "name": "envoy.filters.http.grpc_web",
+            "typed_config": _typed("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"),
+        },
+        {
+            "name": "envoy.filters.http.cors",
+            "typed_config": _typed("envoy.extensions.filters.http.cors.v3.Cors"),
+        },
+    ]
+    # A call may ask the gateway to hold it: `-m x-envoy-fault-delay-request:50` (ms).
+    every = {"numerator": 100, "denominator": "HUNDRED"}
+    delays: list[dict[str, Any]] = [{"header_delay": {}, "percentage": every}]
+    if g.delay_ms > 0:  # --gateway-delay: every call
+        delays.append({"fixed_delay": _duration(g.delay_ms / 1000), "percentage": every})
+    filters += [
+        {
+            "name": "envoy.filters.http.fault",
+            "typed_config": _typed("envoy.extensions.filters.http.fault.v3.HTTPFault", delay=d),
+        }
+        for d in delays
+    ]
+    filters.append(
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
+        }
+    )
+    return filters
+
+
+# One line per call: what the scenarios wait for and what a person reads after a run.
+ACCESS_LOG_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %REQ(X-CANARY)% upstream=%UPSTREAM_HOST% cluster=%UPSTREAM_CLUSTER% "
+    "grpc_status=%GRPC_STATUS% flags=%RESPONSE_FLAGS% attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT% "
+    "rt=%DURATION%ms\n"
+)
+
+
+def config(g: EnvoyGateway) -> dict[str, Any]:
+    """The whole bootstrap configuration (static resources, admin on 127.0.0.1)."""
+    clusters = list(dict.fromkeys(e.cluster for e in g.fleet))
+    tls_name = g.backend_tls.fleet_name if g.backend_tls else HOST
+    canary_name = g.backend_tls.canary_name if g.backend_tls else HOST
+    envoy_clusters = [
+        _grpc_cluster("fleet", g.fleet, g, tls_name, policies=True),
+        _grpc_cluster("canary", g.canary or g.fleet, g, canary_name),
+    ]
+    if g.route_header:
+        envoy_clusters += [
+            _grpc_cluster(member_upstream(c), [e for e in g.fleet if e.cluster == c], g, tls_name)
+            for c in clusters
+        ]
+    if g.web:
+        envoy_clusters.append(_web_cluster(g))
+    not_found = {"match": {"prefix": "/"}, "direct_response": {"status": 404}}
+    cors = {"envoy.filters.http.cors": _cors(g)}
+    manager = _typed(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        stat_prefix="gateway",
+        codec_type="AUTO",
+        # No GOAWAY after N calls or a short idle time in the middle of a long run.
+        stream_idle_timeout=f"{STREAM_TIMEOUT_S}s",
+        request_timeout="0s",
+        common_http_protocol_options={"idle_timeout": f"{STREAM_TIMEOUT_S}s"},
+        http2_protocol_options={"max_concurrent_streams": 1000},
+        access_log=[
+            {
+                "name": "envoy.access_loggers.file",
+                "typed_config": _typed(
+                    "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    path=str(g.access_log),
+                    log_format={"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}},
+                ),
+            }
+        ],
+        route_config={
+            "name": "gateway",
+            "virtual_hosts": [
+                {
+                    "name": "grpc",
+                    "domains": [g.host, f"{g.host}:*"],
+                    "routes": _routes(g, clusters),
+                    "typed_per_filter_config": cors,
+                },
+                {
+                    # Any other host name: the default backend's 404 (UNIMPLEMENTED to gRPC).
+                    "name": "default",
+                    "domains": ["*"],
+                    "routes": [*_web_routes(g), not_found],
+                    "typed_per_filter_config": cors,
+                },
+            ],
+        },
+        http_filters=_http_filters(g),
+    )
+    tls = _typed(
+        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        common_tls_context={
+            "alpn_protocols": ["h2", "http/1.1"],
+            "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+            "tls_certificates": [
+                {
+                    "certificate_chain": {"filename": str(g.cert)},
+                    "private_key": {"filename": str(g.key)},
+                }
+            ],
+        },
+    )
+    listener = {
+        "name": "gateway",
+        "address": _address(f"127.0.0.1:{g.port}"),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": manager,
+                    }
+                ],
+                "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
+            }
+        ],
+    }
+    return {
+        "admin": {"address": _address(f"127.0.0.1:{g.admin_port}")},
+        "static_resources": {"listeners": [listener], "clusters": envoy_clusters},
+    }
+
+
+def render(g: EnvoyGateway) -> str:
+    return (
+        "# Generated by `greeter rehearse --gateway envoy`; docs/rehearsal.md explains it.\n"
+        + to_yaml(config(g))
+        + "\n"
+    )
+
+
+def checked_clusters(g: EnvoyGateway) -> list[str]:
+    """The Envoy clusters with active health checks (all but the page's files)."""
+    return [
+        str(c["name"]) for c in config(g)["static_resources"]["clusters"] if c.get("health_checks")
+    ]
