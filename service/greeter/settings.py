@@ -105,6 +105,9 @@ AUTH_EXEMPT_CHOICES = ("health", "reflection")
 MAX_STREAM_MESSAGES = 100_000
 MAX_LISTENERS = 64
 MAX_ACCEPT_DEPTH = 256
+MAX_QUEUE_TARGET = 10.0
+MAX_ADMISSION_LIMIT = 1_000_000
+MAX_CORE_WAIT = 3600
 _ORIGIN = re.compile(
     r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
 )
@@ -210,6 +213,33 @@ class Settings:
     )
     max_send_message_size: int = _setting(
         4 * 1024 * 1024, "largest response message, bytes", parse_int
+    )
+    # -- admission control (past capacity) --
+    admission_control: bool = _setting(
+        True,
+        "past capacity, shed what cannot be served in time: grpc drops calls it held too"
+        " long (admission_core_wait), calls whose deadline passed are not run, and new calls"
+        " get RESOURCE_EXHAUSTED ('overloaded: ...') while the event loop has a standing queue",
+        parse_bool,
+    )
+    admission_queue_target: float = _setting(
+        0.0,
+        "seconds of standing event-loop queue above which new calls are shed (0: adaptive,"
+        " 4x the loop's delay without a queue, between 0.02 and 0.25)",
+        parse_float,
+        metavar="SECONDS",
+    )
+    admission_limit: int = _setting(
+        0,
+        "calls in flight per process beyond which new calls are shed (0: no fixed cap)",
+        parse_int,
+    )
+    admission_core_wait: int = _setting(
+        1,
+        "whole seconds a call may wait in grpc-core for the server to take it before grpc"
+        " drops it (the client sees CANCELLED); grpc's own default is 30",
+        parse_int,
+        metavar="SECONDS",
     )
     # -- TLS --
     tls_cert: str = _setting("", "PEM certificate chain file (TLS on when set)", parse_str)
@@ -318,6 +348,14 @@ class Settings:
         )
         bad += [(n, "must be positive") for n in positive if getattr(self, n) <= 0]
         bad += [(n, "must not be negative") for n in non_negative if getattr(self, n) < 0]
+        if not 0 <= self.admission_queue_target <= MAX_QUEUE_TARGET:
+            bad.append(
+                ("admission_queue_target", f"must be between 0 and {MAX_QUEUE_TARGET} seconds")
+            )
+        if not 0 <= self.admission_limit <= MAX_ADMISSION_LIMIT:
+            bad.append(("admission_limit", f"must be between 0 and {MAX_ADMISSION_LIMIT}"))
+        if not 1 <= self.admission_core_wait <= MAX_CORE_WAIT:
+            bad.append(("admission_core_wait", f"must be between 1 and {MAX_CORE_WAIT} seconds"))
         if not 1024 <= self.max_metadata_size <= 1024 * 1024:
             bad.append(("max_metadata_size", "must be between 1024 and 1048576 bytes"))
         for name in ("max_recv_message_size", "max_send_message_size"):
@@ -425,6 +463,7 @@ HELP_GROUPS = {
     "cluster_name": "identity (x-greeter-* metadata and metrics labels)",
     "drain_delay": "shutdown",
     "keepalive_time": "connections and limits",
+    "admission_control": "admission control (past capacity)",
     "tls_cert": "TLS",
     "auth_enabled": "auth",
     "fault_enabled": "fault injection",
