@@ -204,11 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per step")
     parser.add_argument("--deadline", type=float, default=2.0, help="call deadline, seconds")
     parser.add_argument("--levels", type=levels, default=[0.5, 1.0, 2.0, 3.0])
-    parser.add_argument("--quick", action="store_true", help="1 s steps (a smoke run)")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 s steps, or --duration if shorter (a smoke run)"
+    )
     parser.add_argument("--json", type=Path, help="write the steps here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.duration = 1.0
+        args.duration = min(args.duration, 1.0)
     if not 0 < args.quota <= 64:
         parser.error("--quota must be between 0 and 64 cores")
     cores = pin_cores()
