@@ -218,14 +218,15 @@ class Settings:
     admission_control: bool = _setting(
         True,
         "past capacity, shed what cannot be served in time: grpc drops calls it held too"
-        " long (admission_core_wait), calls whose deadline passed are not run, and new calls"
-        " get RESOURCE_EXHAUSTED ('overloaded: ...') while the event loop has a standing queue",
+        " long (admission_core_wait), calls whose deadline passed are not run, and while the"
+        " event loop has a standing queue new calls that cannot wait it out get"
+        " RESOURCE_EXHAUSTED ('overloaded: ...'); health and reflection are never shed",
         parse_bool,
     )
     admission_queue_target: float = _setting(
         0.0,
-        "seconds of standing event-loop queue above which new calls are shed (0: adaptive,"
-        " 4x the loop's delay without a queue, between 0.02 and 0.25)",
+        "seconds of standing event-loop queue above which new calls without the time to wait"
+        " it out are shed (0: adaptive, 4x the loop's delay without a queue, 0.02 to 0.25)",
         parse_float,
         metavar="SECONDS",
     )
