@@ -147,7 +147,8 @@ def summary(report: Report) -> str:
             add(f"  {t['name']:<16} {value} (limit {op}{t['limit']:g})  {verdict}")
     if "capacity" in d:
         add("")
-        add(capacity.summary_line(d["capacity"]).capitalize())
+        line = capacity.summary_line(d["capacity"])
+        add(line[:1].upper() + line[1:])
         for step in d["capacity"]["steps"]:
             stats = "  ".join(f"{k} {_fmt_ms(v)}" for k, v in step["latency_ms"].items() if v)
             verdict = "met" if step["met"] else "missed"
