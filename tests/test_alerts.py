@@ -111,6 +111,7 @@ def test_every_alert_is_tested_firing_and_quiet() -> None:
         "GreeterLatencyHigh",
         "GreeterClusterNoTraffic",
         "GreeterNoServingPods",
+        "GreeterShedding",
     }
     assert firing == names
     assert quiet == names

@@ -228,3 +228,23 @@ def test_gateway_refuses_an_unknown_path() -> None:
     assert "unknown path(s) haproxy; known: direct, direct-1, envoy-1, envoy-2, nginx, envoy-" in (
         done.stderr
     )
+
+
+def test_overload_measures_capacity_then_each_level_on_and_off(tmp_path: Path) -> None:
+    out = tmp_path / "overload.json"
+    done = bench("overload", "--quick", "--duration", "0.5", "--levels", "2", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["failed"] == 0
+    steps = report["steps"]
+    assert [(s["level"], s["mode"]) for s in steps] == [(0.0, "on"), (2.0, "on"), (2.0, "off")]
+    capacity = steps[0]
+    assert capacity["goodput"] == report["capacity"] > 0
+    for step in steps[1:]:
+        assert step["asked"] == pytest.approx(step["level"] * report["capacity"], abs=0.1)
+        assert sum(step["codes"].values()) > 0
+        assert step["shed"] == step["codes"].get("RESOURCE_EXHAUSTED", 0)
+        assert step["dropped"] == step["codes"].get("CANCELLED", 0)
+        assert step["goodput_x"] == pytest.approx(step["goodput"] / report["capacity"], abs=0.01)
+    assert "| capacity | on |" in done.stdout
+    assert "| 2x | off |" in done.stdout

@@ -143,7 +143,7 @@ def test_config_health_checks_panic_off_localities_priorities_and_tls(tmp_path: 
         20,
     ]
     retries = json.dumps(config(g))
-    assert "connect-failure,refused-stream,reset-before-request" in retries
+    assert "connect-failure,refused-stream,reset-before-request,resource-exhausted" in retries
     assert "retry_on" not in json.dumps(config(_gateway(tmp_path, retries=False)))
 
 

@@ -27,9 +27,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
+
+if TYPE_CHECKING:
+    from greeter.admission import Admission
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +99,12 @@ class Acceptors:
         server: grpc.aio.Server,
         handlers: dict[str, grpc.RpcMethodHandler],
         depth: int,
+        admission: Admission | None = None,
     ) -> None:
         """``handlers``: fully qualified method (``/pkg.Service/Method``) -> its handler, as
-        registered on ``server`` with ``add_registered_method_handlers``."""
+        registered on ``server`` with ``add_registered_method_handlers``. ``admission`` counts
+        the calls taken here until they finish: the queue of calls it sheds against."""
+        self._admission = admission
         cygrpc = _cygrpc()
         self._core = server._server
         self._resolver = cygrpc._MethodResolver([], dict(handlers))
@@ -124,6 +130,7 @@ class Acceptors:
         method_bytes = method.encode()
         calls = self._calls
         handle, schedule = cygrpc._handle_rpc, cygrpc._schedule_rpc_coro
+        admission = self._admission
         while core.is_running():
             try:
                 rpc_state = await core._request_registered_call(method_bytes)
@@ -150,6 +157,9 @@ class Acceptors:
             calls.add(call)
             call.add_done_callback(calls.discard)
             self.accepted += 1
+            if admission is not None:
+                admission.accepted += 1
+                call.add_done_callback(admission.call_done)
 
     @property
     def outstanding(self) -> int:

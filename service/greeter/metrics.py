@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from greeter import __version__
+from greeter.admission import AdmissionState
 from greeter.connections import Connections
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,36 @@ CONNECTION_GAUGES: tuple[tuple[str, str, str, Literal["livesum", "livemax"]], ..
         "greeter_server_connection_calls_in_flight_max",
         "Calls in flight on the busiest of the gRPC port's connections.",
         "busiest",
+        "livemax",
+    ),
+)
+
+
+# Admission control's gauges: name, help, the AdmissionState field, how workers' values add up.
+ADMISSION_GAUGES: tuple[tuple[str, str, str, Literal["livesum", "livemax"]], ...] = (
+    (
+        "greeter_server_queue_delay_seconds",
+        "Standing queue of the event loop: the smallest delay of its probe over the last"
+        " window (admission control sheds new calls while it is above the target).",
+        "delay",
+        "livemax",
+    ),
+    (
+        "greeter_server_queue_delay_target_seconds",
+        "The queue delay above which admission control sheds new calls (adaptive unless fixed).",
+        "target",
+        "livemax",
+    ),
+    (
+        "greeter_server_shedding",
+        "1 while admission control sheds new calls, else 0.",
+        "shedding",
+        "livemax",
+    ),
+    (
+        "greeter_server_admission_limit",
+        "The fixed cap on calls in flight per process (admission_limit; 0: none).",
+        "limit",
         "livemax",
     ),
 )
@@ -132,6 +163,19 @@ class ServerMetrics:
             buckets=HANDLING_BUCKETS,
             registry=r,
         )
+        self.shed = Counter(
+            "greeter_server_shed_total",
+            "Calls refused with RESOURCE_EXHAUSTED before their handler ran (admission"
+            " control), by reason: deadline (already past), queue (the event loop had a"
+            " standing queue above its target), limit (admission_limit calls in flight).",
+            ("grpc_service", "grpc_method", "reason"),
+            registry=r,
+        )
+        # Admission control's state, set at the end of every window of its probe.
+        self.admission = {
+            attr: Gauge(name, doc, registry=r, multiprocess_mode=mode)
+            for name, doc, attr, mode in ADMISSION_GAUGES
+        }
         info = Gauge(
             "greeter_build_info",
             "Build information; the value is always 1.",
@@ -156,6 +200,11 @@ class ServerMetrics:
             prometheus_client.ProcessCollector(registry=r)
             prometheus_client.PlatformCollector(registry=r)
             prometheus_client.GCCollector(registry=r)
+
+    def record_admission(self, state: AdmissionState) -> None:
+        """Admission control's state, as it ends a window."""
+        for attr, gauge in self.admission.items():
+            gauge.set(float(getattr(state, attr)))
 
     def record_connections(self, now: Connections) -> None:
         """Set a worker's connection gauges (a single process reads them at scrape time)."""

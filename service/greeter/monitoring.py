@@ -102,6 +102,8 @@ def rule_params(
         "noTrafficMinFleetRps": v["noTraffic"]["minFleetRps"],
         "noTrafficFor": v["noTraffic"]["for"],
         "noServingPodsFor": v["noServingPods"]["for"],
+        "sheddingRatio": v["shedding"]["ratio"],
+        "sheddingFor": v["shedding"]["for"],
     }
     return {name: go_string(value) for name, value in params.items()}
 

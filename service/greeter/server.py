@@ -29,6 +29,7 @@ import grpc
 from greeter import accept, health, ports, reflection
 from greeter._proto import helloworld_pb2_grpc
 from greeter._proto.greeter.v1 import readiness_pb2_grpc
+from greeter.admission import Admission
 from greeter.connections import ConnectionReader, Connections
 from greeter.health import SERVING, Health, Readiness
 from greeter.interceptors import (
@@ -40,6 +41,7 @@ from greeter.interceptors import (
     MetadataLimit,
     Metrics,
 )
+from greeter.interceptors.admission import AdmissionControl
 from greeter.interop.checklog import CheckLog
 from greeter.metrics import MetricsEndpoint, ServerMetrics
 from greeter.pipeline import Interceptor, Registrar
@@ -83,6 +85,9 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", s.recv_message_limit),
         ("grpc.max_send_message_length", s.send_message_limit),
     ]
+    if s.admission_control:
+        # grpc-core drops a call no request has taken for this long (admission.py)
+        options.append(("grpc.server_max_unrequested_time_in_server", s.admission_core_wait))
     if s.max_connection_idle:
         options.append(("grpc.max_connection_idle_ms", int(s.max_connection_idle * _MS)))
     if s.max_connection_age:
@@ -140,13 +145,17 @@ def interceptors(
     metrics: ServerMetrics | None,
     worker: int | None = None,
     check_log: CheckLog | None = None,
+    admission: Admission | None = None,
 ) -> list[Interceptor]:
-    """Order matters: metrics and the access log see calls that later hooks reject."""
+    """Order matters: metrics and the access log see calls that later hooks reject; admission
+    control refuses before anything else runs."""
     chain: list[Interceptor] = []
     if metrics is not None:
         chain.append(Metrics(metrics))
     if settings.access_log:
         chain.append(AccessLog(settings.access_log_sample, settings.access_log_budget))
+    if admission is not None:  # the Greeter only: health and reflection are never shed
+        chain.append(AdmissionControl(admission, frozenset({GREETER_SERVICE}), metrics))
     chain.append(Identity(serving_identity(settings, worker)))
     if check_log is not None:  # --interop: calls tagged by greeter check, before refusals
         chain.append(CheckRecorder(check_log))
@@ -192,6 +201,13 @@ class GreeterServer:
         if metrics is None and settings.metrics_port:
             metrics = ServerMetrics(multiprocess=worker is not None)
         self.metrics = metrics
+        self.admission: Admission | None = None
+        if settings.admission_control:
+            self.admission = Admission(
+                settings.admission_queue_target,
+                settings.admission_limit,
+                on_window=metrics.record_admission if metrics is not None else None,
+            )
         self._endpoint: MetricsEndpoint | None = None
         self._servers: list[grpc.aio.Server] = []
         self._acceptors: list[accept.Acceptors] = []
@@ -237,7 +253,9 @@ class GreeterServer:
             served += interop.SERVICE_NAMES
         if s.reflection:
             reflection.add_reflection(registrar, served)
-        chain = interceptors(s, self.metrics, self.worker, self.check_log)
+        chain = interceptors(
+            s, self.metrics, self.worker, check_log=self.check_log, admission=self.admission
+        )
         # grpc's poller and I/O threads, and the metrics thread, are started in here (all
         # of them by the time the servers exist; starting them starts no more). No await
         # inside: nothing else on this loop may start threads while the policy is batch.
@@ -258,6 +276,8 @@ class GreeterServer:
                 self._reading.submit(lambda: None).result()  # its thread starts here
         self._bind_web(registrar)
         await asyncio.gather(*(server.start() for server in self._servers))
+        if self.admission is not None:
+            self.admission.start()
         self._accept_ahead(registrar)
         self._watch_connections()
         if self._web is not None:
@@ -304,7 +324,7 @@ class GreeterServer:
             for name, handler in methods.items()
         }
         for server in self._servers:
-            acceptors = accept.Acceptors(server, handlers, depth)
+            acceptors = accept.Acceptors(server, handlers, depth, self.admission)
             acceptors.start()
             self._acceptors.append(acceptors)
         self.accept_depth = depth
@@ -440,6 +460,8 @@ class GreeterServer:
             *([web.stop(s.grace_period)] if web is not None else []),
         )
         self._servers = []
+        if self.admission is not None:
+            self.admission.stop()  # extra requests paused by it resume, and end with the server
         await self._stop_accepting()
         self._unwatch_connections()
         mark = done("stop", mark, grace_period=s.grace_period)
@@ -469,6 +491,8 @@ class GreeterServer:
     async def abort(self) -> None:
         """Stop now, without draining (start-up failed half way)."""
         self._unwatch_connections()
+        if self.admission is not None:
+            self.admission.stop()
         await asyncio.gather(*(_discard(server) for server in self._servers))
         self._servers = []
         await self._stop_accepting()

@@ -195,6 +195,9 @@ MIB = 1024 * 1024
 # a reply's payload of that many bytes, with its protobuf framing, still fits.
 INTEROP_FRAMING = 1024
 MAX_INTEROP_MESSAGES = 100_000
+MAX_QUEUE_TARGET = 10.0
+MAX_ADMISSION_LIMIT = 1_000_000
+MAX_CORE_WAIT = 3600
 _ORIGIN = re.compile(
     r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
 )
@@ -380,6 +383,37 @@ class Settings:
         "largest response message, bytes",
         parse_int,
         check=between(1024, 2**31 - 1, _BYTES),
+    )
+    # -- admission control (past capacity) --
+    admission_control: bool = _setting(
+        True,
+        "past capacity, shed what cannot be served in time: grpc drops calls it held too"
+        " long (admission_core_wait), calls whose deadline passed are not run, and while the"
+        " event loop has a standing queue new calls that cannot wait it out get"
+        " RESOURCE_EXHAUSTED ('overloaded: ...'); health and reflection are never shed",
+        parse_bool,
+    )
+    admission_queue_target: float = _setting(
+        0.0,
+        "seconds of standing event-loop queue above which new calls without the time to wait"
+        " it out are shed (0: adaptive, 4x the loop's delay without a queue, 0.02 to 0.25)",
+        parse_float,
+        metavar="SECONDS",
+        check=between(0, MAX_QUEUE_TARGET, "must be between {low} and {high} seconds"),
+    )
+    admission_limit: int = _setting(
+        0,
+        "calls in flight per process beyond which new calls are shed (0: no fixed cap)",
+        parse_int,
+        check=between(0, MAX_ADMISSION_LIMIT, "must be between {low} and {high}"),
+    )
+    admission_core_wait: int = _setting(
+        1,
+        "whole seconds a call may wait in grpc-core for the server to take it before grpc"
+        " drops it (the client sees CANCELLED); grpc's own default is 30",
+        parse_int,
+        metavar="SECONDS",
+        check=between(1, MAX_CORE_WAIT, "must be between {low} and {high} seconds"),
     )
     # -- TLS --
     tls_cert: str = _setting(
@@ -581,6 +615,7 @@ HELP_GROUPS = {
     "cluster_name": "identity (x-greeter-* metadata and metrics labels)",
     "drain_delay": "shutdown",
     "keepalive_time": "connections and limits",
+    "admission_control": "admission control (past capacity)",
     "tls_cert": "TLS",
     "auth_enabled": "auth",
     "fault_enabled": "fault injection",

@@ -11,10 +11,19 @@ from urllib.parse import unquote
 
 import grpc
 
+from greeter.admission import PREFIX as OVERLOADED
 from greeter.pipeline import CallRecord, Hooks, Method
 
 logger = logging.getLogger("greeter.access")
 _OK = grpc.StatusCode.OK
+_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def shed_reason(context: grpc.aio.ServicerContext) -> str | None:
+    """Why admission control shed this call (its status message past ``overloaded: ``),
+    or None when it did not."""
+    details = context.details() or ""
+    return details[len(OVERLOADED) :] if details.startswith(OVERLOADED) else None
 
 
 def _authority(context: grpc.aio.ServicerContext) -> str:
@@ -71,6 +80,17 @@ class AccessLog:
             if not logger.isEnabledFor(logging.INFO):
                 return
             ctx = call.context
+            fields = {
+                "method": path,
+                "code": call.code.name,
+                "duration_ms": round(call.duration * 1000, 3),
+                "peer": readable_peer(ctx.peer() if call.peer is None else call.peer),
+                "authority": _authority(ctx),
+                "received": call.received,
+                "sent": call.sent,
+            }
+            if call.code is _EXHAUSTED and (shed := shed_reason(ctx)) is not None:
+                fields["shed"] = shed  # refused by admission control, and why
             # makeRecord + handle is logger.info without findCaller()'s stack walk
             # (the access log has no use for the caller's file and line): ~1/3 cheaper.
             record = logger.makeRecord(
@@ -81,15 +101,7 @@ class AccessLog:
                 "rpc",
                 (),
                 None,
-                extra={
-                    "method": path,
-                    "code": call.code.name,
-                    "duration_ms": round(call.duration * 1000, 3),
-                    "peer": readable_peer(ctx.peer() if call.peer is None else call.peer),
-                    "authority": _authority(ctx),
-                    "received": call.received,
-                    "sent": call.sent,
-                },
+                extra=fields,
             )
             logger.handle(record)
 

@@ -172,6 +172,9 @@ def outcome_of(name: str, doc: dict[str, Any]) -> Outcome:
         rec = Recorder()
         rec.hist = Histogram.from_dict(doc["hdr"])
         rec.server, rec.outside = _split_of(doc)
+        if "ok_hdr" in doc:  # a report from before has no latency of OK calls apart
+            rec.ok = Histogram.from_dict(doc["ok_hdr"])
+            rec.failed = Histogram.from_dict(doc["failed_hdr"])
         rec.status = {str(k): int(v) for k, v in doc["status_codes"].items()}
         rec.messages = {str(k): int(v) for k, v in doc["error_messages"].items()}
         rec.replies = int(doc["replies"])

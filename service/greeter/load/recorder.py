@@ -49,6 +49,8 @@ class Recorder:
         self.hist = Histogram()
         self.server = Histogram()  # the server's own time, of calls whose reply said it
         self.outside = Histogram()  # those calls' latency minus their server time
+        self.ok = Histogram()  # the latency of the calls that ended OK...
+        self.failed = Histogram()  # ... and of the others, apart
         self.status: dict[str, int] = {}
         self.messages: dict[str, int] = {}
         self.backends: dict[tuple[str, str], Backend] = {}
@@ -100,6 +102,8 @@ class Recorder:
         self.hist.merge(other.hist)
         self.server.merge(other.server)
         self.outside.merge(other.outside)
+        self.ok.merge(other.ok)
+        self.failed.merge(other.failed)
         for code, n in other.status.items():
             self.status[code] = self.status.get(code, 0) + n
         for message, n in other.messages.items():
@@ -121,6 +125,8 @@ class Recorder:
             "hist": self.hist.to_dict(),
             "server": self.server.to_dict(),
             "outside": self.outside.to_dict(),
+            "ok": self.ok.to_dict(),
+            "failed": self.failed.to_dict(),
             "status": dict(self.status),
             "messages": dict(self.messages),
             "replies": self.replies,
@@ -137,6 +143,8 @@ class Recorder:
         rec.hist = Histogram.from_dict(data["hist"])
         rec.server = Histogram.from_dict(data["server"])
         rec.outside = Histogram.from_dict(data["outside"])
+        rec.ok = Histogram.from_dict(data["ok"])
+        rec.failed = Histogram.from_dict(data["failed"])
         rec.status = {str(k): int(v) for k, v in data["status"].items()}
         rec.messages = {str(k): int(v) for k, v in data["messages"].items()}
         rec.replies = int(data["replies"])
@@ -180,6 +188,9 @@ def record(
         rec.outside.record(outside)
         backend.server.record(server)
         backend.outside.record(outside)
-    if code != "OK":
+    if code == "OK":
+        rec.ok.record(us)
+    else:
+        rec.failed.record(us)
         backend.errors += 1
         rec.error(code, details)

@@ -9,7 +9,7 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from greeter.load import timeline_chart
+from greeter.load import capacity, timeline_chart
 from greeter.load.report import Report
 from greeter.wording import plural
 
@@ -66,6 +66,22 @@ def _split_summary_lines(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ok_failed_lines(d: dict[str, Any]) -> list[str]:
+    """The latency of OK calls apart from failed ones, when some calls failed (a refusal is
+    fast and a timeout slow: either would hide in the latency of all calls)."""
+    ok, failed = d.get("ok_latency_ms"), d.get("failed_latency_ms")
+    if failed is None:
+        return []
+    lines = ["Latency of OK and failed calls:"]
+    for name, stats in (("OK", ok), ("failed", failed)):
+        if stats is None:
+            lines.append(f"  {name:<7} none")
+            continue
+        shown = [k for k in ("p50", "p90", "p99") if k in stats]
+        lines.append(f"  {name:<7} " + "  ".join(f"{k} {_fmt_ms(stats[k])}" for k in shown))
+    return [*lines, ""]
+
+
 def summary(report: Report) -> str:
     d = report.data
     out: list[str] = []
@@ -84,6 +100,8 @@ def summary(report: Report) -> str:
     add(f"  Count:\t\t{d['count']}  ({d['ok']} OK, {errors}, {d['error_rate']:.2%})")
     add(f"  Total:\t\t{d['duration_s']:.2f} s")
     add(f"  Requests/sec:\t{d['rps']:.2f}")
+    if "goodput" in d:  # reports from before it have none
+        add(f"  Goodput:\t{d['goodput']:.2f} OK calls/sec")
     if d["call"] in ("SayHelloStreamReply", "SayHelloBidiStream"):
         add(f"  Replies:\t{d['replies']}")
     lat = d["latency_ms"]
@@ -105,6 +123,7 @@ def summary(report: Report) -> str:
             add(f"  {bar['to_ms']:10.3f} ms [{n:>{len(str(top))}}]\t|{mark}")
         add("")
         out.extend(_split_summary_lines(d))
+        out.extend(_ok_failed_lines(d))
     add("")
     add("Status code distribution:")
     for code, n in d["status_codes"].items():
@@ -126,6 +145,17 @@ def summary(report: Report) -> str:
             op = f"{t['op']} " if "op" in t else ""
             value = NA if t["value"] is None else f"{t['value']:g}"
             add(f"  {t['name']:<16} {value} (limit {op}{t['limit']:g})  {verdict}")
+    if "capacity" in d:
+        add("")
+        line = capacity.summary_line(d["capacity"])
+        add(line[:1].upper() + line[1:])
+        for step in d["capacity"]["steps"]:
+            stats = "  ".join(f"{k} {_fmt_ms(v)}" for k, v in step["latency_ms"].items() if v)
+            verdict = "met" if step["met"] else "missed"
+            add(
+                f"  {step['rate']:>10,.1f}/s  goodput {step['goodput']:,.1f}/s  errors "
+                f"{step['error_rate']:.2%}  {stats}  {verdict}"
+            )
     if "split" in d:
         add("")
         out.extend(_split_summary(d["split"]))
@@ -358,6 +388,24 @@ def to_html(
         f"<tr><th>{esc(k)}</th><td>{v:.3f} ms</td></tr>" for k, v in d["latency_ms"].items()
     )
     codes = "".join(f"<tr><td>{esc(c)}</td><td>{n}</td></tr>" for c, n in d["status_codes"].items())
+    goodput = f" ({d['goodput']:.1f} OK/s)" if "goodput" in d else ""
+    apart = ""
+    if d.get("failed_latency_ms") is not None:
+        parts = {"OK": d.get("ok_latency_ms"), "failed": d["failed_latency_ms"]}
+        apart = (
+            "<table><tr><th>calls</th><th>p50</th><th>p99</th></tr>"
+            + "".join(
+                f"<tr><th>{name}</th>"
+                + (
+                    "<td colspan=2>none</td>"
+                    if stats is None
+                    else f"<td>{stats['p50']:.3f} ms</td><td>{stats['p99']:.3f} ms</td>"
+                )
+                + "</tr>"
+                for name, stats in parts.items()
+            )
+            + "</table>"
+        )
     title = heading or f"greeter load: {d['target']}"
     interrupted = " &mdash; interrupted" if d["interrupted"] else ""
     return f"""<!doctype html>
@@ -366,12 +414,12 @@ def to_html(
 td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}
 pre{{white-space:pre-wrap;overflow-wrap:anywhere}}</style></head><body>
 <h1>{esc(heading) if heading else f"{esc(title)} ({esc(d['call'])})"}</h1>
-<p>{plural(d["count"], "call")} in {d["duration_s"]:.2f} s, {d["rps"]:.1f}/s;
+<p>{plural(d["count"], "call")} in {d["duration_s"]:.2f} s, {d["rps"]:.1f}/s{goodput};
 {plural(d["errors"], "error")} ({d["error_rate"]:.2%}){interrupted}.
 Started {esc(d["started_at"])}{_merged_html(d)}.</p>
 {preface}{_timeline_section(report, markers, by_pod, unnamed)}
-<h2>Latency</h2>{_svg_chart(report)}
-<table>{stats}</table>
+{_capacity_html(d.get("capacity"))}<h2>Latency</h2>{_svg_chart(report)}
+<table>{stats}</table>{apart}
 <h2>Where the latency goes</h2>
 {_latency_split_html(d)}
 <h2>Status codes</h2><table>{codes}</table>
@@ -451,6 +499,27 @@ def _latency_split_html(d: dict[str, Any], width: int = 720) -> str:
         "client, and queueing inside the server before its handler ran.</p>"
     )
     return "".join(out) + f"\n{note}<table><tr>{head}</tr>{body}</table>"
+
+
+def _capacity_html(section: dict[str, Any] | None) -> str:
+    """The step schedule's verdict, and each step's."""
+    if section is None:
+        return ""
+    rows = "".join(
+        f"<tr><td>{s['rate']:,.1f}</td><td>{s['goodput']:,.1f}</td><td>{s['error_rate']:.2%}</td>"
+        + "".join(
+            f"<td>{'-' if v is None else f'{v:.3f} ms'}</td>" for v in s["latency_ms"].values()
+        )
+        + f"<td>{'met' if s['met'] else 'missed'}</td></tr>"
+        for s in section["steps"]
+    )
+    stats = section["steps"][0]["latency_ms"] if section["steps"] else {}
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in stats)
+    return (
+        f"<h2>Capacity</h2><p>{html.escape(capacity.summary_line(section))}.</p>"
+        f"<table><tr><th>calls/s asked</th><th>goodput/s</th><th>errors</th>{head}"
+        f"<th>gate</th></tr>{rows}</table>"
+    )
 
 
 def _merged_html(d: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from greeter.client import EXIT_BAD_ARGS as EXIT_BAD_ARGS
 from greeter.client import EXIT_CONNECT as EXIT_CONNECT
 from greeter.client import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from greeter.load import split, timeline
+from greeter.load import capacity, split, timeline
 from greeter.load.config import LoadConfig, percentile_name
 from greeter.load.engine import resolved_engine
 from greeter.load.histogram import Histogram, bucket_bounds
@@ -198,8 +198,11 @@ def build_report(
         "error_rate": round(errors / count, 6) if count else 0.0,
         "duration_s": round(duration, 6),
         "rps": round(count / duration, 3) if duration > 0 else 0.0,
+        "goodput": round(ok / duration, 3) if duration > 0 else 0.0,
         "replies": rec.replies,
         "latency_ms": latency_stats(hist, percentiles),
+        "ok_latency_ms": latency_stats(rec.ok, percentiles) if rec.ok.count else None,
+        "failed_latency_ms": latency_stats(rec.failed, percentiles) if rec.failed.count else None,
         **split_stats(rec.server, rec.outside, percentiles),
         "histogram": histogram_bars(hist),
         "status_codes": dict(sorted(rec.status.items(), key=lambda kv: -kv[1])),
@@ -209,6 +212,8 @@ def build_report(
         "hdr": hist.to_dict(),
         "server_hdr": rec.server.to_dict(),
         "outside_hdr": rec.outside.to_dict(),
+        "ok_hdr": rec.ok.to_dict(),
+        "failed_hdr": rec.failed.to_dict(),
         "backends": [
             {
                 "cluster": cluster,
@@ -222,6 +227,9 @@ def build_report(
         ],
         "timeline": timeline.report(rec.timeline, span, config.timeline_interval),
     }
+    found = capacity.section(config, data["timeline"])
+    if found is not None:
+        data["capacity"] = found
     report = Report(data)
     data["thresholds"] = _check(config, report)
     data["passed"] = not report.failures

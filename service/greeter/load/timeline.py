@@ -42,6 +42,7 @@ class Counters(Protocol):
 
     hist: Histogram
     outside: Histogram
+    ok: Histogram
     status: dict[str, int]
 
     @property
@@ -62,6 +63,7 @@ class Bucket:
     backends: dict[tuple[str, str], int] = field(default_factory=dict)  # (cluster, pod) -> calls
     # Latency outside the server (total minus server-timing) of the calls that had one.
     outside: dict[int, int] = field(default_factory=dict)
+    ok: dict[int, int] = field(default_factory=dict)  # latency of the calls that ended OK
 
     @property
     def count(self) -> int:
@@ -72,6 +74,7 @@ class Bucket:
         _add(self.status, other.status)
         _add(self.backends, other.backends)
         _add(self.outside, other.outside)
+        _add(self.ok, other.ok)
 
     def percentiles_us(self, *percents: float) -> list[int]:
         """The latency at each of ``percents`` of this bucket's calls, by the totals'
@@ -79,6 +82,10 @@ class Bucket:
         highest histogram buckets' bounds stand in for them (exact below 1024 µs, within
         0.2 % above). Zeros when the bucket is empty."""
         return _percentiles(self.latency, percents)
+
+    def ok_percentiles_us(self, *percents: float) -> list[int] | None:
+        """The same for the calls that ended OK; None when none did."""
+        return _percentiles(self.ok, percents) if self.ok else None
 
     def outside_percentiles_us(self, *percents: float) -> list[int] | None:
         """The same for the latency outside the server; None when no call had a
@@ -91,17 +98,20 @@ class Bucket:
             dict(self.status),
             [[cluster, pod, n] for (cluster, pod), n in sorted(self.backends.items())],
             _sparse(self.outside),
+            _sparse(self.ok),
         ]
 
     @classmethod
     def from_list(cls, data: list[Any]) -> Bucket:
         latency, status, backends = data[:3]
         outside = data[3] if len(data) > 3 else []  # reports from before the split have none
+        ok = data[4] if len(data) > 4 else []  # nor, from before that, the OK calls apart
         return cls(
             _dense(latency),
             {str(k): int(v) for k, v in status.items()},
             {(str(c), str(p)): int(n) for c, p, n in backends},
             _dense(outside),
+            _dense(ok),
         )
 
 
@@ -154,6 +164,7 @@ class Timeline:
         # The recorder's cumulative counters at the last edge.
         self._hist = _Copy()
         self._outside = _Copy()
+        self._ok = _Copy()
         self._status: dict[str, int] = {}
         self._backends: dict[tuple[str, str], int] = {}
 
@@ -182,6 +193,7 @@ class Timeline:
             return bucket
         bucket.latency = self._hist.take(rec.hist)
         bucket.outside = self._outside.take(rec.outside)
+        bucket.ok = self._ok.take(rec.ok)
         seen = self._status
         for code, n in rec.status.items():
             if n != seen.get(code, 0):
@@ -222,7 +234,13 @@ class Timeline:
         timeline = cls(0.0, interval)
         timeline.buckets = [
             Bucket.from_list(
-                [row["hdr"], row["status_codes"], row["backends"], row.get("outside_hdr", [])]
+                [
+                    row["hdr"],
+                    row["status_codes"],
+                    row["backends"],
+                    row.get("outside_hdr", []),
+                    row.get("ok_hdr", []),
+                ]
             )
             for row in rows
         ]
@@ -283,6 +301,7 @@ def report(timeline: Timeline | None, duration: float, interval: float) -> list[
                 "hdr": raw[0],
                 "backends": raw[2],
                 "outside_hdr": raw[3],
+                "ok_hdr": raw[4],
             }
         )
     return rows

@@ -310,9 +310,11 @@ def _web_cluster(g: EnvoyGateway) -> dict[str, Any]:
 
 
 def _retry_policy() -> dict[str, Any]:
-    """Retry a call on another pod only when it surely never reached one."""
+    """Retry a call on another pod only when it surely never reached one, or one shed it."""
     return {
-        "retry_on": "connect-failure,refused-stream,reset-before-request",
+        # resource-exhausted: a pod past capacity shed the call before running it (admission
+        # control, "overloaded: ..."): another pod may have room.
+        "retry_on": "connect-failure,refused-stream,reset-before-request,resource-exhausted",
         # Up to ~0.6 s of retries: long enough for outlier detection's ejection (or a health
         # check) to reach the worker, so a call that picked a pod the instant it died is
         # retried onto the survivors, or the standby, and not onto the dead pods again.
