@@ -23,7 +23,8 @@ import pytest
 
 from conftest import free_port, require_tool, running, until
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
-from greeter.rehearse import envoy_config as rehearse_envoy
+from greeter.rehearse import envoy_config
+from greeter.rehearse.envoy import find_envoy
 from greeter.server import GreeterServer
 
 HOLD = (("x-greeter-fault-delay-ms", "60000"),)
@@ -61,7 +62,7 @@ async def _gateway(argv: list[str], port: int, log: Path) -> AsyncIterator[None]
 def _envoy_config(port: int, admin: int, pods: list[int], retries: bool) -> dict[str, Any]:
     route: dict[str, Any] = {"cluster": "pods", "timeout": "0s"}
     if retries:
-        route["retry_policy"] = rehearse_envoy._retry_policy()
+        route["retry_policy"] = envoy_config._retry_policy()
     manager = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
         "http_connection_manager.v3.HttpConnectionManager",
@@ -200,7 +201,7 @@ async def _answers(port: int) -> dict[tuple[str, str | None], int]:
 
 @pytest.mark.parametrize("retries", [True, False], ids=["retry", "no-retry"])
 async def test_envoy_retries_a_shed_call_on_another_pod(tmp_path: Path, retries: bool) -> None:
-    envoy = rehearse_envoy.find_envoy()
+    envoy = find_envoy()
     async with _one_pod_past_capacity() as pods:
         port, admin = free_port(), free_port()
         path = tmp_path / "envoy.json"
