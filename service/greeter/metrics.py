@@ -132,6 +132,12 @@ class ServerMetrics:
             buckets=HANDLING_BUCKETS,
             registry=r,
         )
+        self.spans_dropped = Counter(
+            "greeter_trace_spans_dropped_total",
+            "Spans dropped because the trace exporter's queue was full (collector down or"
+            " slow); calls never wait for it.",
+            registry=r,
+        )
         info = Gauge(
             "greeter_build_info",
             "Build information; the value is always 1.",
@@ -186,6 +192,17 @@ def fast_observe(child: Any) -> Callable[[float], None]:
     def observe(amount: float) -> None:
         add_sum(amount)
         bucket_incs[bisect_left(bounds, amount)](1)
+
+    return observe
+
+
+def exemplar_observe(child: Any) -> Callable[[float, dict[str, str]], None]:
+    """``child.observe(amount, exemplar=labels)``: the observation, with ``labels`` (a trace
+    id) as the exemplar of the bucket it lands in. prometheus_client keeps exemplars in a
+    single process only (a ``--workers`` worker's are dropped)."""
+
+    def observe(amount: float, labels: dict[str, str]) -> None:
+        child.observe(amount, exemplar=labels)
 
     return observe
 
