@@ -10,15 +10,21 @@ import os
 import secrets
 import threading
 import urllib.request
+from dataclasses import replace
 
 import grpc
+import jsonschema
 import pytest
-from otlp_support import SERVER, otlp_http_receiver, otlp_receiver, traceparent
+from load_support import load_cli
+from otlp_support import CLIENT, SERVER, Received, otlp_http_receiver, otlp_receiver, traceparent
 from web_support import SAY_HELLO, hello, request
 
 from conftest import channel_to, free_port, running, until
 from greeter import cli
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
+from greeter.client import Target
+from greeter.load import LoadConfig, run_load, schema
+from greeter.load.merge import merge_reports
 
 OTEL_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME", "OTEL_SDK_DISABLED")
 
@@ -232,3 +238,58 @@ def test_bad_tracing_env_fails_at_start_up(
         otel_env.setenv(key, value)
     assert cli.main(["serve", "--port", "0", "--metrics-port", "0"]) == 2
     assert named in capsys.readouterr().err
+
+
+async def test_load_trace_sample_names_traces_the_server_exported(
+    otel_env: pytest.MonkeyPatch,
+) -> None:
+    """``greeter load --trace-sample 1 -O json`` (h2 engine, in a child process with the OTEL
+    env): every call starts a trace; the report names the slowest, each of which the server
+    exported as a SERVER span whose parent is the load tester's CLIENT span; the grpc engine
+    and gRPC-Web (in process, at rate 0.5) do the same for the calls they sample; a merge of
+    the reports keeps them."""
+    async with otlp_receiver() as receiver:
+        otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+        async with running(web_port=free_port()) as server:
+            address = f"127.0.0.1:{server.port}"
+            args = (address, "-n", "20", "-c", "2", "--procs", "1", "--trace-sample", "1")
+            done = await asyncio.to_thread(load_cli, *args, "-O", "json")
+            assert done.returncode == 0, done.stderr
+            cli_report = json.loads(done.stdout)
+            assert cli_report["options"]["engine"] == "h2"
+            reports = [cli_report]
+            for target, protocol, engine in (
+                (address, "grpc", "grpc"),
+                (f"127.0.0.1:{server.web_port}", "grpc-web", "auto"),
+            ):
+                config = LoadConfig(
+                    Target(target), total=40, concurrency=2, protocol=protocol, engine=engine
+                )
+                report = await asyncio.to_thread(run_load, replace(config, trace_sample=0.5))
+                assert 0 < report["traces"]["calls"] < 40, report["traces"]
+                reports.append(report.data)
+            named = [call["trace_id"] for r in reports for call in r["traces"]["slowest"]]
+
+            def exported(spans: list[Received]) -> set[str]:
+                return {s.trace_id for s in spans if s.kind == SERVER}
+
+            await until(receiver.spans.snapshot, lambda got: set(named) <= exported(got))
+        spans = receiver.spans.snapshot()
+    assert cli_report["traces"]["calls"] == 20
+    assert len(cli_report["traces"]["slowest"]) == 10
+    for trace_id in named:
+        in_trace = [s for s in spans if s.trace_id == trace_id]
+        (server_span,) = [s for s in in_trace if s.kind == SERVER]
+        (client_span,) = [s for s in in_trace if s.kind == CLIENT]
+        assert server_span.parent_span_id == client_span.span_id
+        assert client_span.resource["service.name"] == "greeter-load"
+        assert client_span.name == "helloworld.Greeter/SayHello"
+    same_target = reports[:2]  # the h2 and grpc engines' runs
+    merged = merge_reports([(f"r{i}", r) for i, r in enumerate(same_target)])
+    assert merged["traces"]["calls"] == sum(r["traces"]["calls"] for r in same_target)
+    slowest = sorted(
+        (c for r in same_target for c in r["traces"]["slowest"]), key=lambda c: -c["latency_ms"]
+    )
+    assert merged["traces"]["slowest"] == slowest[:10]
+    jsonschema.validate(merged.data, schema())
+    jsonschema.validate(cli_report, schema())

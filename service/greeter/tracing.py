@@ -87,13 +87,15 @@ def env_problems(environ: Mapping[str, str]) -> list[str]:
     return bad
 
 
-def enabled(settings: Settings, environ: Mapping[str, str]) -> bool:
-    """Whether to trace: an endpoint is configured and the SDK is not disabled."""
+def enabled(settings: Settings | None, environ: Mapping[str, str]) -> bool:
+    """Whether to trace: an endpoint is configured (by ``settings`` or the environment) and
+    the SDK is not disabled."""
     if parse_bool(environ.get("OTEL_SDK_DISABLED", "false") or "false"):
         return False
     if environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
         return False
-    return bool(settings.otlp_endpoint or any(environ.get(name) for name in ENDPOINT_VARS))
+    flag = settings.otlp_endpoint if settings is not None else ""
+    return bool(flag or any(environ.get(name) for name in ENDPOINT_VARS))
 
 
 def protocol(environ: Mapping[str, str]) -> str:
@@ -173,35 +175,77 @@ class Tracing:
         }
 
     async def drain(self, budget: float) -> bool:
-        """Export what is queued and stop, in a thread of its own: True when that finished
-        within ``budget`` seconds (the thread is a daemon: a collector that does not answer
-        cannot hold the process past its drain)."""
-        loop = asyncio.get_running_loop()
-        finished: asyncio.Future[None] = loop.create_future()
-
-        def settle() -> None:
-            if not finished.done():
-                finished.set_result(None)
-
-        def run() -> None:
-            try:
-                self.provider.shutdown()
-            except Exception:
-                logger.exception("traces: shutting the exporter down failed")
-            finally:
-                with contextlib.suppress(RuntimeError):  # the loop closed first
-                    loop.call_soon_threadsafe(settle)
-
-        threading.Thread(target=run, name="greeter-traces-flush", daemon=True).start()
-        try:
-            await asyncio.wait_for(asyncio.shield(finished), budget)
-        except TimeoutError:
-            return False
-        return True
+        """Export what is queued and stop (:func:`shutdown_within`)."""
+        return await shutdown_within(self.provider, budget)
 
     def close(self) -> None:
         """Stop without waiting for the queue (start-up failed half way)."""
         threading.Thread(target=self.provider.shutdown, daemon=True).start()
+
+
+async def shutdown_within(provider: Any, budget: float) -> bool:
+    """Export what ``provider`` has queued and stop it, in a thread of its own: True when that
+    finished within ``budget`` seconds (the thread is a daemon: a collector that does not
+    answer cannot hold the process past it)."""
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[None] = loop.create_future()
+
+    def settle() -> None:
+        if not finished.done():
+            finished.set_result(None)
+
+    def run() -> None:
+        try:
+            provider.shutdown()
+        except Exception:
+            logger.exception("traces: shutting the exporter down failed")
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop closed first
+                loop.call_soon_threadsafe(settle)
+
+    threading.Thread(target=run, name="greeter-traces-flush", daemon=True).start()
+    try:
+        await asyncio.wait_for(asyncio.shield(finished), budget)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _provider(
+    attributes: dict[str, str],
+    default_name: str,
+    environ: Mapping[str, str],
+    endpoint: str = "",
+    dropped: Callable[[], None] | None = None,
+    exporter: Any = None,
+    sampler: Any = None,
+) -> Any:
+    """A TracerProvider: resource ``attributes`` under the standard variables'
+    (``default_name`` when they name no service), the batch processor over the exporter."""
+    from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from_env = OTELResourceDetector().detect().attributes
+    ours = dict(attributes)
+    if "service.name" not in from_env:
+        ours["service.name"] = default_name
+    # The standard variables win over what the settings say.
+    resource = Resource.create({**ours, **from_env})
+    # No exit hook: the drain's traces phase flushes, bounded; an exit hook would wait up to
+    # 30 s for a collector that does not answer.
+    provider = TracerProvider(resource=resource, sampler=sampler, shutdown_on_exit=False)
+    if exporter is None:
+        exporter = _exporter(endpoint, environ)
+    provider.add_span_processor(counting_processor(exporter, dropped))
+    return provider
+
+
+def client_provider(environ: Mapping[str, str]) -> Any:
+    """The load tester's provider: service ``greeter-load``, every span it starts sampled
+    (``--trace-sample`` chose the calls)."""
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+    return _provider({"service.version": __version__}, "greeter-load", environ, sampler=ALWAYS_ON)
 
 
 def start(
@@ -209,24 +253,20 @@ def start(
     environ: Mapping[str, str],
     dropped: Callable[[], None] | None = None,
     exporter: Any = None,
+    sampler: Any = None,
 ) -> Tracing:
-    """The SDK as configured by ``settings`` and the standard environment; ``exporter``
-    stands in for the OTLP one (benchmarks). Starts the batch processor's thread."""
-    from opentelemetry.sdk.resources import OTELResourceDetector, Resource
-    from opentelemetry.sdk.trace import TracerProvider
-
-    ours = resource_attributes(settings)
-    from_env = OTELResourceDetector().detect().attributes
-    if "service.name" not in from_env:
-        ours["service.name"] = DEFAULT_SERVICE_NAME
-    # The standard variables win over what the settings say.
-    resource = Resource.create({**ours, **from_env})
-    # No exit hook: the drain's traces phase flushes, bounded; an exit hook would wait up to
-    # 30 s for a collector that does not answer.
-    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-    if exporter is None:
-        exporter = _exporter(settings.otlp_endpoint, environ)
-    provider.add_span_processor(counting_processor(exporter, dropped))
+    """The SDK as configured by ``settings`` and the standard environment; ``exporter`` and
+    ``sampler`` stand in for the OTLP exporter and the sampler ``OTEL_TRACES_SAMPLER`` names
+    (benchmarks). Starts the batch processor's thread."""
+    provider = _provider(
+        resource_attributes(settings),
+        DEFAULT_SERVICE_NAME,
+        environ,
+        settings.otlp_endpoint,
+        dropped,
+        exporter,
+        sampler,
+    )
     return Tracing(provider)
 
 

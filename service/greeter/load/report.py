@@ -156,6 +156,7 @@ def options_of(config: LoadConfig) -> dict[str, Any]:
         "engine": resolved_engine(config),
         "timeline_interval_s": config.timeline_interval,
         "start_at": None if config.start_at is None else wall_time(config.start_at),
+        "trace_sample": config.trace_sample,
     }
 
 
@@ -221,6 +222,8 @@ def build_report(
         ],
         "timeline": timeline.report(rec.timeline, span, config.timeline_interval),
     }
+    if rec.sampled.count:
+        data["traces"] = rec.sampled.to_report()
     report = Report(data)
     data["thresholds"] = _check(config, report)
     data["passed"] = not report.failures
