@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from greeter.metrics import GO_CODE_NAMES, ServerMetrics, exemplar_observe, fast_inc, fast_observe
+from greeter.metrics import GO_CODE_NAMES, ServerMetrics, exemplar_setter, fast_inc, fast_observe
 from greeter.pipeline import CallRecord, Hooks, Metadata, Method
 
 
@@ -34,8 +34,6 @@ class Metrics:
         sent = fast_inc(m.msg_sent.labels(*labels))
         histogram = m.handling.labels(*labels)
         observe = fast_observe(histogram)
-        exemplar_of = self._exemplar
-        observe_with = exemplar_observe(histogram) if exemplar_of is not None else None
         ok = grpc.StatusCode.OK
         handled_ok = fast_inc(m.handled.labels(*labels, GO_CODE_NAMES[ok]))  # the common case
         handled: dict[grpc.StatusCode, Callable[..., None]] = {}
@@ -53,14 +51,22 @@ class Metrics:
                     child = m.handled.labels(*labels, GO_CODE_NAMES[code])
                     inc = handled[code] = fast_inc(child)
                 inc(1)
-            exemplar = exemplar_of(call.context) if exemplar_of is not None else None
-            if exemplar is None:
-                observe(call.duration)
-            else:
-                observe_with(call.duration, exemplar)  # type: ignore[misc]
+            observe(call.duration)
             if call.received:
                 received(call.received)
             if call.sent:
                 sent(call.sent)
 
-        return Hooks(before=before, after=after, counts_messages=True)
+        exemplar_of = self._exemplar
+        if exemplar_of is None:  # tracing off: nothing more per call
+            return Hooks(before=before, after=after, counts_messages=True)
+        counted = after
+        set_exemplar = exemplar_setter(histogram)
+
+        def after_traced(call: CallRecord) -> None:
+            counted(call)
+            exemplar = exemplar_of(call.context)
+            if exemplar is not None:
+                set_exemplar(call.duration, exemplar)
+
+        return Hooks(before=before, after=after_traced, counts_messages=True)
