@@ -15,6 +15,7 @@ from dataclasses import replace
 import grpc
 import jsonschema
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from load_support import load_cli
 from otlp_support import CLIENT, SERVER, Received, otlp_http_receiver, otlp_receiver, traceparent
 from web_support import SAY_HELLO, hello, request
@@ -77,6 +78,8 @@ async def test_spans_join_the_callers_trace_with_only_the_standard_env(
         async with grpc.aio.insecure_channel(proc.address) as channel:
             await say_hello(channel, (("traceparent", traceparent(trace_id, parent_id)),))
             await say_hello(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+            await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
         code, _, err = await asyncio.to_thread(proc.stop)
         assert code == 0, err
         spans = await until(receiver.spans.snapshot, lambda got: len(got) >= 2)
@@ -98,10 +101,10 @@ async def test_spans_join_the_callers_trace_with_only_the_standard_env(
     roots = [s for s in spans if s.trace_id != trace_id]
     assert len(roots) == 1, spans
     assert roots[0].parent_span_id == ""
-    # Health checks (the spawn fixture's readiness wait is a TCP connect; none here) are not
-    # traced; the access log names each call's trace and span.
+    # The health check made no span (the roots are the one call without a traceparent); the
+    # access log names each traced call's trace and span.
     lines = [json.loads(line) for line in err.splitlines()]
-    rpcs = [line for line in lines if line.get("msg") == "rpc"]
+    rpcs = [line for line in lines if line.get("msg") == "rpc" and "Greeter" in line["method"]]
     assert {(r["trace_id"], r["span_id"]) for r in rpcs} == {(s.trace_id, s.span_id) for s in spans}
     phases = [line["phase"] for line in lines if line.get("msg") == "shutdown phase done"]
     assert phases == ["not_serving", "drain_delay", "stop", "traces", "metrics"]
@@ -171,6 +174,8 @@ async def test_a_collector_down_or_hanging_never_holds_a_call(
 
     otel_env.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "16")
     otel_env.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4")
+    # The hung export must outlast the calls (the default deadline is 10 s): one batch in it.
+    otel_env.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "30")
     async with otlp_receiver(hang=True) as hanging:
         otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", hanging.endpoint)
         async with running(grace_period=0.5) as server, channel_to(server) as channel:
