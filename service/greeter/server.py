@@ -256,7 +256,7 @@ class GreeterServer:
             spans = None
             if traced is not None:
                 self.tracing, spans = traced
-            chain = interceptors(s, self.metrics, self.worker, spans)
+            chain = interceptors(s, self.metrics, self.worker, spans=spans)
             # grpc.aio accepts one call per method and server each time the event loop
             # hears from grpc: several servers on one port (listeners) accept several at
             # once for several connections, and accept_depth several on each (accept.py).
