@@ -45,9 +45,10 @@ hypothesis.settings.load_profile("greeter")
 
 
 def outside_env() -> dict[str, str]:
-    """This process's environment without any ``GREETER_*`` setting: what a spawned server
-    or tool starts from, so settings exported in the developer's shell cannot leak in."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("GREETER_")}
+    """This process's environment without any ``GREETER_*`` setting or OpenTelemetry
+    ``OTEL_*`` variable: what a spawned server or tool starts from, so settings exported in
+    the developer's shell cannot leak in."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("GREETER_", "OTEL_"))}
 
 
 def require_tool(name: str, hint: str = "") -> str:

@@ -338,7 +338,7 @@ TLS_GATEWAYS = {
 
 def test_every_ci_values_file_is_a_feature() -> None:
     names = {p.name.removesuffix("-values.yaml") for p in CI_VALUES}
-    assert names == set(FEATURES) | set(TLS_GATEWAYS) | {"tls", "fault"}
+    assert names == set(FEATURES) | set(TLS_GATEWAYS) | {"tls", "fault", "tracing"}
 
 
 @pytest.mark.parametrize("feature", sorted(FEATURES))

@@ -397,6 +397,7 @@ VARIANTS = {
     "gateway": loadtest(),
     "own-service": {"loadtest": {"enabled": True}},
     "ci": ci_values("loadtest"),
+    "tracing": ci_values("tracing"),
     "mtls-token": {
         "tls": {"enabled": True, "clientCA": True},
         "loadtest": {
@@ -456,6 +457,7 @@ def test_greeter_load_accepts_the_rendered_arguments(name: str, render: Any) -> 
     assert parsed.concurrency == lt["concurrency"]
     assert parsed.procs == lt["procs"]
     assert parsed.quiet is True
+    assert parsed.trace_sample == lt["traceSample"]
     assert parsed.tls is True or parsed.plaintext is True
     assert len(parsed.metadata) == len(lt.get("metadata", {})) + bool(
         lt["bearerToken"].get("secretName")

@@ -263,8 +263,34 @@ is mapped here and nowhere else.
 - name: GREETER_FAULT_STATUS_PERCENT
   value: {{ .Values.fault.statusPercent | quote }}
 {{- end }}
+{{- include "greeter.tracingEnv" (list . (.Values.tracing.serviceName | default (include "greeter.fullname" .))) }}
 {{- with .Values.server.extraEnv }}
 {{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The OpenTelemetry SDK's standard environment, from the tracing values (nothing when off), for a
+service name: the pods' and the loadtest Job's. (list $ serviceName)
+*/}}
+{{- define "greeter.tracingEnv" -}}
+{{- $ := index . 0 }}
+{{- $t := $.Values.tracing }}
+{{- if $t.enabled }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ required "tracing.endpoint is required when tracing.enabled" $t.endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ $t.protocol | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ index . 1 | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $t.sampler | quote }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $t.samplerArg | toString | quote }}
+{{- with $t.resourceAttributes }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ $pairs := list }}{{ range $key, $value := . }}{{ $pairs = append $pairs (printf "%s=%s" $key (toString $value)) }}{{ end }}{{ join "," $pairs | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 

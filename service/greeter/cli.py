@@ -315,6 +315,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except settings.SettingsError as exc:
         print(f"greeter serve: bad setting: {exc}", file=sys.stderr)
         return EXIT_BAD_ARGS
+    from greeter import tracing
+
+    for problem in tracing.env_problems(os.environ):
+        print(f"greeter serve: bad setting: {problem}", file=sys.stderr)
+        return EXIT_BAD_ARGS
     logs.configure(config.log_level, config.log_format)
     for name in settings.unknown_env(os.environ):
         logger.warning("ignoring %s: no such setting", name)

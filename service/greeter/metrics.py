@@ -7,6 +7,7 @@ import logging
 import math
 import platform
 import threading
+import time
 from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any, Literal
@@ -176,6 +177,12 @@ class ServerMetrics:
             attr: Gauge(name, doc, registry=r, multiprocess_mode=mode)
             for name, doc, attr, mode in ADMISSION_GAUGES
         }
+        self.spans_dropped = Counter(
+            "greeter_trace_spans_dropped_total",
+            "Spans dropped because the trace exporter's queue was full (collector down or"
+            " slow); calls never wait for it.",
+            registry=r,
+        )
         info = Gauge(
             "greeter_build_info",
             "Build information; the value is always 1.",
@@ -237,6 +244,26 @@ def fast_observe(child: Any) -> Callable[[float], None]:
         bucket_incs[bisect_left(bounds, amount)](1)
 
     return observe
+
+
+def exemplar_setter(child: Any) -> Callable[[float, dict[str, str]], None]:
+    """What ``child.observe(amount, exemplar=labels)`` does besides counting: ``labels`` (a
+    trace id) become the exemplar of the bucket ``amount`` fell in, found by bisection as in
+    :func:`fast_observe`. prometheus_client keeps exemplars in a single process only (a
+    ``--workers`` worker's are dropped). Without the internals: exemplars are left out."""
+    try:
+        buckets = tuple(child._buckets)
+        bounds = tuple(float(b) for b in child._upper_bounds)
+    except (AttributeError, TypeError):
+        return lambda amount, labels: None
+    from prometheus_client.samples import Exemplar
+
+    now = time.time
+
+    def set_exemplar(amount: float, labels: dict[str, str]) -> None:
+        buckets[bisect_left(bounds, amount)].set_exemplar(Exemplar(labels, amount, now()))
+
+    return set_exemplar
 
 
 def multiprocess_registry() -> CollectorRegistry:

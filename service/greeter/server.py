@@ -6,7 +6,9 @@ Shutdown follows the Kubernetes termination contract, in named phases:
 2. ``drain_delay``: keep serving while gateways and endpoints stop sending,
 3. ``stop``: refuse new calls (on the gRPC port and the gRPC-Web port); in-flight calls
    get ``grace_period`` to finish, then whatever is left is cancelled,
-4. ``metrics``: stop the metrics endpoint.
+4. ``traces`` (tracing on): export the spans still queued, within what the calls left of the
+   grace period (at least a second),
+5. ``metrics``: stop the metrics endpoint.
 
 A second SIGTERM/SIGINT during shutdown exits at once with ``128 + signal``.
 """
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from greeter import accept, health, ports, reflection
+from greeter import accept, health, ports, reflection, tracing
 from greeter._proto import helloworld_pb2_grpc
 from greeter._proto.greeter.v1 import readiness_pb2_grpc
 from greeter.admission import Admission
@@ -51,6 +53,7 @@ from greeter.settings import Settings, parse_token_lines
 from greeter.threads import helper_threads
 
 if TYPE_CHECKING:
+    from greeter.interceptors.tracing import Spans
     from greeter.web.server import WebServer
 
 logger = logging.getLogger(__name__)
@@ -146,14 +149,24 @@ def interceptors(
     worker: int | None = None,
     check_log: CheckLog | None = None,
     admission: Admission | None = None,
+    spans: Spans | None = None,
 ) -> list[Interceptor]:
     """Order matters: metrics and the access log see calls that later hooks reject; admission
-    control refuses before anything else runs."""
+    control refuses before anything else runs. With tracing (``spans``), a call's span starts
+    before every other hook and ends after them."""
     chain: list[Interceptor] = []
+    if spans is not None:
+        chain.append(spans.starts)
     if metrics is not None:
-        chain.append(Metrics(metrics))
+        chain.append(Metrics(metrics, spans.exemplar if spans is not None else None))
     if settings.access_log:
-        chain.append(AccessLog(settings.access_log_sample, settings.access_log_budget))
+        chain.append(
+            AccessLog(
+                settings.access_log_sample,
+                settings.access_log_budget,
+                spans.ids if spans is not None else None,
+            )
+        )
     if admission is not None:  # the Greeter only: health and reflection are never shed
         chain.append(AdmissionControl(admission, frozenset({GREETER_SERVICE}), metrics))
     chain.append(Identity(serving_identity(settings, worker)))
@@ -177,7 +190,25 @@ def interceptors(
                 settings.fault_status_percent,
             )
         )
+    if spans is not None:
+        chain.append(spans.ends)
     return chain
+
+
+def start_tracing(
+    settings: Settings, metrics: ServerMetrics | None
+) -> tuple[tracing.Tracing, Spans] | None:
+    """The SDK and the spans' interceptors, when tracing is configured (greeter.tracing)."""
+    if not tracing.enabled(settings, os.environ):
+        return None
+    from greeter.interceptors.tracing import Spans
+
+    dropped = metrics.spans_dropped.inc if metrics is not None else None
+    traces = tracing.start(settings, os.environ, dropped)
+    untraced = frozenset(
+        (health.SERVICE_NAME, health.READINESS_SERVICE_NAME, *reflection.SERVICE_NAMES)
+    )
+    return traces, Spans(traces.tracer, traces.propagator, untraced)
 
 
 class GreeterServer:
@@ -220,6 +251,7 @@ class GreeterServer:
         # threads so that it gets their scheduling policy (asyncio's default executor would
         # start one later, outside it).
         self._reading: concurrent.futures.ThreadPoolExecutor | None = None
+        self.tracing: tracing.Tracing | None = None
         self.port = 0
         # --interop: the calls tagged with x-greeter-check-id (greeter.interop.checklog)
         self.check_log = CheckLog() if settings.interop else None
@@ -253,13 +285,23 @@ class GreeterServer:
             served += interop.SERVICE_NAMES
         if s.reflection:
             reflection.add_reflection(registrar, served)
-        chain = interceptors(
-            s, self.metrics, self.worker, check_log=self.check_log, admission=self.admission
-        )
-        # grpc's poller and I/O threads, and the metrics thread, are started in here (all
-        # of them by the time the servers exist; starting them starts no more). No await
-        # inside: nothing else on this loop may start threads while the policy is batch.
+        # grpc's poller and I/O threads, the metrics thread and the span exporter's thread
+        # are started in here (all of them by the time the servers exist; starting them
+        # starts no more). No await inside: nothing else on this loop may start threads
+        # while the policy is batch.
         with helper_threads(s.thread_policy) as thread_policy:
+            traced = start_tracing(s, self.metrics)
+            spans = None
+            if traced is not None:
+                self.tracing, spans = traced
+            chain = interceptors(
+                s,
+                self.metrics,
+                self.worker,
+                check_log=self.check_log,
+                admission=self.admission,
+                spans=spans,
+            )
             # grpc.aio accepts one call per method and server each time the event loop
             # hears from grpc: several servers on one port (listeners) accept several at
             # once for several connections, and accept_depth several on each (accept.py).
@@ -299,6 +341,7 @@ class GreeterServer:
                 "accept_depth": self.accept_depth,
                 "thread_policy": thread_policy,
                 "event_loop": loop_name(asyncio.get_running_loop()),
+                "tracing": self.tracing.describe() if self.tracing else None,
                 "pid": os.getpid(),
                 "worker": self.worker,
                 "took_s": round(time.perf_counter() - began, 3),
@@ -464,8 +507,20 @@ class GreeterServer:
             self.admission.stop()  # extra requests paused by it resume, and end with the server
         await self._stop_accepting()
         self._unwatch_connections()
-        mark = done("stop", mark, grace_period=s.grace_period)
-        # 4. The metrics endpoint goes last, so the final counts can be scraped.
+        stopped = done("stop", mark, grace_period=s.grace_period)
+        # 4. Export the spans still queued, within what is left of the grace period.
+        traces, self.tracing = self.tracing, None
+        if traces is not None:
+            budget = tracing.flush_budget(s.grace_period, stopped - mark)
+            flushed = await traces.drain(budget)
+            if not flushed:
+                logger.warning(
+                    "traces: the exporter did not finish within %.1f s; the rest is dropped",
+                    budget,
+                )
+            stopped = done("traces", stopped, flushed=flushed)
+        mark = stopped
+        # 5. The metrics endpoint goes last, so the final counts can be scraped.
         if self._endpoint is not None:
             await asyncio.to_thread(self._endpoint.stop)
             self._endpoint = None
@@ -499,6 +554,9 @@ class GreeterServer:
         if self._web is not None:
             self._web.abort()
             self._web = None
+        if self.tracing is not None:
+            self.tracing.close()
+            self.tracing = None
         if self._endpoint is not None:
             self._endpoint.stop()
             self._endpoint = None

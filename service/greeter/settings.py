@@ -3,7 +3,8 @@
 Every setting is declared once, as a dataclass field whose metadata gives its
 help text and parser. From that single table come the ``greeter serve`` flags
 (``--drain-delay``), the environment variables (``GREETER_DRAIN_DELAY``) and the
-validation; nothing else in the package reads the environment.
+validation; nothing else in the package reads the environment, except the
+OpenTelemetry SDK, which reads its own standard ``OTEL_*`` variables (:mod:`greeter.tracing`).
 
 A bad value raises :class:`SettingsError` naming the setting, its flag and its
 environment variable, before anything binds a port.
@@ -63,6 +64,17 @@ def parse_str(text: str) -> str:
 
 def parse_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+_URL = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(/\S*)?")
+
+
+def parse_url(text: str) -> str:
+    """An http:// or https:// URL (empty: none)."""
+    url = text.strip()
+    if url and not _URL.fullmatch(url):
+        raise ValueError(f"expected an http:// or https:// URL (http://host:4317), got {url!r}")
+    return url
 
 
 def parse_status(text: str) -> grpc.StatusCode:
@@ -482,6 +494,15 @@ class Settings:
         parse_float,
         check=between(0, 1, "must be a fraction between {low} and {high}"),
     )
+    # -- tracing (OpenTelemetry; the SDK's own OTEL_* environment applies too) --
+    otlp_endpoint: str = _setting(
+        "",
+        "OTLP collector to send one span per call to (http://collector:4317 for grpc, :4318"
+        " with OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf); empty: OTEL_EXPORTER_OTLP_ENDPOINT"
+        " decides, and without either tracing is off",
+        parse_url,
+        metavar="URL",
+    )
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -620,6 +641,7 @@ HELP_GROUPS = {
     "auth_enabled": "auth",
     "fault_enabled": "fault injection",
     "log_level": "logging",
+    "otlp_endpoint": "tracing (OpenTelemetry: also the OTEL_* environment, docs/tracing.md)",
 }
 
 

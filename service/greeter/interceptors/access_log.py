@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote
 
 import grpc
@@ -60,15 +62,23 @@ class _Budget:
 
 
 class AccessLog:
-    def __init__(self, sample: float, budget: int = 0) -> None:
+    def __init__(
+        self,
+        sample: float,
+        budget: int = 0,
+        trace_ids: Callable[[Any], tuple[str, str, bool] | None] | None = None,
+    ) -> None:
         self._sample = sample
         self._budget = _Budget(budget)
+        # With tracing on: the call's (trace id, span id, sampled), logged with it.
+        self._trace_ids = trace_ids
 
     def bind(self, method: Method) -> Hooks | None:
         sample = self._sample
         budget = self._budget
         path = method.path
         draw = random.random
+        trace_ids = self._trace_ids
 
         def after(call: CallRecord) -> None:
             if (
@@ -89,6 +99,9 @@ class AccessLog:
                 "received": call.received,
                 "sent": call.sent,
             }
+            ids = trace_ids(ctx) if trace_ids is not None else None
+            if ids is not None:
+                fields["trace_id"], fields["span_id"], fields["trace_sampled"] = ids
             if call.code is _EXHAUSTED and (shed := shed_reason(ctx)) is not None:
                 fields["shed"] = shed  # refused by admission control, and why
             # makeRecord + handle is logger.info without findCaller()'s stack walk

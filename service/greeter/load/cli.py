@@ -291,6 +291,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="h2 (lean HTTP/2, unary calls to one address), grpc, or auto: h2 where it applies",
     )
     client.add_argument("--uvloop", action="store_true", help="run the client on uvloop")
+    client.add_argument(
+        "--trace-sample",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="share of calls, 0 to 1, that start a trace: they carry a W3C traceparent, the "
+        "report lists the slowest with their trace ids, and with OTEL_EXPORTER_OTLP_ENDPOINT "
+        "set their CLIENT spans are exported (docs/tracing.md)",
+    )
     _add_report_arguments(parser.add_argument_group("report"))
     _add_gate_arguments(parser.add_argument_group("gates"))
 
@@ -406,6 +415,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         timeline_interval=args.timeline_interval,
         protocol=args.protocol,
         start_at=args.start_at,
+        trace_sample=args.trace_sample,
         **gates_from_args(args),
     )
 

@@ -202,6 +202,7 @@ class LoadConfig:
     timeline_interval: float = DEFAULT_INTERVAL  # seconds per timeline bucket
     protocol: str = "grpc"
     start_at: float | None = None  # Unix seconds: when the load phase starts (--start-at)
+    trace_sample: float = 0.0  # share of calls that start a trace (greeter.load.tracing)
 
     def __post_init__(self) -> None:
         for name, problem in self._problems():
@@ -282,6 +283,8 @@ class LoadConfig:
         bad.extend(self._timeline_problems())
         if self.start_at is not None and not math.isfinite(self.start_at):
             bad.append(("--start-at", "must be a time"))
+        if not 0 <= self.trace_sample <= 1:
+            bad.append(("--trace-sample", "must be a fraction between 0 and 1"))
         return bad
 
     def _split_problems(self) -> list[tuple[str, str]]:

@@ -33,6 +33,7 @@ from greeter.client import (
 from greeter.load import h2engine, webengine
 from greeter.load.config import CALLS, LoadConfig
 from greeter.load.recorder import NO_SERVER_TIME, UNKNOWN, Backend, Recorder, record
+from greeter.load.tracing import TRACEPARENT, Tracer, tracer_for
 from greeter.threads import helper_threads
 
 # Backend, Recorder, record and UNKNOWN live in greeter.load.recorder; importable from here.
@@ -148,7 +149,27 @@ def resolved_engine(config: LoadConfig) -> str:
     return "grpc" if h2engine.applies(config.target, config.call, payload) else "h2"
 
 
-def _make_caller(channel: Any, config: LoadConfig) -> Caller:
+def _prepare(
+    metadata: grpc.aio.Metadata | None, tracer: Tracer | None
+) -> Callable[[float], tuple[grpc.aio.Metadata | None, Any]]:
+    """Per call: its metadata and record function; a call ``tracer`` samples carries a
+    traceparent and is recorded by its trace too (greeter.load.tracing)."""
+    plain = (metadata, record)
+    if tracer is None:
+        return lambda began: plain
+    start = tracer.start
+    base = tuple(metadata or ())
+
+    def prepare(began: float) -> tuple[grpc.aio.Metadata | None, Any]:
+        traced = start(began)
+        if traced is None:
+            return plain
+        return grpc.aio.Metadata(*base, (TRACEPARENT, traced.header)), traced.record
+
+    return prepare
+
+
+def _make_caller(channel: Any, config: LoadConfig, tracer: Tracer | None = None) -> Caller:
     """A coroutine function doing one call and recording it, for the configured call kind."""
     path = CALLS[config.call]
     payload = request_bytes(config)
@@ -163,6 +184,7 @@ def _make_caller(channel: Any, config: LoadConfig) -> Caller:
             timeout,
             config.connect_timeout,
             record,
+            tracer,
         )
     if isinstance(channel, h2engine.H2Channel):
         return h2engine.make_caller(
@@ -173,27 +195,32 @@ def _make_caller(channel: Any, config: LoadConfig) -> Caller:
             timeout,
             config.connect_timeout,
             record,
+            tracer,
         )
-    metadata = _metadata(config)
+    prepare = _prepare(_metadata(config), tracer)
     rpc_error = grpc.aio.AioRpcError
 
-    def finish(rec: Recorder, began: float, code: str, trailers: Any, details: str) -> None:
+    def finish(
+        rec: Recorder, began: float, code: str, trailers: Any, details: str, done: Any
+    ) -> None:
         cluster, pod, server = _identity(trailers)
-        record(rec, began, code, cluster, pod, details, None, server)
+        done(rec, began, code, cluster, pod, details, None, server)
 
     if config.call in ("SayHello", "Check"):
         unary = channel.unary_unary(path, _registered_method=True)
 
         async def unary_call(rec: Recorder, began: float) -> None:
+            metadata, done = prepare(began)
             call = unary(payload, timeout=timeout, metadata=metadata)
             try:
                 await call
             except rpc_error as exc:
-                finish(rec, began, _code_name(exc.code()), exc.trailing_metadata(), exc.details())
+                code = _code_name(exc.code())
+                finish(rec, began, code, exc.trailing_metadata(), exc.details(), done)
                 return
             trailers = await call.trailing_metadata()
             rec.replies += 1
-            finish(rec, began, "OK", trailers, "")
+            finish(rec, began, "OK", trailers, "", done)
 
         return unary_call
 
@@ -201,6 +228,7 @@ def _make_caller(channel: Any, config: LoadConfig) -> Caller:
         server_stream = channel.unary_stream(path, _registered_method=True)
 
         async def stream_call(rec: Recorder, began: float) -> None:
+            metadata, done = prepare(began)
             call = server_stream(payload, timeout=timeout, metadata=metadata)
             n = 0
             try:
@@ -208,10 +236,11 @@ def _make_caller(channel: Any, config: LoadConfig) -> Caller:
                     n += 1
             except rpc_error as exc:
                 rec.replies += n
-                finish(rec, began, _code_name(exc.code()), exc.trailing_metadata(), exc.details())
+                code = _code_name(exc.code())
+                finish(rec, began, code, exc.trailing_metadata(), exc.details(), done)
                 return
             rec.replies += n
-            finish(rec, began, "OK", await call.trailing_metadata(), "")
+            finish(rec, began, "OK", await call.trailing_metadata(), "", done)
 
         return stream_call
 
@@ -219,6 +248,7 @@ def _make_caller(channel: Any, config: LoadConfig) -> Caller:
     sends = config.stream_count or 1
 
     async def bidi_call(rec: Recorder, began: float) -> None:
+        metadata, done = prepare(began)
         call = bidi(timeout=timeout, metadata=metadata)
         n = 0
         try:
@@ -231,15 +261,15 @@ def _make_caller(channel: Any, config: LoadConfig) -> Caller:
             code = await call.code()
         except rpc_error as exc:
             rec.replies += n
-            finish(rec, began, _code_name(exc.code()), exc.trailing_metadata(), exc.details())
+            code_name = _code_name(exc.code())
+            finish(rec, began, code_name, exc.trailing_metadata(), exc.details(), done)
             return
         rec.replies += n
+        trailers = await call.trailing_metadata()
         if code is grpc.StatusCode.OK:
-            finish(rec, began, "OK", await call.trailing_metadata(), "")
+            finish(rec, began, "OK", trailers, "", done)
         else:
-            finish(
-                rec, began, _code_name(code), await call.trailing_metadata(), await call.details()
-            )
+            finish(rec, began, _code_name(code), trailers, await call.details(), done)
 
     return bidi_call
 
@@ -315,7 +345,8 @@ class Run:
 
     def __init__(self, config: LoadConfig, channels: list[Any]) -> None:
         self.config = config
-        self.callers = [_make_caller(ch, config) for ch in channels]
+        self.tracer = tracer_for(config.trace_sample, CALLS[config.call])
+        self.callers = [_make_caller(ch, config, self.tracer) for ch in channels]
         self.recorder = Recorder()
         self.schedule: Schedule | None = None
         self._stop = asyncio.Event()
@@ -380,6 +411,11 @@ class Run:
         for result in results:
             if isinstance(result, Exception):
                 raise result
+
+    async def close(self) -> None:
+        """After the run: the CLIENT spans still queued leave (--trace-sample, bounded)."""
+        if self.tracer is not None:
+            await self.tracer.close()
 
     @property
     def interrupted(self) -> bool:

@@ -811,14 +811,21 @@ Record = Callable[[Any, float, str, str, str, str, float | None, int], None]
 
 def make_caller(
     channel: H2Channel, path: str, payload: bytes, metadata: Sequence[tuple[str, str]],
-    timeout: float | None, connect_timeout: float, record: Record,
+    timeout: float | None, connect_timeout: float, record: Record, tracer: Any = None,
 ) -> Callable[[Any, float], Any]:  # fmt: skip
-    """A coroutine function making one unary call on ``channel`` and recording it."""
+    """A coroutine function making one unary call on ``channel`` and recording it; a call
+    ``tracer`` samples (greeter.load.tracing) carries a traceparent, encoded for it alone."""
     block = header_block(path, channel.authority, channel.ssl is not None, metadata, timeout)
-    request = UnaryRequest(block, payload, timeout)
+    plain = UnaryRequest(block, payload, timeout)
+    plain_record = record
     sleep = asyncio.sleep
 
     async def unary_call(rec: Any, began: float) -> None:
+        request, record = plain, plain_record
+        traced = tracer.start(began) if tracer is not None else None
+        if traced is not None:
+            header = _literal(b"traceparent", traced.header.encode())
+            request, record = UnaryRequest(block + header, payload, timeout), traced.record
         conn = channel.conn
         for attempt in range(ATTEMPTS):
             if conn is None or not conn.open:

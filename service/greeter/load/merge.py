@@ -31,6 +31,7 @@ from greeter.load.histogram import SUB_BITS, Histogram
 from greeter.load.outcome import Outcome, combine, union_length
 from greeter.load.recorder import Backend, Recorder
 from greeter.load.report import SCHEMA_ID, Report, build_report
+from greeter.load.sampled import Sampled
 from greeter.load.timeline import MIN_INTERVAL, Timeline
 
 # Outcome, combine and union_length live in greeter.load.outcome; importable from here.
@@ -183,6 +184,7 @@ def outcome_of(name: str, doc: dict[str, Any]) -> Outcome:
             rec.backends[(str(row["cluster"]), str(row["pod"]))] = backend
         interval = float(doc["options"]["timeline_interval_s"])
         rec.timeline = Timeline.from_report(doc["timeline"], interval)
+        rec.sampled = Sampled.from_report(doc.get("traces"))
         started = _epoch(doc["started_at"])
         ended = _epoch(doc["ended_at"]) if "ended_at" in doc else started + doc["duration_s"]
         lag = doc.get("start_lag_s")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from greeter.load.histogram import Histogram
+from greeter.load.sampled import Sampled
 from greeter.load.timeline import Timeline
 
 UNKNOWN = "(none)"  # no identity metadata came back (a gateway error, no connection...)
@@ -55,6 +56,7 @@ class Recorder:
         self.messages: dict[str, int] = {}
         self.backends: dict[tuple[str, str], Backend] = {}
         self.replies = 0  # response messages received (streams count each one)
+        self.sampled = Sampled()  # --trace-sample: the calls that carried a traceparent
         self.first_us = 0  # stream calls: time to the first reply
         self.timeline: Timeline | None = None
         self.timeline_edge = math.inf  # when the timeline's current bucket ends
@@ -111,6 +113,7 @@ class Recorder:
         for (cluster, pod), b in other.backends.items():
             self.backend(cluster, pod).merge(b)
         self.replies += other.replies
+        self.sampled.merge(other.sampled)
         self._merge_timeline(other, timeline_offset)
 
     def _merge_timeline(self, other: Recorder, offset: int) -> None:
@@ -135,6 +138,7 @@ class Recorder:
                 for (cluster, pod), b in self.backends.items()
             ],
             "timeline": None if self.timeline is None else self.timeline.to_dict(),
+            "sampled": self.sampled.to_report(),
         }
 
     @classmethod
@@ -157,6 +161,7 @@ class Recorder:
             )
         if data.get("timeline") is not None:
             rec.timeline = Timeline.from_dict(data["timeline"])
+        rec.sampled = Sampled.from_report(data.get("sampled"))
         return rec
 
 

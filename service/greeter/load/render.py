@@ -159,6 +159,7 @@ def summary(report: Report) -> str:
     if "split" in d:
         add("")
         out.extend(_split_summary(d["split"]))
+    out.extend(_traces_summary(d.get("traces")))
     for failure in report.failures:
         add(f"FAILED: {failure}")
     return "\n".join(out) + "\n"
@@ -346,6 +347,48 @@ def _svg_chart(report: Report, width: int = 720, height: int = 260) -> str:
     return "".join(parts)
 
 
+TRACE_COLUMNS = ("trace id", "latency ms", "code", "cluster", "pod", "server ms", "outside ms")
+
+
+def _trace_cells(call: dict[str, Any]) -> tuple[str, ...]:
+    """A sampled call's row (greeter.load.sampled): trace id, latency, code, where, split."""
+    return (
+        call["trace_id"],
+        f"{call['latency_ms']:.3f}",
+        call["code"],
+        call["cluster"],
+        call["pod"],
+        _fmt_part(call["server_ms"]),
+        _fmt_part(call["outside_ms"]),
+    )
+
+
+def _traces_summary(section: dict[str, Any] | None) -> list[str]:
+    """--trace-sample: the slowest sampled calls, by trace id."""
+    if not section:
+        return []
+    lines = ["", f"Slowest traced calls (of {section['calls']} sampled):"]
+    lines.append("  " + "\t".join(TRACE_COLUMNS))
+    lines.extend("  " + "\t".join(_trace_cells(call)) for call in section["slowest"])
+    return lines
+
+
+def _traces_html(section: dict[str, Any] | None) -> str:
+    if not section:
+        return ""
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in TRACE_COLUMNS)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in _trace_cells(call)) + "</tr>"
+        for call in section["slowest"]
+    )
+    return (
+        f"<h2>Slowest traced calls</h2><p>{plural(section['calls'], 'call')} sampled "
+        f"(--trace-sample); look these up in the tracing UI by trace id.</p>"
+        f"<table><tr>{head}</tr>{rows}</table>"
+    )
+
+
 def to_html(
     report: Report,
     *,
@@ -425,7 +468,7 @@ Started {esc(d["started_at"])}{_merged_html(d)}.</p>
 <h2>Status codes</h2><table>{codes}</table>
 <h2>By cluster</h2>{table(d["by_cluster"], "cluster")}
 <h2>By pod</h2>{table(d["by_pod"], "pod")}
-{_split_html(d.get("split"))}</body></html>
+{_split_html(d.get("split"))}{_traces_html(d.get("traces"))}</body></html>
 """
 
 

@@ -157,6 +157,7 @@ def options_of(config: LoadConfig) -> dict[str, Any]:
         "engine": resolved_engine(config),
         "timeline_interval_s": config.timeline_interval,
         "start_at": None if config.start_at is None else wall_time(config.start_at),
+        "trace_sample": config.trace_sample,
     }
 
 
@@ -230,6 +231,8 @@ def build_report(
     found = capacity.section(config, data["timeline"])
     if found is not None:
         data["capacity"] = found
+    if rec.sampled.count:
+        data["traces"] = rec.sampled.to_report()
     report = Report(data)
     data["thresholds"] = _check(config, report)
     data["passed"] = not report.failures

@@ -140,7 +140,9 @@ def _run_here(
                 if progress is not None:
                     progress(rec.count, rec.errors, elapsed)
 
-            return await _measure(run, _start(config, time.perf_counter(), notice), tick)
+            outcome = await _measure(run, _start(config, time.perf_counter(), notice), tick)
+            await run.close()
+            return outcome
 
     start_loop(config)
     return asyncio.run(main())
@@ -180,6 +182,7 @@ async def _worker(config: LoadConfig, index: int, conn: Connection) -> None:
             conn.send(("progress", rec.count, rec.errors))
 
         out = await _measure(run, start, tick)
+        await run.close()
         done = (out.recorder.to_dict(), out.started, out.duration, out.interrupted, out.start_lag)
         conn.send(("done", *done))
 

@@ -46,17 +46,25 @@ def make_caller(
     timeout: float | None,
     connect_timeout: float,
     record: Record,
+    tracer: Any = None,
 ) -> Callable[[Any, float], Any]:
-    """A coroutine function making one call on ``channel`` and recording it."""
+    """A coroutine function making one call on ``channel`` and recording it; a call
+    ``tracer`` samples (greeter.load.tracing) carries a traceparent."""
     extra: tuple[tuple[str, str], ...] = ()
     if stream_count is not None and call == "SayHelloStreamReply":
         extra = ((STREAM_COUNT_HEADER, str(stream_count)),)
 
     server_us = timing.server_us
 
+    plain_record = record
+
     async def web_call(rec: Any, began: float) -> None:
+        metadata, record = extra, plain_record
+        traced = tracer.start(began) if tracer is not None else None
+        if traced is not None:
+            metadata, record = (*extra, ("traceparent", traced.header)), traced.record
         result = await channel.call(
-            path, payload, timeout=timeout, connect_timeout=connect_timeout, metadata=extra
+            path, payload, timeout=timeout, connect_timeout=connect_timeout, metadata=metadata
         )
         rec.replies += len(result.messages)
         cluster = result.metadata(CLUSTER_KEY) or UNKNOWN
