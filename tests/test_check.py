@@ -109,6 +109,8 @@ def test_every_case_passes_against_the_interop_server(
         assert measured["largest_passed"] >= 4 * 1024 * 1024, by_name[name]
         if "first_refused" in measured:
             assert measured["refused_by"] == "pod", by_name[name]
+    # 16 KiB of metadata reaches the pod (grpc-core's limits follow max_metadata_size)
+    assert by_name["metadata_large"]["measured"] == {"sizes": [8192, 16384]}, by_name
     assert by_name["slow_unary"]["measured"]["longest_survived_s"] == 2.0
     assert by_name["stream_gaps"]["measured"]["longest_survived_s"] == 2.0
     assert by_name["deadline_honoured"]["measured"]["pod"] == "check-pod-0"

@@ -1,8 +1,9 @@
-"""``greeter call``, ``load`` and ``health`` agree, as a new user meets them: the same flags
-parsed the same way (durations with units, ``--method``/``--call``), the same one-line answer
-for the same mistake (a misspelt flag, plaintext to a TLS port, a port where nothing listens),
-and the exit codes of the one table (health keeps grpc-health-probe's). Every case runs the
-real command against real servers, all of them side by side."""
+"""``greeter call``, ``load``, ``health`` and ``check`` agree, as a new user meets them: the
+same flags parsed the same way (durations with units, ``--method``/``--call``), the same
+one-line answer for the same mistake (a misspelt flag, plaintext to a TLS port, a port where
+nothing listens, for check also an unknown case), and the exit codes of the one table (health
+keeps grpc-health-probe's). Every case runs the real command against real servers, all of
+them side by side."""
 
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ def cases(plain: str, tls: str, closed: str) -> list[Case]:
         Case(("call", plain, "-t", "2s"), 0, ""),
         Case(("health", plain, "-t", "2s", "--connect-timeout", "5"), 0, ""),
         Case(("load", plain, "-t", "2s", *load), 0, ""),
+        Case(("check", plain, "--only", "health", "--max-wait", "2s"), 0, ""),
         Case(("call", plain, "-t", "2x"), 2, "greeter call: error: argument -t/--timeout: '2x'"),
+        Case(("check", plain, "--max-wait", "2x"), 2, "greeter check: error: argument --max-wait"),
         Case(("health", plain, "-t", "2x"), 1, "greeter health: error: argument -t/--timeout"),
         # each command takes the other's name for the method
         Case(("call", plain, "--call", "SayHello"), 0, ""),
@@ -48,10 +51,12 @@ def cases(plain: str, tls: str, closed: str) -> list[Case]:
         Case(("load", tls, *slow, *load), 3, f"greeter load: {tls_hint}"),
         Case(("load", tls, "--engine", "grpc", *slow, *load), 3, f"greeter load: {tls_hint}"),
         Case(("health", tls, *slow), 2, f"greeter health: {tls_hint}"),
+        Case(("check", tls, *slow), 3, f"greeter check: {tls_hint}"),
         # nothing listens: the same hint, at once, with the command's prefix
         Case(("call", closed, *slow), 3, f"greeter call: {refused}"),
         Case(("load", closed, *slow, *load), 3, f"greeter load: {refused}"),
         Case(("health", closed, *slow), 2, f"greeter health: {refused}"),
+        Case(("check", closed, *slow), 3, f"greeter check: {refused}"),
         # a misspelt flag: one line naming the flag meant, no usage
         Case(
             ("load", plain, "--concurency", "8"),
@@ -64,6 +69,12 @@ def cases(plain: str, tls: str, closed: str) -> list[Case]:
             "greeter call: no flag --nmae; did you mean --name?",
         ),
         Case(("health", plain, "--servce", "x"), 1, "did you mean --service?"),
+        Case(
+            ("check", plain, "--max-wiat", "5s"),
+            2,
+            "greeter check: no flag --max-wiat; did you mean --max-wait?",
+        ),
+        Case(("check", plain, "--only", "nope"), 2, "greeter check: no such case: nope; the cases"),
         Case(
             ("load", plain, "--bogus-flag"),
             2,
@@ -79,6 +90,7 @@ def cases(plain: str, tls: str, closed: str) -> list[Case]:
         ),
         Case(("health", plain, "-m", "nocolon"), 1, "greeter health: metadata 'nocolon' must"),
         Case(("call", plain, "-t", "0"), 2, "greeter call: --timeout must be positive"),
+        Case(("check", plain, "--max-wait", "0"), 2, "greeter check: --max-wait must be positive"),
         Case(("call",), 2, "greeter call: error: the following arguments are required: address"),
     ]
 

@@ -231,7 +231,7 @@ def test_load_flags_before_merge_still_merge(tmp_path: Path) -> None:
 
 
 # -- one command line: README and --help say the same ---------------------------------------
-CLIENT_COMMANDS = ["greeter call", "greeter load", "greeter load merge"]
+CLIENT_COMMANDS = ["greeter call", "greeter load", "greeter load merge", "greeter check"]
 
 
 def readme_exit_table() -> dict[int, tuple[str, str]]:

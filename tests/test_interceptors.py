@@ -15,6 +15,8 @@ from conftest import channel_to, running
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
 from greeter.client import identity_of
 from greeter.interceptors.faults import sleep_at_least
+from greeter.interceptors.metadata_limit import metadata_size
+from greeter.server import HEADER_ALLOWANCE
 
 HelloRequest = helloworld_pb2.HelloRequest
 
@@ -231,3 +233,49 @@ async def test_access_log_sample_one_logs_everything(caplog):
         for _ in range(30):
             await stub.SayHello(HelloRequest())
     assert len([r for r in caplog.records if r.name == "greeter.access"]) == 30
+
+
+def padding(size: int) -> list[tuple[str, str]]:
+    """Request metadata of exactly ``size`` bytes as the metadata limit counts it."""
+    pads: list[tuple[str, str]] = []
+    left = size
+    while left:
+        key = f"x-pad-{len(pads)}"
+        value = "p" * min(1000, left - len(key) - 32)
+        if left - len(key) - 32 - len(value) < 50:  # the last field takes what is left
+            value = "p" * (left - len(key) - 32)
+        pads.append((key, value))
+        left -= len(key) + len(value) + 32
+    assert metadata_size(pads) == size
+    return pads
+
+
+async def test_metadata_up_to_max_metadata_size_is_served_and_past_it_refused():
+    """grpc-core's own limits follow max_metadata_size: 16 KiB of metadata (the default) is
+    served every time (grpc-core's default soft limit, 8 KiB, refused most such calls at
+    random); past the setting the metadata limit refuses it, past grpc-core's header-list
+    limit (the setting + HEADER_ALLOWANCE) grpc-core does, both RESOURCE_EXHAUSTED."""
+    async with running() as server, channel_to(server) as channel:
+        say = helloworld_pb2_grpc.GreeterStub(channel).SayHello
+        limit = server.settings.max_metadata_size
+        assert limit == 16 * 1024
+        for _ in range(10):  # the soft limit refused at random: every one must pass
+            await say(HelloRequest(name="big"), metadata=padding(limit - 200))  # + user-agent
+        for size, said in (
+            (limit + 1024, "(max_metadata_size)"),
+            (limit + HEADER_ALLOWANCE + 1024, "exceeds hard limit"),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await say(HelloRequest(), metadata=padding(size))
+            assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, size
+            assert said in (error.value.details() or ""), error.value.details()
+
+
+async def test_a_lower_max_metadata_size_is_grpc_cores_limit_too():
+    async with running(max_metadata_size=4096) as server, channel_to(server) as channel:
+        say = helloworld_pb2_grpc.GreeterStub(channel).SayHello
+        await say(HelloRequest(), metadata=padding(4096 - 200))  # user-agent: the rest
+        for size in (6 * 1024, 12 * 1024):  # grpc-core's defaults took 8 KiB, some 12 KiB
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await say(HelloRequest(), metadata=padding(size))
+            assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, size

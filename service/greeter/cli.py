@@ -38,6 +38,7 @@ from greeter.client import (
     connect_failure,
     help_epilog,
     identity_of,
+    require_positive,
     server_timing_of,
     target_from_args,
 )
@@ -411,7 +412,7 @@ def cmd_call(args: argparse.Namespace) -> int:
                 raise TargetError("gRPC-Web carries unary and server-streaming calls only")
             if target.lb_policy or target.address.startswith(("dns:", "unix:")):
                 raise TargetError("--protocol grpc-web needs a host:port address")
-        _positive(args)
+        require_positive(args, "timeout", "connect_timeout")
     except TargetError as exc:
         print(f"greeter call: {exc}", file=sys.stderr)
         return EXIT_BAD_ARGS
@@ -444,12 +445,6 @@ def cmd_call(args: argparse.Namespace) -> int:
     print(f"served by: {served or 'unknown (no x-greeter-* metadata)'} in {result['took_ms']} ms")
     print(f"server-timing: {result['server_timing'] or 'none (the server sent no server-timing)'}")
     return 0
-
-
-def _positive(args: argparse.Namespace) -> None:
-    for flag in ("timeout", "connect_timeout"):
-        if not getattr(args, flag) > 0:
-            raise TargetError(f"--{flag.replace('_', '-')} must be positive")
 
 
 # -- health --------------------------------------------------------------------------
@@ -520,7 +515,7 @@ async def _readiness_check(
 def cmd_health(args: argparse.Namespace) -> int:
     try:
         target = target_from_args(args)
-        _positive(args)
+        require_positive(args, "timeout", "connect_timeout")
     except TargetError as exc:
         print(f"greeter health: {exc}", file=sys.stderr)
         return HEALTH_BAD_ARGS

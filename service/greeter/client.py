@@ -22,6 +22,7 @@ import contextlib
 import json
 import socket
 import ssl
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,36 @@ def help_epilog(examples: str, codes: Sequence[tuple[int, str]] = EXIT_CODES) ->
 
 class TargetError(ValueError):
     """The target or its TLS options cannot be used (bad arguments)."""
+
+
+def require_positive(args: argparse.Namespace, *names: str) -> None:
+    """TargetError naming the first of the flags ``names`` (dests, e.g. ``connect_timeout``)
+    whose value is not more than 0."""
+    for name in names:
+        if not getattr(args, name) > 0:
+            raise TargetError(f"--{name.replace('_', '-')} must be positive")
+
+
+def add_output_arguments(group: argparse._ArgumentGroup, formats: Sequence[str]) -> None:
+    """``-O/--format`` (the first of ``formats`` the default) and ``-o/--output``, ghz's
+    names: how and where a client command writes its report."""
+    group.add_argument("-O", "--format", choices=formats, default=formats[0], help="output format")
+    group.add_argument(
+        "-o",
+        "--output",
+        default="",
+        metavar="FILE",
+        help="write the report to this file (default: standard output)",
+    )
+
+
+def write_output(text: str, path: str) -> None:
+    """The report to the file ``-o`` named, or to standard output."""
+    if path:
+        Path(path).write_text(text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
 
 @dataclass(frozen=True)
@@ -435,11 +466,14 @@ async def wait_connected(channel: grpc.aio.Channel, target: Target, timeout: flo
     )
 
 
-async def open_connected_channel(target: Target, connect_timeout: float) -> grpc.aio.Channel:
-    """:func:`open_channel`, connected (:func:`wait_connected`): the channel, or
-    :class:`ConnectFailed` with :func:`connect_failure`'s line. Call from a running loop."""
+async def open_connected_channel(
+    target: Target, connect_timeout: float, options: Sequence[tuple[str, object]] = ()
+) -> grpc.aio.Channel:
+    """:func:`open_channel` (with ``options``), connected (:func:`wait_connected`): the
+    channel, or :class:`ConnectFailed` with :func:`connect_failure`'s line. Call from a
+    running loop."""
     try:
-        channel = open_channel(target, connect_timeout)
+        channel = open_channel(target, connect_timeout, options)
     except OSError as exc:  # --insecure fetches the server's certificate first
         line = await asyncio.to_thread(connect_failure, target, str(exc))
         raise ConnectFailed(line) from None

@@ -62,6 +62,11 @@ STARTUP_FAILURE = 3
 _MS = 1000
 # How often a worker of --workers N refreshes its connection gauges for the parent's /metrics.
 CONNECTION_REFRESH_S = 5.0
+# grpc-core counts a request's whole header list (pseudo-headers, content-type, te,
+# grpc-timeout, and what a gateway adds: x-forwarded-*, x-request-id...), the metadata limit
+# interceptor only the metadata the handler sees: grpc-core's limit is max_metadata_size plus
+# this allowance, so that every request within the setting reaches the interceptor.
+HEADER_ALLOWANCE = 4 * 1024
 
 
 class StartupError(RuntimeError):
@@ -87,6 +92,12 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_concurrent_streams", s.max_concurrent_streams),
         ("grpc.max_receive_message_length", s.recv_message_limit),
         ("grpc.max_send_message_length", s.send_message_limit),
+        # grpcio 1.85: max_metadata_size is grpc-core's soft limit (8 KiB by default: past it
+        # a request is refused at random, ever more often up to the hard limit, 16 KiB);
+        # absolute_max_metadata_size the hard one, also advertised as
+        # SETTINGS_MAX_HEADER_LIST_SIZE. Both the same: past it, always RESOURCE_EXHAUSTED.
+        ("grpc.max_metadata_size", header_list_limit(s)),
+        ("grpc.absolute_max_metadata_size", header_list_limit(s)),
     ]
     if s.admission_control:
         # grpc-core drops a call no request has taken for this long (admission.py)
@@ -97,6 +108,11 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         options.append(("grpc.max_connection_age_ms", int(s.max_connection_age * _MS)))
         options.append(("grpc.max_connection_age_grace_ms", int(s.max_connection_age_grace * _MS)))
     return options
+
+
+def header_list_limit(settings: Settings) -> int:
+    """The request header list grpc-core takes (and advertises), bytes as HTTP/2 counts them."""
+    return settings.max_metadata_size + HEADER_ALLOWANCE
 
 
 def bind_address(settings: Settings, port: int | None = None) -> str:

@@ -386,7 +386,9 @@ class Settings:
     )
     max_metadata_size: int = _setting(
         16 * 1024,
-        "largest request metadata (header list), bytes; more gets RESOURCE_EXHAUSTED",
+        "largest request metadata, bytes as HTTP/2 counts them (name + value + 32 a "
+        "field); more gets RESOURCE_EXHAUSTED (grpc-core takes the header list up to this "
+        "+ 4 KiB, for the call's own and a gateway's headers)",
         parse_int,
         check=between(1024, 1024 * 1024, _BYTES),
     )

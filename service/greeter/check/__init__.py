@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from greeter.check.cli import register
 from greeter.check.report import schema
-from greeter.check.runner import ConnectError, choose, run_check
+from greeter.check.runner import choose, run_check
+from greeter.client import ConnectFailed
 
-__all__ = ["ConnectError", "choose", "register", "run_check", "schema"]
+__all__ = ["ConnectFailed", "choose", "register", "run_check", "schema"]

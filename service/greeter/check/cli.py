@@ -9,18 +9,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from greeter.check.report import (
+from greeter.check.report import exit_code, summary_line, to_json, to_junit, to_text
+from greeter.check.runner import choose, run_check
+from greeter.client import (
     EXIT_BAD_ARGS,
     EXIT_CONNECT,
-    exit_code,
-    summary_line,
-    to_json,
-    to_junit,
-    to_text,
+    ConnectFailed,
+    TargetError,
+    add_output_arguments,
+    add_target_arguments,
+    help_epilog,
+    require_positive,
+    target_from_args,
+    write_output,
 )
-from greeter.check.runner import ConnectError, choose, run_check
-from greeter.client import TargetError, add_target_arguments, target_from_args
-from greeter.load.config import parse_duration
+from greeter.durations import duration_arg
 
 PROTOCOLS = ("grpc", "grpc-web", "grpc-web-text")
 FORMATS = ("text", "json")
@@ -31,7 +34,8 @@ standard gRPC interop cases (when the pods serve grpc.testing.TestService: greet
 gaps, deadlines, cancellation, metadata, trailers-only errors, full duplex, gzip, ALPN). One
 line per case: PASS, FAIL (what was expected, what came back, the likely gateway setting) or
 SKIP (why). See docs/check.md for the cases and the settings that break them."""
-EPILOG = """examples:
+EPILOG = help_epilog(
+    """examples:
   greeter check grpc.example.com:443
   greeter check 10.0.0.7:443 --insecure --authority grpc.example.com --max-wait 5s
   greeter check localhost:50051 --plaintext -O json -o check.json --junit check.xml
@@ -40,24 +44,9 @@ EPILOG = """examples:
 
 The long-call cases (slow_unary, stream_gaps) wait 1 s, 5 s, 20 s, 40 s, 60 s up to
 --max-wait, all at once: a whole run takes about --max-wait (70 s by default, so the
-common 60 s limits show).
-
-exit codes:
-  0  every case passed (or was skipped)
-  1  a case failed (the FAIL lines say what, and the likely gateway setting)
-  2  bad arguments (an unknown case name lists the names)
-  3  could not connect
+common 60 s limits show). An unknown case name in --only/--skip lists the names.
 See docs/check.md for the cases and the gateway settings that break them."""
-
-
-def _duration(text: str) -> float:
-    try:
-        value = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return value
+)
 
 
 def _names(text: str) -> list[str]:
@@ -82,32 +71,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cases = parser.add_argument_group("cases")
     cases.add_argument(
         "--max-wait",
-        type=_duration,
-        default=_duration(DEFAULT_MAX_WAIT),
+        type=duration_arg,
+        default=DEFAULT_MAX_WAIT,
         metavar="DURATION",
         help=f"the longest wait of the long-call cases, e.g. 5s, 2m (default: {DEFAULT_MAX_WAIT})",
     )
-    cases.add_argument(
-        "--only",
-        action="append",
-        type=_names,
-        default=[],
-        metavar="CASES",
-        help="run only these cases (comma list, repeatable)",
-    )
-    cases.add_argument(
-        "--skip",
-        action="append",
-        type=_names,
-        default=[],
-        metavar="CASES",
-        help="leave these cases out (comma list, repeatable)",
-    )
+    for flag, meaning in (("--only", "run only these cases"), ("--skip", "leave these cases out")):
+        cases.add_argument(
+            flag,
+            action="append",
+            type=_names,
+            default=[],
+            metavar="CASES",
+            help=f"{meaning} (comma list, repeatable; default: none)",
+        )
     report = parser.add_argument_group("report")
-    report.add_argument("-O", "--format", choices=FORMATS, default="text", help="output format")
-    report.add_argument(
-        "-o", "--output", default="", metavar="FILE", help="write the report here (default: stdout)"
-    )
+    add_output_arguments(report, FORMATS)
     report.add_argument(
         "--junit", default="", metavar="FILE", help="also write JUnit XML here (default: none)"
     )
@@ -116,6 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     try:
         target = target_from_args(args)
+        require_positive(args, "max_wait", "connect_timeout")
         cases = choose(
             [n for group in args.only for n in group], [n for group in args.skip for n in group]
         )
@@ -126,16 +106,15 @@ def main(args: argparse.Namespace) -> int:
         print("greeter check: --only/--skip leave no case to run", file=sys.stderr)
         return EXIT_BAD_ARGS
     try:
-        run = asyncio.run(run_check(target, cases, args.max_wait, args.protocol))
-    except ConnectError as exc:
+        run = asyncio.run(
+            run_check(target, cases, args.max_wait, args.protocol, args.connect_timeout)
+        )
+    except ConnectFailed as exc:
         print(f"greeter check: {exc}", file=sys.stderr)
         return EXIT_CONNECT
-    text = to_json(run) if args.format == "json" else to_text(run)
+    write_output(to_json(run) if args.format == "json" else to_text(run), args.output)
     if args.output:
-        Path(args.output).write_text(text)
         print(summary_line(run))
-    else:
-        sys.stdout.write(text)
     if args.junit:
         Path(args.junit).write_text(to_junit(run))
     return exit_code(run)

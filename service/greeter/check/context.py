@@ -9,7 +9,7 @@ import base64
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import grpc
 
@@ -25,6 +25,15 @@ CLIENT_OPTIONS: tuple[tuple[str, object], ...] = (
 # (greeter.check.lookup, 10 s each at most), which take turns with other cases'.
 CASE_SLACK_S = 60.0
 Metadata = Sequence[tuple[str, str | bytes]]
+
+
+class CallOptions(TypedDict, total=False):
+    """:meth:`Context.unary`'s and :meth:`Context.server_stream`'s keywords: the deadline
+    (default 10 s, None: none), request metadata (after the target's -m) and compression."""
+
+    timeout: float | None
+    metadata: Metadata
+    compression: grpc.Compression | None
 
 
 @dataclass
@@ -93,7 +102,18 @@ class Context:
 
     # -- calls ----------------------------------------------------------------
     async def unary(
+        self, path: str, request: Any, response_type: Any, **options: Unpack[CallOptions]
+    ) -> Reply:
+        return await self._call("unary_unary", path, request, response_type, **options)
+
+    async def server_stream(
+        self, path: str, request: Any, response_type: Any, **options: Unpack[CallOptions]
+    ) -> Reply:
+        return await self._call("unary_stream", path, request, response_type, **options)
+
+    async def _call(
         self,
+        kind: str,
         path: str,
         request: Any,
         response_type: Any,
@@ -105,39 +125,19 @@ class Context:
         if self.web:
             return await self._web(path, request, response_type, timeout, metadata)
         started = time.perf_counter()
-        call = self.method("unary_unary", path, response_type)(
+        call = self.method(kind, path, response_type)(
             request, timeout=timeout, metadata=self.metadata(metadata), compression=compression
-        )
-        try:
-            message = await call
-        except grpc.aio.AioRpcError as exc:
-            return _failed(exc, started)
-        reply = await _ended(call, started)
-        reply.messages = [message]
-        reply.arrivals = [reply.elapsed_s]
-        return reply
-
-    async def server_stream(
-        self,
-        path: str,
-        request: Any,
-        response_type: Any,
-        *,
-        timeout: float | None = 10.0,
-        metadata: Metadata = (),
-    ) -> Reply:
-        if self.web:
-            return await self._web(path, request, response_type, timeout, metadata)
-        started = time.perf_counter()
-        call = self.method("unary_stream", path, response_type)(
-            request, timeout=timeout, metadata=self.metadata(metadata)
         )
         messages: list[Any] = []
         arrivals: list[float] = []
         try:
-            async for message in call:
-                messages.append(message)
+            if kind == "unary_unary":
+                messages.append(await call)
                 arrivals.append(time.perf_counter() - started)
+            else:
+                async for message in call:
+                    messages.append(message)
+                    arrivals.append(time.perf_counter() - started)
         except grpc.aio.AioRpcError as exc:
             reply = _failed(exc, started)
         else:

@@ -11,9 +11,9 @@ from typing import Any
 
 from greeter.check.cases import FAIL, PASS, SKIP
 from greeter.check.runner import CheckRun
+from greeter.client import EXIT_FAILED, EXIT_OK
 from greeter.wording import plural
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_ARGS, EXIT_CONNECT = 0, 1, 2, 3
 SCHEMA_ID = "greeter-check-report/v1"
 
 

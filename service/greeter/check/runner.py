@@ -4,22 +4,22 @@ concurrently (they are independent; the long ones set the run's length, about --
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import grpc
-
 from greeter.check.cases import Case, Result, registry, run_case
 from greeter.check.context import CLIENT_OPTIONS, Context
-from greeter.client import Target, open_channel, plaintext_hint
+from greeter.client import (
+    DEFAULT_CONNECT_TIMEOUT,
+    ConnectFailed,
+    Target,
+    connect_failure,
+    open_connected_channel,
+)
+from greeter.durations import parse_duration
 
-CONNECT_TIMEOUT_S = 5.0
-
-
-class ConnectError(RuntimeError):
-    """The target could not be reached (refused, TLS mismatch, timed out)."""
+DEFAULT_CONNECT_TIMEOUT_S = parse_duration(DEFAULT_CONNECT_TIMEOUT)
 
 
 @dataclass
@@ -42,48 +42,20 @@ def choose(only: Sequence[str] = (), skip: Sequence[str] = ()) -> list[Case]:
     return [c for name, c in cases.items() if (not only or name in only) and name not in skip]
 
 
-async def _why_not_ready(ctx: Context, reason: str) -> str:
-    hint = await asyncio.to_thread(plaintext_hint, ctx.target)
-    return f"cannot connect to {ctx.target.address}: {hint or reason}"
-
-
-async def connect(ctx: Context, text: bool = False) -> None:
+async def connect(ctx: Context, connect_timeout: float, text: bool = False) -> None:
     """Open the channel (or the gRPC-Web connection, ``text``: base64) and wait until it
-    is ready."""
-    if ctx.web:
-        from greeter.web.client import WebChannel
-
-        ctx.web_channel = WebChannel(ctx.target, text=text)
-        try:
-            await ctx.web_channel.connect(CONNECT_TIMEOUT_S)
-        except (OSError, ssl.SSLError, TimeoutError) as exc:
-            raise ConnectError(await _why_not_ready(ctx, str(exc) or type(exc).__name__)) from None
+    is ready; :class:`ConnectFailed` with the client commands' one line when it cannot."""
+    if not ctx.web:
+        ctx.channel = await open_connected_channel(ctx.target, connect_timeout, CLIENT_OPTIONS)
         return
-    try:
-        ctx.channel = open_channel(ctx.target, CONNECT_TIMEOUT_S, CLIENT_OPTIONS)
-    except (OSError, ValueError, ssl.SSLError) as exc:
-        raise ConnectError(await _why_not_ready(ctx, str(exc))) from None
-    try:
-        await asyncio.wait_for(_ready_or_failed(ctx.channel), CONNECT_TIMEOUT_S)
-    except (TimeoutError, ConnectionError) as exc:
-        reason = str(exc) or f"not connected within {CONNECT_TIMEOUT_S:g}s"
-        probe = ctx.channel.unary_unary("/grpc.health.v1.Health/Check")
-        try:
-            await probe(b"", timeout=CONNECT_TIMEOUT_S, wait_for_ready=False)
-        except grpc.aio.AioRpcError as exc:
-            reason = f"{reason}; {exc.details()}"
-        raise ConnectError(await _why_not_ready(ctx, reason)) from None
+    from greeter.web.client import WebChannel
 
-
-async def _ready_or_failed(channel: grpc.aio.Channel) -> None:
-    """Return when the channel is ready; a first failure to connect (refused, TLS) ends the
-    wait at once (ConnectionError), rather than after gRPC's reconnect backoff."""
-    state = channel.get_state(try_to_connect=True)
-    while state != grpc.ChannelConnectivity.READY:
-        if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
-            raise ConnectionError("the connection failed")
-        await channel.wait_for_state_change(state)
-        state = channel.get_state(try_to_connect=True)
+    ctx.web_channel = WebChannel(ctx.target, text=text)
+    try:
+        await ctx.web_channel.connect(connect_timeout)
+    except OSError as exc:  # refused, TLS, timed out
+        why = str(exc) or type(exc).__name__
+        raise ConnectFailed(await asyncio.to_thread(connect_failure, ctx.target, why)) from None
 
 
 async def close(ctx: Context) -> None:
@@ -94,16 +66,20 @@ async def close(ctx: Context) -> None:
 
 
 async def run_check(
-    target: Target, cases: Sequence[Case], max_wait: float, protocol: str = "grpc"
+    target: Target,
+    cases: Sequence[Case],
+    max_wait: float,
+    protocol: str = "grpc",
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
 ) -> CheckRun:
-    """Run ``cases`` against ``target``; raises ConnectError when it cannot be reached."""
+    """Run ``cases`` against ``target``; raises ConnectFailed when it cannot be reached."""
     from greeter.check.interop_cases import serves_test_service
 
     started = time.perf_counter()
     ctx = Context(target, max_wait, web=protocol != "grpc")
     text = protocol == "grpc-web-text"
     try:
-        await connect(ctx, text)
+        await connect(ctx, connect_timeout, text)
         ctx.interop, status = await serves_test_service(ctx)
         if not ctx.interop:
             ctx.interop_missing = f"{ctx.interop_missing} (EmptyCall: {status})"

@@ -22,9 +22,11 @@ from greeter.client import (
     EXIT_FAILED,
     TargetError,
     add_call_arguments,
+    add_output_arguments,
     add_target_arguments,
     help_epilog,
     target_from_args,
+    write_output,
 )
 from greeter.durations import duration_arg
 from greeter.load import merge, render
@@ -307,14 +309,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_report_arguments(out: Any) -> None:
     """Output: the same for a run and for a merge (a merge takes -q and ignores it, so that
     greeter load -q merge ... works)."""
-    out.add_argument("-O", "--format", choices=FORMATS, default="summary", help="output format")
-    out.add_argument(
-        "-o",
-        "--output",
-        default="",
-        metavar="FILE",
-        help="write the report to this file (default: standard output)",
-    )
+    add_output_arguments(out, FORMATS)
     out.add_argument(
         "--html",
         default="",
@@ -565,12 +560,7 @@ def merge_main(args: argparse.Namespace) -> int:
 
 def _emit(report: Report, args: argparse.Namespace, command: str, interrupted: str) -> int:
     """Write the report where the flags say, tell the gates' verdict; the exit code."""
-    text = render_report(report, args.format)
-    if args.output:
-        Path(args.output).write_text(text)
-    else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+    write_output(render_report(report, args.format), args.output)
     if args.html:
         Path(args.html).write_text(render.to_html(report))
     if args.timeline_csv:
