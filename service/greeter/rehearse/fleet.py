@@ -51,6 +51,8 @@ NGINX_DRAIN_DELAY = 3.0
 # See Rehearsal.dead_grace_s.
 ENVOY_DEAD_GRACE_S = 0.1
 CANARY_POD = "greeter-canary-0"
+# The shortest ping interval the pods allow: below the gateway's keep-alive pings.
+KEEPALIVE_MIN_TIME_S = 1.0
 # The slowest call a partition may cause with the shipped settings, per gateway (seconds):
 # Envoy gives each try of a quick idempotent call PER_TRY_TIMEOUT_S (two pods of the cut
 # cluster, then a live one); nginx gives each backend QUICK_TIMEOUT_S to connect or answer.
@@ -349,6 +351,10 @@ class Rehearsal:
             f"--pod-name={pod}",
             f"--drain-delay={c.drain}",
             f"--grace-period={c.grace_period}",
+            # Envoy pings its upstream connections every KEEPALIVE_INTERVAL_S (2 s) to find a
+            # dead one; a server that allows pings only every 10 s (the default) answers a
+            # busy pinger with GOAWAY (too_many_pings). The chart's server.keepaliveMinTime.
+            f"--keepalive-min-time={KEEPALIVE_MIN_TIME_S}",
             "--access-log=false",
             "--log-format=json",
             "--event-loop=asyncio",
