@@ -14,24 +14,18 @@ import math
 import re
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
-from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
+import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2 as v1alpha_pb2
-from grpc_reflection.v1alpha import reflection_pb2_grpc as v1alpha_grpc
 
 from greeter import certs
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
-from greeter._proto.grpc.reflection.v1 import reflection_pb2 as v1_pb2
-from greeter._proto.grpc.reflection.v1 import reflection_pb2_grpc as v1_grpc
 from greeter.cli import main
-from greeter.client import Target, identity_of, open_channel
+from greeter.client import Target, open_channel
 from greeter.load.stats import clopper_pearson
 from greeter.rehearse import findings, report, scenarios
 from greeter.rehearse.cli import report_lines
@@ -47,9 +41,9 @@ from greeter.rehearse.traffic import (
     load_report,
 )
 from tests.conftest import ROOT, require_tool
+from tests.rehearse_support import calls, check_page, hello, list_services, marked, read_page
 
 TOKEN = "rehearsal-token"
-GREETER = helloworld_pb2.DESCRIPTOR.services_by_name["Greeter"].full_name
 ROUTE_HEADER = "x-cluster"
 
 
@@ -64,9 +58,14 @@ def _config(tmp_path: Path, **overrides: object) -> RehearsalConfig:
     return RehearsalConfig(**values)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def rehearsal(tmp_path: Path) -> AsyncIterator[Rehearsal]:
+# One fleet for the tests that only call through it (none changes it), on the module's loop.
+IN_MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rehearsal]:
     require_tool("nginx", "apt-get install -y nginx-light")
+    tmp_path = tmp_path_factory.mktemp("nginx-rehearsal")
     async with Rehearsal(_config(tmp_path, auth_tokens=(TOKEN,))) as r:
         yield r
 
@@ -88,154 +87,6 @@ async def tls_rehearsal(tmp_path: Path) -> AsyncIterator[Rehearsal]:
     require_tool("nginx", "apt-get install -y nginx-light")
     async with Rehearsal(_config(tmp_path, backend_tls=True)) as r:
         yield r
-
-
-async def _list_services(target: Target) -> None:
-    """What `grpcurl -insecure -authority grpc.example.com ADDR list` does, in v1alpha and v1."""
-    async with open_channel(target) as channel:
-        for stub, request in (
-            (v1alpha_grpc.ServerReflectionStub(channel), v1alpha_pb2.ServerReflectionRequest),
-            (v1_grpc.ServerReflectionStub(channel), v1_pb2.ServerReflectionRequest),
-        ):
-            names = set()
-            async for reply in stub.ServerReflectionInfo(
-                iter([request(list_services="")]), timeout=10
-            ):
-                names |= {s.name for s in reply.list_services_response.service}
-            assert GREETER in names
-            assert "grpc.health.v1.Health" in names
-
-
-async def _hello(target: Target, name: str = "rehearsal") -> dict[str, str]:
-    async with open_channel(target) as channel:
-        call = helloworld_pb2_grpc.GreeterStub(channel).SayHello(
-            helloworld_pb2.HelloRequest(name=name), timeout=10, metadata=target.metadata or None
-        )
-        reply = await call
-        assert reply.message == f"Hello, {name}!"
-        return identity_of(await call.initial_metadata(), await call.trailing_metadata())
-
-
-# -- the scenario's HTML page ------------------------------------------------------------------
-VOID = {"meta", "br", "hr", "img", "input", "link"}
-
-
-class ScenarioPage(HTMLParser):
-    """What a scenario's page shows: the verdict, and per timeline chart (by its aria-label)
-    the stacked series, the event markers (time, x, label) and the time axis's ticks (time,
-    x). Checks that every element is closed, in order."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.open: list[str] = []
-        self.chart = ""  # the <svg> we are in
-        self.verdict: dict[str, str | None] = {}
-        self.series: dict[str, list[str]] = {}
-        self.markers: dict[str, list[dict[str, Any]]] = {}
-        self.ticks: dict[str, list[tuple[float, float]]] = {}
-        self._marker: dict[str, Any] | None = None
-        self._text: list[str] | None = None
-        self._text_x = 0.0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        if tag not in VOID:
-            self.open.append(tag)
-        if tag == "svg":
-            self.chart = a.get("aria-label") or ""
-            self.series[self.chart], self.markers[self.chart] = [], []
-            self.ticks[self.chart] = []
-        elif tag == "p" and a.get("class") == "verdict":
-            self.verdict = a
-        elif tag == "path" and a.get("class") in ("cluster", "pod") and a.get("d"):
-            self.series[self.chart].append(a.get(f"data-{a['class']}") or "")
-        elif tag == "g" and a.get("class") == "marker":
-            self._marker = {"t": float(a["data-t"] or "nan")}
-            self.markers[self.chart].append(self._marker)
-        elif tag == "line" and self._marker is not None:
-            self._marker["x"] = float(a["x1"] or "nan")
-        elif tag == "text":
-            self._text, self._text_x = [], float(a.get("x") or "nan")
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.handle_starttag(tag, attrs)
-        if tag not in VOID:
-            self.handle_endtag(tag)
-
-    def handle_data(self, data: str) -> None:
-        if self._text is not None:
-            self._text.append(data)
-
-    def handle_endtag(self, tag: str) -> None:
-        assert self.open[-1:] == [tag], f"</{tag}> closes {self.open[-1:]}"
-        self.open.pop()
-        if tag == "text" and self._text is not None:
-            text, self._text = "".join(self._text), None
-            if self._marker is not None:
-                self._marker["label"] = text
-            elif re.fullmatch(r"[0-9.]+s", text):  # a tick of the time axis
-                self.ticks[self.chart].append((float(text[:-1]), self._text_x))
-        elif tag == "g":
-            self._marker = None
-        elif tag == "svg":
-            self.chart = ""
-
-
-def read_page(page: str) -> ScenarioPage:
-    """Parse a scenario's page (every element closed, every <svg> well-formed XML)."""
-    parsed = ScenarioPage()
-    parsed.feed(page)
-    parsed.close()
-    assert parsed.open == [], parsed.open
-    svgs = re.findall(r"<svg .*?</svg>", page, flags=re.S)
-    # The two timelines and the latency histogram, and "where the latency goes" when the
-    # replies carried the servers' server-timing (a probe's replayed records do not).
-    split = 'class="latency-split"' in page
-    assert len(svgs) == 3 + split
-    for svg in svgs:
-        ET.fromstring(svg)
-    assert "<script" not in page
-    return parsed
-
-
-def check_page(result: scenarios.ScenarioResult, allowed: int, labels: list[str]) -> ScenarioPage:
-    """The page of ``result``: the verdict, both timelines with each cluster's and each pod's
-    series, and the events marked with ``labels`` (in order), each where its time is on the
-    time axis (the tick labels give the scale)."""
-    assert result.load is not None
-    page = read_page(report.to_html(result, allowed))
-    summary = result.summary()
-    assert page.verdict["data-passed"] == str(findings.passed(summary, allowed)).lower()
-    load = result.load
-    for chart, key in (("timeline", "by_cluster"), ("timeline by pod", "by_pod")):
-        seen = {name for b in load["timeline"] for name, n in b[key].items() if n}
-        assert set(page.series[chart]) == seen, (chart, page.series[chart])
-        assert [m["label"] for m in page.markers[chart]] == labels, page.markers[chart]
-        (t0, x0), (t1, x1) = page.ticks[chart][0], page.ticks[chart][-1]
-        for marker, (t, _) in zip(page.markers[chart], report.markers(result), strict=True):
-            assert marker["t"] == pytest.approx(t, abs=1e-3)
-            assert marker["x"] == pytest.approx(x0 + (t - t0) * (x1 - x0) / (t1 - t0), abs=0.2)
-    return page
-
-
-def marked(result: scenarios.ScenarioResult) -> dict[str, float]:
-    """Each marked event's time on the timeline's clock, by its label."""
-    return {label: t for t, label in report.markers(result)}
-
-
-def calls(
-    result: scenarios.ScenarioResult, key: str, name: str, since: float, until: float
-) -> list[int]:
-    """``name``'s calls (``key``: by_cluster, by_pod) in each bucket inside ``[since, until]``."""
-    assert result.load is not None
-    return [
-        b[key].get(name, 0)
-        for b in result.load["timeline"]
-        # whole buckets inside (the last one may be shorter: the traffic stopped in it)
-        if since <= b["t"]
-        and b["t"] + b["duration_s"] <= until
-        and b["duration_s"] == pytest.approx(TIMELINE_INTERVAL_S)
-    ]
 
 
 # -- configuration, no processes -------------------------------------------------------------
@@ -304,13 +155,15 @@ def test_missing_nginx_says_how_to_install(tmp_path: Path) -> None:
 
 
 # -- through the gateway ----------------------------------------------------------------------
+@IN_MODULE_LOOP
 async def test_reflection_lists_services_through_the_gateway(rehearsal: Rehearsal) -> None:
-    await _list_services(rehearsal.target())
+    await list_services(rehearsal.target())
 
 
+@IN_MODULE_LOOP
 async def test_calls_health_and_auth_through_the_gateway(rehearsal: Rehearsal) -> None:
     target = rehearsal.target()
-    assert (await _hello(target))["x-greeter-cluster"] in rehearsal.config.clusters
+    assert (await hello(target))["x-greeter-cluster"] in rehearsal.config.clusters
     async with open_channel(target) as channel:
         stub = helloworld_pb2_grpc.GreeterStub(channel)
         md = target.metadata
@@ -334,21 +187,23 @@ async def test_calls_health_and_auth_through_the_gateway(rehearsal: Rehearsal) -
         for address in (rehearsal.address, direct):
             plain = Target(address=address, metadata=who.metadata)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await _hello(who if address == rehearsal.address else plain)
+                await hello(who if address == rehearsal.address else plain)
             codes.append(caught.value.code())
         assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 2
 
 
+@IN_MODULE_LOOP
 async def test_canary_rule_takes_marked_calls_only(rehearsal: Rehearsal) -> None:
-    marked = [await _hello(rehearsal.target(canary=True)) for _ in range(8)]
+    marked = [await hello(rehearsal.target(canary=True)) for _ in range(8)]
     assert {m["x-greeter-pod"] for m in marked} == {CANARY_POD}
-    unmarked = [await _hello(rehearsal.target()) for _ in range(16)]
+    unmarked = [await hello(rehearsal.target()) for _ in range(16)]
     assert CANARY_POD not in {m["x-greeter-pod"] for m in unmarked}
     # Another value of the header is not the canary's.
     other = rehearsal.target(("x-canary", "false"))
-    assert (await _hello(other))["x-greeter-pod"] != CANARY_POD
+    assert (await hello(other))["x-greeter-pod"] != CANARY_POD
 
 
+@IN_MODULE_LOOP
 async def test_other_host_names_get_the_default_backend(rehearsal: Rehearsal) -> None:
     target = Target(
         address=rehearsal.address,
@@ -403,21 +258,21 @@ async def test_backend_tls_through_the_gateway(tls_rehearsal: Rehearsal) -> None
     assert f"grpc_ssl_trusted_certificate {r.fleet_ca};" in conf
     # The backends really serve TLS only: a cleartext call straight to one fails.
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await _hello(Target(address=r.backends[0].address))
+        await hello(Target(address=r.backends[0].address))
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
     # Through the gateway: both clusters answer (round robin over four backends), reflection
     # and health too; the canary, another Service with its own certificate, takes marked calls.
-    seen = [await _hello(r.target()) for _ in range(8)]
+    seen = [await hello(r.target()) for _ in range(8)]
     assert {m["x-greeter-cluster"] for m in seen} == set(r.config.clusters)
     assert CANARY_POD not in {m["x-greeter-pod"] for m in seen}
-    await _list_services(r.target())
+    await list_services(r.target())
     async with open_channel(r.target()) as channel:
         health = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=5
         )
     assert health.status == health_pb2.HealthCheckResponse.SERVING
-    assert (await _hello(r.target(canary=True)))["x-greeter-pod"] == CANARY_POD
+    assert (await hello(r.target(canary=True)))["x-greeter-pod"] == CANARY_POD
 
     # The canary restarted with a certificate for the right name from another CA: nginx
     # refuses it (no other canary backend, so the call fails: 502, UNAVAILABLE).
@@ -428,13 +283,13 @@ async def test_backend_tls_through_the_gateway(tls_rehearsal: Rehearsal) -> None
     canary.ca = rogue_ca.cert  # its readiness check trusts the rogue CA
     await r.restart(canary)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await _hello(r.target(canary=True))
+        await hello(r.target(canary=True))
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert r.nginx is not None
     assert "upstream SSL certificate verify error" in r.nginx.error_log(tail=200)
     # The canary was up (its readiness check, against the rogue CA, passed) and the fleet
     # keeps answering: only the unverifiable backend is refused.
-    assert (await _hello(r.target()))["x-greeter-cluster"] in r.config.clusters
+    assert (await hello(r.target()))["x-greeter-cluster"] in r.config.clusters
 
 
 # -- disruptions under load ------------------------------------------------------------------
@@ -866,16 +721,16 @@ async def test_weighted_split_and_header_routing_through_the_gateway(
     # Sequential calls: every marked call in its cluster, either way round, in any case.
     for cluster, value in (("cluster-a", "cluster-a"), ("cluster-b", "CLUSTER-B")):
         target = r.target((ROUTE_HEADER, value))
-        served = {(await _hello(target))["x-greeter-cluster"] for _ in range(12)}
+        served = {(await hello(target))["x-greeter-cluster"] for _ in range(12)}
         assert served == {cluster}, (value, served)
     # A value naming no cluster falls through to the weighted fleet (as an ALB forwarding rule
     # whose header condition does not match): any 10 calls in a row reach both clusters.
     unknown = r.target((ROUTE_HEADER, "cluster-z"))
-    served = {(await _hello(unknown))["x-greeter-cluster"] for _ in range(20)}
+    served = {(await hello(unknown))["x-greeter-cluster"] for _ in range(20)}
     assert served == {"cluster-a", "cluster-b"}
     # The canary rule comes first on helloworld.Greeter, header or not.
     both = r.target((ROUTE_HEADER, "cluster-b"), canary=True)
-    assert (await _hello(both))["x-greeter-pod"] == CANARY_POD
+    assert (await hello(both))["x-greeter-pod"] == CANARY_POD
 
 
 async def test_failover_to_the_standby_and_back(tmp_path: Path) -> None:

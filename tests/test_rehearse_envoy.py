@@ -18,10 +18,11 @@ from typing import Any
 
 import grpc
 import pytest
+import pytest_asyncio
 import yaml
 from browser_support import chromium, repeat, text_of, use_page
 from load_support import load_cli
-from test_rehearse import TIMELINE_INTERVAL_S, _hello, _list_services, calls, check_page, marked
+from rehearse_support import calls, check_page, hello, list_services, marked
 
 from conftest import IN_CI, ROOT, free_port, running, until
 from greeter import certs
@@ -33,7 +34,7 @@ from greeter.rehearse.envoy_config import EnvoyGateway, HealthCheck, config
 from greeter.rehearse.fleet import Rehearsal, RehearsalConfig
 from greeter.rehearse.gateway import BACKEND_HOST, HOST, BackendTLS, Endpoint
 from greeter.rehearse.report import report_lines
-from greeter.rehearse.traffic import Outcome, TrafficReport
+from greeter.rehearse.traffic import TIMELINE_INTERVAL_S, Outcome, TrafficReport
 
 CLUSTERS = ("cluster-a", "cluster-b")
 GATEWAY_DELAY_MS = 50
@@ -188,28 +189,42 @@ def test_bad_gateway_flags_exit_2_in_one_line(flags: list[str], says: str) -> No
     assert "Traceback" not in done.stderr
 
 
-# -- a running Envoy rehearsal -------------------------------------------------------------------
-@pytest.fixture
-async def rehearsal(tmp_path: Path) -> AsyncIterator[Rehearsal]:
+# -- a running Envoy rehearsal: one fleet for the tests that only call through it ------------
+IN_MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rehearsal]:
     require_envoy()
-    async with Rehearsal(_config(tmp_path)) as r:
+    async with Rehearsal(_config(tmp_path_factory.mktemp("envoy-rehearsal"))) as r:
         yield r
 
 
-async def test_calls_web_page_and_envoys_counters_through_envoy(
-    rehearsal: Rehearsal, tmp_path: Path
-) -> None:
+def _envoy(r: Rehearsal) -> Envoy:
+    assert r.envoy is not None
+    return r.envoy
+
+
+@IN_MODULE_LOOP
+async def test_every_pod_is_healthy_in_envoys_view_once_started(rehearsal: Rehearsal) -> None:
+    """The rehearsal is ready only once Envoy's own health checks see every pod serving."""
+    assert rehearsal.nginx is None
+    assert _envoy(rehearsal).unhealthy() == []
+
+
+@IN_MODULE_LOOP
+async def test_calls_reflection_and_the_canary_through_envoy(rehearsal: Rehearsal) -> None:
     r = rehearsal
-    envoy = r.envoy
-    assert envoy is not None
-    assert r.nginx is None
-    # Every pod healthy in Envoy's own view before the rehearsal said it was ready.
-    assert envoy.unhealthy() == []
-    await _list_services(r.target())
-    seen = {(await _hello(r.target()))["x-greeter-cluster"] for _ in range(4)}
+    await list_services(r.target())
+    seen = {(await hello(r.target()))["x-greeter-cluster"] for _ in range(4)}
     assert seen == set(CLUSTERS)
-    assert (await _hello(r.target(canary=True)))["x-greeter-pod"] == "greeter-canary-0"
-    # gRPC-Web through Envoy's grpc_web filter to the pods' gRPC port.
+    assert (await hello(r.target(canary=True)))["x-greeter-pod"] == "greeter-canary-0"
+
+
+@IN_MODULE_LOOP
+async def test_grpc_web_through_envoys_filter(rehearsal: Rehearsal) -> None:
+    """gRPC-Web through Envoy's grpc_web filter to the pods' gRPC port."""
+    r = rehearsal
     call = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "greeter", "call", r.address, "--protocol", "grpc-web",
@@ -226,15 +241,36 @@ async def test_calls_web_page_and_envoys_counters_through_envoy(
     web_report = json.loads(web_load.stdout)
     assert web_report["status_codes"] == {"OK": 200}
     assert set(web_report["by_cluster"]) == set(CLUSTERS)
-    # Envoy's per-pod counters agree exactly with greeter load's per-pod counts.
-    before = envoy.host_stats("fleet")
-    done = await asyncio.to_thread(
-        load_cli, r.address, "--cacert", str(r.cert), "--authority", HOST,
-        "-n", "1200", "-c", "8", "-O", "json",
+
+
+def _load(r: Rehearsal, calls: int, *flags: str) -> subprocess.CompletedProcess[str]:
+    return load_cli(
+        r.address, "--cacert", str(r.cert), "--authority", HOST,
+        "-n", str(calls), "-c", "8", "-O", "json", *flags,
     )  # fmt: skip
+
+
+LoadRun = tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def plain_load(rehearsal: Rehearsal) -> LoadRun:
+    """One ``greeter load`` run of 1200 calls through Envoy, no delay asked for: Envoy's
+    per-pod counters before it, its report, the counters after it."""
+    envoy = _envoy(rehearsal)
+    before = envoy.host_stats("fleet")
+    done = _load(rehearsal, 1200)
     assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
-    after = envoy.host_stats("fleet")
+    return before, json.loads(done.stdout), envoy.host_stats("fleet")
+
+
+def test_envoys_per_pod_counters_agree_with_greeter_load(
+    rehearsal: Rehearsal, plain_load: LoadRun
+) -> None:
+    """Envoy's per-pod counters agree exactly with greeter load's per-pod counts, over one
+    upstream HTTP/2 connection per pod (one worker), kept open."""
+    r = rehearsal
+    before, report, after = plain_load
     by_address = {b.upstream: b.pod for b in r.backends}
     envoy_counts = {
         by_address[address]: stats["rq_success"] - before[address]["rq_success"]
@@ -244,13 +280,20 @@ async def test_calls_web_page_and_envoys_counters_through_envoy(
     assert sum(load_counts.values()) == 1200
     assert envoy_counts == load_counts
     assert all(stats["rq_error"] == before[a]["rq_error"] for a, stats in after.items())
-    # One upstream HTTP/2 connection per pod (one worker), kept open.
     assert all(stats["cx_active"] == 1 for stats in after.values()), after
-    # Where the latency goes: a delay in the gateway only (Envoy's fault filter, asked for by
-    # the call) shows in the outside share and not in the server's (its server-timing).
+
+
+@IN_MODULE_LOOP
+async def test_a_delay_in_envoy_shows_outside_the_server(
+    rehearsal: Rehearsal, plain_load: LoadRun
+) -> None:
+    """Where the latency goes: a delay in the gateway only (Envoy's fault filter, asked for by
+    the call) shows in the outside share (against the plain run's) and not in the server's
+    (its server-timing)."""
+    r = rehearsal
+    report = plain_load[1]
     held = await asyncio.to_thread(
-        load_cli, r.address, "--cacert", str(r.cert), "--authority", HOST,
-        "-n", "200", "-c", "8", "-O", "json",
+        _load, r, 200,
         "-m", f"x-envoy-fault-delay-request:{GATEWAY_DELAY_MS}",
         "--max-latency", f"outside.p50={GATEWAY_DELAY_MS // 2}ms",
     )  # fmt: skip
@@ -266,8 +309,13 @@ async def test_calls_web_page_and_envoys_counters_through_envoy(
             assert run["by_cluster"][cluster]["server_ms"]["p50"] < 5.0, run["by_cluster"]
     for cluster in CLUSTERS:
         assert delayed["by_cluster"][cluster]["outside_ms"]["p50"] >= 0.8 * GATEWAY_DELAY_MS
-    # The page at /web/ in headless Chromium: its files from the web ports, its calls
-    # through grpc_web; the answering cluster and pod appear on it.
+
+
+@IN_MODULE_LOOP
+async def test_the_page_through_envoy_in_a_browser(rehearsal: Rehearsal, tmp_path: Path) -> None:
+    """The page at /web/ in headless Chromium: its files from the web ports, its calls
+    through grpc_web; the answering cluster and pod appear on it."""
+    r = rehearsal
 
     def browse() -> tuple[str, str, list[tuple[str, str, int, int]]]:
         with chromium(tmp_path) as driver:
@@ -280,7 +328,12 @@ async def test_calls_web_page_and_envoys_counters_through_envoy(
     assert {row[0] for row in rows} == set(CLUSTERS)
     assert sum(row[2] for row in rows) == 8
     assert all(row[3] == 0 for row in rows)
-    # Another host name gets the default backend's 404 (UNIMPLEMENTED to gRPC).
+
+
+@IN_MODULE_LOOP
+async def test_other_host_names_get_envoys_default_404(rehearsal: Rehearsal) -> None:
+    """Another host name gets the default backend's 404 (UNIMPLEMENTED to gRPC)."""
+    r = rehearsal
     async with grpc.aio.secure_channel(
         r.address,
         grpc.ssl_channel_credentials(r.cert.read_bytes()),
@@ -439,7 +492,7 @@ async def test_tls_origination_verified_and_a_foreign_ca_refused(tmp_path: Path)
         conf = (r.workdir / "envoy" / "envoy.yaml").read_text()
         assert f'sni: "{BACKEND_HOST}"' in conf
         assert str(r.fleet_ca) in conf
-        reply = await _hello(r.target())
+        reply = await hello(r.target())
         assert reply["x-greeter-cluster"] in CLUSTERS
         fleet_ca = r.fleet_ca
     # A pod whose certificate carries the right name but comes from another CA: Envoy refuses
@@ -475,7 +528,7 @@ async def test_tls_origination_verified_and_a_foreign_ca_refused(tmp_path: Path)
             assert set(envoy.unhealthy()) == {f"fleet/{rogue_pod}", f"canary/{rogue_pod}"}
             target = Target(envoy.address, cacert=str(pair.cert), authority=HOST)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await _hello(target)
+                await hello(target)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         finally:
             await asyncio.to_thread(envoy.stop)

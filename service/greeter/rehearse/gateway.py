@@ -131,6 +131,9 @@ class GatewayProcess:
 
     name = "gateway"
     error: type[GatewayError] = GatewayError
+    # How to get the binary, and where to look for it after PATH (":"-separated folders).
+    install_hint = ""
+    search_path = ""
     # How many seconds the validation may take.
     validate_timeout = 30.0
     # A gateway that keeps its connections to the pods open (Envoy) learns of a pod's death
@@ -147,6 +150,12 @@ class GatewayProcess:
         self.log = log
         self.binary = binary
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def find(cls, binary: str = "") -> str:
+        """Path of the gateway's binary (``binary``, else PATH, else ``search_path``);
+        ``error`` naming ``install_hint`` when there is none."""
+        return find_binary(cls.name, binary, cls.install_hint, cls.error, cls.search_path)
 
     # -- what a gateway module implements -------------------------------------
     def render(self) -> str:

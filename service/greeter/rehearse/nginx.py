@@ -48,13 +48,11 @@ from greeter.rehearse.gateway import (
     GatewayError,
     GatewayProcess,
     GatewaySpec,
-    find_binary,
     member_upstream,
     tail_lines,
 )
 from greeter.rehearse.policy import header_variable
 
-INSTALL_HINT = "install it with: apt-get install -y nginx-light"
 # Quick idempotent calls (IDEMPOTENT_METHODS) only: a backend that does not accept the
 # connection or send the reply's headers within this long is given up on, and the call goes
 # to the next backend (grpc_next_upstream timeout). Every other path keeps the stream-friendly
@@ -64,11 +62,6 @@ QUICK_TIMEOUT_S = 0.5
 
 class NginxError(GatewayError):
     """nginx is missing, its configuration is rejected, or it would not start."""
-
-
-def find_nginx(binary: str = "") -> str:
-    """Path of nginx (``binary``, else PATH, else /usr/sbin); NginxError naming the apt command."""
-    return find_binary("nginx", binary, INSTALL_HINT, NginxError, "/usr/sbin:/usr/local/sbin")
 
 
 @dataclass(frozen=True)
@@ -365,11 +358,13 @@ class Nginx(GatewayProcess):
 
     name = "nginx"
     error = NginxError
+    install_hint = "install it with: apt-get install -y nginx-light"
+    search_path = "/usr/sbin:/usr/local/sbin"
     drain_by_endpoint = True  # a connection per call: a removed endpoint gets no new call
 
     def __init__(self, gateway: NginxGateway, prefix: Path, binary: str = "") -> None:
         super().__init__(
-            prefix, gateway.port, prefix / "nginx.conf", prefix / "nginx.stderr", find_nginx(binary)
+            prefix, gateway.port, prefix / "nginx.conf", prefix / "nginx.stderr", self.find(binary)
         )
         self.gateway = gateway
 
@@ -409,3 +404,8 @@ class Nginx(GatewayProcess):
         """nginx has no health checks: a backend it marked failed while it was down is tried
         again once ``fail_timeout`` has passed."""
         await asyncio.sleep(self.gateway.fail_timeout)
+
+
+def find_nginx(binary: str = "") -> str:
+    """Path of nginx (``binary``, else PATH, else /usr/sbin); NginxError naming the apt command."""
+    return Nginx.find(binary)

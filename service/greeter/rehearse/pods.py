@@ -45,20 +45,18 @@ class Backend:
     server_name: str = ""
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     restarts: int = 0
-    # /metrics on 127.0.0.1 (kept across restarts), 0 when metrics are off.
+    # /metrics on the pod's address (kept across restarts), 0 when metrics are off.
     metrics_port: int = 0
+    # The gRPC-Web port on the pod's address (0: none).
+    web_port: int = 0
+    # The gRPC port (the same on every pod, as in the fleet).
+    port: int = GRPC_PORT
 
     def scrape_target(self) -> ScrapeTarget:
         """How Prometheus scrapes this backend: its Service's job and namespace, its names."""
         job, namespace = service_labels(self.server_name)
         address = f"{self.host}:{self.metrics_port}"
         return ScrapeTarget(job, namespace, self.cluster, self.pod, address)
-
-    # The gRPC-Web port on 127.0.0.1 (0: none).
-    web_port: int = 0
-
-    # The gRPC port (the same on every pod, as in the fleet).
-    port: int = GRPC_PORT
 
     @property
     def web_upstream(self) -> str:
