@@ -320,6 +320,8 @@ FEATURES = {
     "emissary": ("Mapping", "TLSContext"),
     # emissary.healthChecks: tests/test_chart_emissary.py.
     "emissary-healthchecks": ("KubernetesEndpointResolver",),
+    # emissary.retries adds a second Mapping (the kind is emissary's): tests/test_chart_emissary.py.
+    "emissary-retries": (),
     # web.enabled adds ports and routes to other features' objects: tests/test_chart_web.py.
     "web": (),
 }
