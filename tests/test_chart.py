@@ -250,6 +250,7 @@ def test_settings_defaults_match_the_server() -> None:
     assert values["server"]["gracePeriod"] == defaults.grace_period
     assert values["server"]["port"] == defaults.port
     assert values["metrics"]["port"] == defaults.metrics_port
+    assert values["server"]["keepaliveMinTime"] == defaults.keepalive_min_time
 
 
 def test_rendered_env_is_accepted_by_the_server_settings(render: Any) -> None:
@@ -262,6 +263,7 @@ def test_rendered_env_is_accepted_by_the_server_settings(render: Any) -> None:
         assert settings.unknown_env(env) == []
         loaded = settings.load(environ=env)
         assert loaded.drain_delay == float(env["GREETER_DRAIN_DELAY"])
+        assert loaded.keepalive_min_time == float(env["GREETER_KEEPALIVE_MIN_TIME"])
 
 
 def test_identity_env(render: Any) -> None:

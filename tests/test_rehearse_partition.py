@@ -20,8 +20,9 @@ import pytest
 
 from greeter.rehearse import access_log, netfilter
 from greeter.rehearse.envoy_config import PER_TRY_TIMEOUT_S, EnvoyGateway, config
-from greeter.rehearse.gateway import IDEMPOTENT_METHODS, Endpoint
-from greeter.rehearse.nginx import QUICK_TIMEOUT_S, NginxGateway, render
+from greeter.rehearse.findings import NGINX_PARTITION_MAX_FAILED, OUTAGE_MAX_WINDOW_S
+from greeter.rehearse.gateway import IDEMPOTENT_METHODS, QUICK_TIMEOUT_S, Endpoint
+from greeter.rehearse.nginx import NginxGateway, render
 
 NO_FILTER = netfilter.problem()
 needs_filter = pytest.mark.skipif(bool(NO_FILTER), reason=NO_FILTER)
@@ -343,9 +344,12 @@ def test_a_killed_run_leaves_rules_the_next_run_removes() -> None:
     # The next run (the nginx partition) sweeps them before it starts.
     proc, summary, banner = _json_run("--gateway", "nginx")
     assert netfilter.tagged_rules(killed.pid) == []
-    # ...and runs its own partition within nginx's bounds.
+    # ...and runs its own partition within nginx's bounds: no call slower than the bound, and
+    # the only calls it may lose are those handed to a cut pod in the instant of the cut.
     assert proc.returncode == 0, banner
-    assert summary["failed"] == 0, summary["failure_samples"]
+    assert summary["failed"] <= NGINX_PARTITION_MAX_FAILED
+    for failed in summary["failure_samples"]:
+        assert failed["sent_s"] - summary["cut_at_s"] < OUTAGE_MAX_WINDOW_S, failed
     assert summary["latency_ms"]["max"] < summary["slowest_bound_ms"]
     assert _events(summary)[1:3] == ["partition", "heal"]
     assert summary["gateway_counts"]["agrees"], summary["gateway_counts"]

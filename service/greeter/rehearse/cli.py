@@ -234,6 +234,7 @@ def register(subparsers: Any) -> None:
         "--rps", type=float, default=250.0, metavar="N", help="the scenario's calls per second"
     )
     allowed = ", ".join(f"{name} {findings.allowed_failures(name)}" for name in findings.SCENARIOS)
+    allowed += f"; partition through nginx {findings.NGINX_PARTITION_MAX_FAILED}"
     scenario.add_argument(
         "--max-failed",
         type=int,
@@ -434,7 +435,7 @@ async def _main(args: argparse.Namespace, config: RehearsalConfig) -> int:
         if args.scenario == "failover" and args.partition:
             extra["partition"] = True
         work = scenarios.RUNNERS[args.scenario](rehearsal, rps=args.rps, **extra)
-        allowed = findings.allowed_failures(args.scenario, args.max_failed)
+        allowed = findings.allowed_failures(args.scenario, args.max_failed, config.gateway)
         task = asyncio.ensure_future(work)
         waiter = asyncio.ensure_future(stop.wait())
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)

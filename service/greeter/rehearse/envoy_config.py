@@ -51,6 +51,7 @@ from greeter.rehearse.gateway import (
     CANARY_VALUE,
     HOST,
     IDEMPOTENT_METHODS,
+    QUICK_TIMEOUT_S,
     STREAM_TIMEOUT_S,
     WEB_PATH,
     BackendTLS,
@@ -62,10 +63,8 @@ from greeter.rehearse.yaml_text import to_yaml
 
 GREETER_PREFIX = "/helloworld.Greeter/"
 # Each try of a quick idempotent call (IDEMPOTENT_METHODS) gets this long before Envoy gives
-# up on it and retries it on another pod: a pod cut off by the network answers nothing, and
-# without it the call would hang until the client's deadline. Two tries on the two pods of a
-# cut cluster, then one on a live pod: about 2 x this, under the 2 s a caller would notice.
-PER_TRY_TIMEOUT_S = 0.5
+# up on it and retries it on another pod (gateway.QUICK_TIMEOUT_S).
+PER_TRY_TIMEOUT_S = QUICK_TIMEOUT_S
 # HTTP/2 PING on every upstream connection this often, closed when no answer comes within
 # the timeout: a connection to a pod that vanished from the network (no reset ever comes) is
 # found dead in KEEPALIVE_INTERVAL_S + KEEPALIVE_TIMEOUT_S at most, and the streams on it end

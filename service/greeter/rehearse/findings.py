@@ -40,6 +40,11 @@ FAILOVER_MAX_FAILED = PROBE_CONCURRENCY + OUTAGE_MAX_FAILED
 # timeout and sends the call to another one. Its calls must also not hang: none slower than
 # the gateway's bound (``Rehearsal.partition_bound_s``).
 PARTITION_MAX_FAILED = 0
+# ...except with nginx, which cannot replay a call whose request body it was still streaming
+# to the backend when that backend's read timeout fired (a gRPC body is not buffered): a call
+# sent in the instant of the cut may fail with 504 (measured: 1 of 3,024 in one run of five).
+# The outage's allowance, as the cause is the same: calls already handed to the lost backend.
+NGINX_PARTITION_MAX_FAILED = OUTAGE_MAX_FAILED
 # Failed calls each scenario may have by default (``--max-failed`` overrides).
 MAX_FAILED: dict[ScenarioName, int] = {
     "drain": 0,
@@ -52,9 +57,15 @@ MAX_FAILED: dict[ScenarioName, int] = {
 NO_FAILURE_AFTER_DEAD: frozenset[ScenarioName] = frozenset({"failover"})
 
 
-def allowed_failures(scenario: ScenarioName, max_failed: int | None = None) -> int:
-    """Failed calls ``scenario`` may have: ``max_failed`` if given."""
-    return MAX_FAILED[scenario] if max_failed is None else max_failed
+def allowed_failures(
+    scenario: ScenarioName, max_failed: int | None = None, gateway: str = ""
+) -> int:
+    """Failed calls ``scenario`` may have through ``gateway``: ``max_failed`` if given."""
+    if max_failed is not None:
+        return max_failed
+    if scenario == "partition" and gateway == "nginx":
+        return NGINX_PARTITION_MAX_FAILED
+    return MAX_FAILED[scenario]
 
 
 def failures_after_dead(summary: dict[str, Any]) -> int:

@@ -33,13 +33,14 @@ from greeter.rehearse.gateway import (
     CANARY_VALUE,
     CONNECT_TIMEOUT_S,
     HOST,
+    QUICK_TIMEOUT_S,
     WEB_PATH,
     BackendTLS,
     Endpoint,
     GatewayProcess,
 )
 from greeter.rehearse.netfilter import METRICS_PORT, WEB_PORT, AddressBlock, Firewall
-from greeter.rehearse.nginx import QUICK_TIMEOUT_S, Nginx, NginxGateway, find_nginx
+from greeter.rehearse.nginx import Nginx, NginxGateway, find_nginx
 from greeter.rehearse.pods import Backend, free_port
 from greeter.rehearse.prometheus import Prometheus, selector, service_labels
 from greeter.rehearse.traffic import SLOW_CALL_S

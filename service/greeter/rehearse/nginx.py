@@ -43,6 +43,7 @@ from greeter.rehearse.gateway import (
     CANARY_HEADER,
     CANARY_VALUE,
     IDEMPOTENT_METHODS,
+    QUICK_TIMEOUT_S,
     STREAM_TIMEOUT_S,
     WEB_PATH,
     GatewayError,
@@ -52,12 +53,6 @@ from greeter.rehearse.gateway import (
     tail_lines,
 )
 from greeter.rehearse.policy import header_variable
-
-# Quick idempotent calls (IDEMPOTENT_METHODS) only: a backend that does not accept the
-# connection or send the reply's headers within this long is given up on, and the call goes
-# to the next backend (grpc_next_upstream timeout). Every other path keeps the stream-friendly
-# 3600 s read timeout: a slow call or a quiet stream must not be cut.
-QUICK_TIMEOUT_S = 0.5
 
 
 class NginxError(GatewayError):
@@ -93,8 +88,11 @@ class NginxGateway(GatewaySpec):
     # The backends' gRPC-Web ports (127.0.0.1:port), fleet and canary; empty: no /web/ route.
     web_fleet: Sequence[str] = ()
     web_canary: Sequence[str] = ()
-    # grpc_connect_timeout and grpc_read_timeout of the quick idempotent methods (0: the
-    # defaults of every other path).
+    # grpc_connect_timeout and grpc_read_timeout of the quick idempotent methods: a backend
+    # that does not connect or send the reply's headers within this long is given up on, and
+    # the call goes to the next one (grpc_next_upstream timeout). Every other path keeps the
+    # stream-friendly 3600 s read timeout: a slow call or a quiet stream must not be cut. 0:
+    # the defaults of every other path.
     quick_timeout: float = QUICK_TIMEOUT_S
 
 
