@@ -368,3 +368,48 @@ def test_envoy_failover_by_partition_moves_every_call_to_the_standby() -> None:
     assert summary["active_share_after_return"] == 1.0
     assert _events(summary)[1:3] == ["partition", "heal"]
     _nothing_left(proc.pid, banner)
+
+
+@pytest.mark.parametrize("gateway", ["envoy", "nginx"])
+def test_quick_timeouts_cut_no_slow_stream(gateway: str) -> None:
+    """Pods that hold every call 3 s (their fault injection): a server stream whose first
+    message comes after 3 s passes through the gateway whole; SayHello, declared quick and
+    idempotent, is given up on (it is the only method that is)."""
+    script = f"""
+import asyncio, time
+import grpc
+from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
+from greeter.client import open_channel
+from greeter.rehearse.fleet import Rehearsal, RehearsalConfig
+
+async def main():
+    config = RehearsalConfig(
+        port=0, gateway={gateway!r}, canary=False, pods_per_cluster=1, web=False,
+        server_args=("--fault-enabled=true", "--fault-delay=3", "--fault-delay-percent=100"),
+    )
+    async with Rehearsal(config) as r, open_channel(r.target()) as channel:
+        stub = helloworld_pb2_grpc.GreeterStub(channel)
+        began = time.perf_counter()
+        request = helloworld_pb2.HelloRequest(name="slow")
+        replies = [m async for m in stub.SayHelloStreamReply(request, timeout=20)]
+        print("stream", len(replies), round(time.perf_counter() - began, 2))
+        began = time.perf_counter()
+        try:
+            await stub.SayHello(request, timeout=20)
+            print("unary OK", round(time.perf_counter() - began, 2))
+        except grpc.aio.AioRpcError as exc:
+            print("unary", exc.code().name, round(time.perf_counter() - began, 2))
+
+asyncio.run(main())
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    lines = dict(line.split(" ", 1) for line in run.stdout.splitlines())
+    count, took = lines["stream"].split()
+    assert int(count) == 10
+    assert float(took) >= 3.0
+    code, took = lines["unary"].split()
+    assert code == "UNAVAILABLE"  # given up on: held longer than any try may take
+    assert float(took) < 19.0
