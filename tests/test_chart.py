@@ -250,6 +250,7 @@ def test_settings_defaults_match_the_server() -> None:
     assert values["server"]["gracePeriod"] == defaults.grace_period
     assert values["server"]["port"] == defaults.port
     assert values["metrics"]["port"] == defaults.metrics_port
+    assert values["server"]["keepaliveMinTime"] == defaults.keepalive_min_time
 
 
 def test_rendered_env_is_accepted_by_the_server_settings(render: Any) -> None:
@@ -263,6 +264,7 @@ def test_rendered_env_is_accepted_by_the_server_settings(render: Any) -> None:
         assert settings.unknown_env(env) == []
         loaded = settings.load(environ=env)
         assert loaded.drain_delay == float(env["GREETER_DRAIN_DELAY"])
+        assert loaded.keepalive_min_time == float(env["GREETER_KEEPALIVE_MIN_TIME"])
 
 
 def test_identity_env(render: Any) -> None:
@@ -321,6 +323,8 @@ FEATURES = {
     "emissary": ("Mapping", "TLSContext"),
     # emissary.healthChecks: tests/test_chart_emissary.py.
     "emissary-healthchecks": ("KubernetesEndpointResolver",),
+    # emissary.retries adds a second Mapping (the kind is emissary's): tests/test_chart_emissary.py.
+    "emissary-retries": (),
     # web.enabled adds ports and routes to other features' objects: tests/test_chart_web.py.
     "web": (),
     # interop.enabled adds an env variable, a second helm test Pod and a GRPCRoute rule: below.

@@ -455,3 +455,29 @@ async def pods_answering(port: int, calls: int) -> set[str]:
             found = identity_of(await call.initial_metadata(), await call.trailing_metadata())
             pods.add(found["x-greeter-pod"])
     return pods
+
+
+def test_retries_are_scoped_to_the_quick_idempotent_call(render: Any) -> None:
+    """emissary.retries: SayHello alone gets a Mapping with a per-try timeout and retries
+    (a pod cut off by the network costs a call one try, not its deadline); the Mapping for
+    every other path keeps no timeout and no retries, so slow calls and streams are not cut."""
+    assert len(ds.by_kind(render(ci_values("emissary")), "Mapping")) == 1  # off by default
+    objects = render(ci_values("emissary-retries"), ci_values("emissary-healthchecks"))
+    mappings = {m["metadata"]["name"]: m["spec"] for m in ds.by_kind(objects, "Mapping")}
+    quick = mappings.pop("grpc-service-idempotent")
+    (rest,) = mappings.values()
+    assert quick["prefix"] == "/helloworld.Greeter/SayHello"
+    assert quick["prefix_exact"] is True
+    assert quick["grpc"] is True
+    assert quick["retry_policy"] == {
+        "retry_on": "reset",
+        "num_retries": 2,
+        "per_try_timeout": "0.5s",
+    }
+    assert "retry_policy" not in rest
+    assert rest["prefix"] == "/"
+    assert rest["timeout_ms"] == quick["timeout_ms"] == 0
+    # the same pods, balanced and resolved the same way
+    for key in ("service", "hostname", "resolver", "load_balancer"):
+        assert quick[key] == rest[key], key
+    assert ds.validate_all(objects, ds.KUBE_VERSIONS[-1:]) == []

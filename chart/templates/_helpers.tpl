@@ -195,6 +195,8 @@ is mapped here and nowhere else.
   value: {{ .Values.server.reflection | quote }}
 - name: GREETER_MAX_CONNECTION_AGE
   value: {{ .Values.server.maxConnectionAge | quote }}
+- name: GREETER_KEEPALIVE_MIN_TIME
+  value: {{ .Values.server.keepaliveMinTime | quote }}
 - name: GREETER_LOG_LEVEL
   value: {{ .Values.server.logLevel | quote }}
 - name: GREETER_LOG_FORMAT

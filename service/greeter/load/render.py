@@ -14,6 +14,28 @@ from greeter.load.report import Report
 from greeter.wording import plural
 
 BAR_WIDTH = 40
+UNKNOWN = "(none)"  # the report's key for calls that named no backend (greeter.load.recorder)
+
+
+def backend_name(name: str, d: dict[str, Any]) -> str:
+    """How a by-cluster or by-pod row is labelled: the calls that named no backend are
+    ``no backend``, with the gateway's status when its answer says it (the words of
+    ``greeter rehearse``'s reports)."""
+    if name != UNKNOWN:
+        return name
+    said = " ".join(d.get("error_messages") or {})
+    for code in ("502", "503"):
+        if code in said:
+            return f"no backend (gateway {code})"
+    return "no backend"
+
+
+def slow_line(d: dict[str, Any]) -> str:
+    """``3 over 1.00 s, slowest 10.00 s``: the calls that hung."""
+    slow = d.get("slow_calls")
+    if not slow:
+        return "n/a"
+    return f"{slow['count']} over {_fmt_ms(slow['over_ms'])}, slowest {_fmt_ms(slow['slowest_ms'])}"
 
 
 def _fmt_ms(value: float) -> str:
@@ -110,6 +132,7 @@ def summary(report: Report) -> str:
             f"  Latency:\tmin {_fmt_ms(lat['min'])}  mean {_fmt_ms(lat['mean'])}  "
             f"max {_fmt_ms(lat['max'])}"
         )
+        add(f"  Slow calls:\t{slow_line(d)}")
         add("")
         add("Latency distribution:")
         for key in _pct_keys(lat):
@@ -136,7 +159,7 @@ def summary(report: Report) -> str:
     for title, key in (("cluster", "by_cluster"), ("pod", "by_pod")):
         add("")
         add(f"By {title}:")
-        add(_table(d[key], title, _pct_keys(lat)))
+        add(_table(d[key], title, _pct_keys(lat), d))
     if d["thresholds"]:
         add("")
         add("Thresholds:")
@@ -187,7 +210,7 @@ def _window(d: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _table(rows: dict[str, dict[str, Any]], title: str, pcts: list[str]) -> str:
+def _table(rows: dict[str, dict[str, Any]], title: str, pcts: list[str], d: dict[str, Any]) -> str:
     shown = [p for p in ("p50", "p99") if p in pcts] or pcts[:2]
     split = [(part, p) for part in SPLIT_PARTS for p in shown]
     header = [title, "count", "share", *shown, *(f"{part} {p}" for part, p in split), "errors"]
@@ -195,7 +218,7 @@ def _table(rows: dict[str, dict[str, Any]], title: str, pcts: list[str]) -> str:
     for name, row in rows.items():
         lines.append(
             [
-                name,
+                backend_name(name, d),
                 str(row["count"]),
                 f"{row['share']:.1%}",
                 *(f"{row['latency_ms'][p]:.2f} ms" for p in shown),
@@ -416,7 +439,7 @@ def to_html(
         head = "".join(f"<th>{esc(h)}</th>" for h in names)
         body = "".join(
             "<tr><td>{}</td><td>{}</td><td>{:.1%}</td>{}{}<td>{}</td></tr>".format(
-                esc(name),
+                esc(backend_name(name, d)),
                 r["count"],
                 r["share"],
                 "".join(f"<td>{r['latency_ms'][p]:.2f}</td>" for p in pcts),
@@ -462,6 +485,7 @@ pre{{white-space:pre-wrap;overflow-wrap:anywhere}}</style></head><body>
 Started {esc(d["started_at"])}{_merged_html(d)}.</p>
 {preface}{_timeline_section(report, markers, by_pod, unnamed)}
 {_capacity_html(d.get("capacity"))}<h2>Latency</h2>{_svg_chart(report)}
+<p class="slow-calls">Slow calls: {esc(slow_line(d))}.</p>
 <table>{stats}</table>{apart}
 <h2>Where the latency goes</h2>
 {_latency_split_html(d)}

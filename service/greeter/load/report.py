@@ -25,6 +25,9 @@ SCHEMA_ID = "greeter-load-report/v1"
 # (--expect-split, --expect-cluster), or no call succeeded; EXIT_INTERRUPTED: Ctrl-C, the
 # partial report is printed first.
 CHART_BARS = 20
+# A call slower than this is a "slow call" (hung on a silent backend, retried late): the
+# report counts them and names the slowest, so a call that waited out its deadline shows.
+SLOW_CALL_MS = 1000.0
 
 
 def schema() -> dict[str, Any]:
@@ -59,6 +62,14 @@ def split_stats(
         "server_ms": latency_stats(server, percentiles) if timed else None,
         "outside_ms": latency_stats(outside, percentiles) if timed else None,
     }
+
+
+def slow_calls(hist: Histogram) -> dict[str, Any]:
+    """Calls slower than SLOW_CALL_MS (counted to the histogram's precision: the buckets
+    that start above it) and the slowest one."""
+    over_us = SLOW_CALL_MS * 1000
+    count = sum(n for index, n in hist.buckets() if bucket_bounds(index)[0] > over_us)
+    return {"over_ms": SLOW_CALL_MS, "count": count, "slowest_ms": _ms(hist.max)}
 
 
 def histogram_bars(hist: Histogram, bars: int = CHART_BARS) -> list[dict[str, Any]]:
@@ -204,6 +215,7 @@ def build_report(
         "latency_ms": latency_stats(hist, percentiles),
         "ok_latency_ms": latency_stats(rec.ok, percentiles) if rec.ok.count else None,
         "failed_latency_ms": latency_stats(rec.failed, percentiles) if rec.failed.count else None,
+        "slow_calls": slow_calls(hist),
         **split_stats(rec.server, rec.outside, percentiles),
         "histogram": histogram_bars(hist),
         "status_codes": dict(sorted(rec.status.items(), key=lambda kv: -kv[1])),

@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from greeter.rehearse import findings, policy, scenarios
+from greeter.rehearse import findings, netfilter, policy, scenarios
 from greeter.rehearse.envoy import EnvoyError, find_envoy
-from greeter.rehearse.envoy_config import HealthCheck
+from greeter.rehearse.envoy_config import PER_TRY_TIMEOUT_S, HealthCheck
 from greeter.rehearse.fleet import DEFAULT_PORT, GATEWAYS, Rehearsal, RehearsalConfig
+from greeter.rehearse.gateway import CONNECT_TIMEOUT_S
 from greeter.rehearse.nginx import NginxError
 from greeter.rehearse.prometheus import PrometheusError
 from greeter.rehearse.report import report_lines, to_html
@@ -36,6 +37,8 @@ EPILOG = """examples:
   greeter rehearse --gateway envoy --scenario drain --no-retries
   greeter rehearse --scenario outage --rps 100 --html outage.html
   greeter rehearse --scenario failover --json > failover.json
+  greeter rehearse --gateway envoy --scenario partition --partition-for 20
+  greeter rehearse --scenario failover --partition
 
 exit codes: 0 ok (a scenario passed); 1 a scenario lost more calls than allowed; 2 bad
 arguments (envoy missing too); 3 nginx or prometheus missing, a gateway refused its
@@ -50,8 +53,9 @@ def register(subparsers: Any) -> None:
         description="Start two clusters of Greeter backends, a canary and a gateway (nginx, "
         "or Envoy with --gateway envoy; TLS for grpc.example.com, HTTP/2), print how to reach "
         "them and wait for "
-        "Ctrl-C; or, with --scenario, run a rolling drain, a cluster outage or an "
-        "active/standby failover under traffic, report every failed call and exit. --weights, "
+        "Ctrl-C; or, with --scenario, run a rolling drain, a cluster outage, an "
+        "active/standby failover or a partition (a cluster cut off by the network) under "
+        "traffic, report every failed call and exit. --weights, "
         "--route-header and --standby set the fleet's traffic policies. With --backend-tls "
         "the backends serve TLS with certificates from a fleet CA and the gateway verifies "
         "them. Needs nginx (apt-get install -y nginx-light) or, for --gateway envoy, the "
@@ -125,9 +129,10 @@ def register(subparsers: Any) -> None:
     gateway.add_argument(
         "--connect-timeout",
         type=float,
-        default=1.0,
+        default=CONNECT_TIMEOUT_S,
         metavar="SECONDS",
-        help="the gateway's connect timeout to a backend (nginx grpc_connect_timeout)",
+        help="the gateway's connect timeout to a backend (nginx grpc_connect_timeout, Envoy "
+        f"connect_timeout; default {CONNECT_TIMEOUT_S:g})",
     )
     gateway.add_argument(
         "--nginx", default="", metavar="PATH", help="nginx binary (default: nginx on PATH)"
@@ -178,6 +183,15 @@ def register(subparsers: Any) -> None:
         "Gateway's default), so only the health checks keep a drain lossless",
     )
     gateway.add_argument(
+        "--per-try-timeout",
+        type=float,
+        default=PER_TRY_TIMEOUT_S,
+        metavar="SECONDS",
+        help="envoy: each try of a quick idempotent call (SayHello) may take this long before "
+        f"it is retried on another pod (default {PER_TRY_TIMEOUT_S:g}; 0: none, such a call "
+        "waits for a silent pod until its deadline)",
+    )
+    gateway.add_argument(
         "--gateway-delay",
         type=float,
         default=0.0,
@@ -220,12 +234,25 @@ def register(subparsers: Any) -> None:
         "--rps", type=float, default=250.0, metavar="N", help="the scenario's calls per second"
     )
     allowed = ", ".join(f"{name} {findings.allowed_failures(name)}" for name in findings.SCENARIOS)
+    allowed += f"; partition through nginx {findings.NGINX_PARTITION_MAX_FAILED}"
     scenario.add_argument(
         "--max-failed",
         type=int,
         default=None,
         metavar="N",
         help=f"failed calls the scenario may have (default: {allowed})",
+    )
+    scenario.add_argument(
+        "--partition-for",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="--scenario partition: how long the cluster stays cut off (default 20)",
+    )
+    scenario.add_argument(
+        "--partition",
+        action="store_true",
+        help="--scenario failover: cut the active cluster off the network instead of killing it",
     )
     scenario.add_argument("--json", action="store_true", help="print the scenario's report as JSON")
     scenario.add_argument(
@@ -251,6 +278,14 @@ def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
     standby = tuple(args.standby)
     if args.scenario == "failover" and not standby and clusters:
         standby = clusters[-1:]
+    if args.partition and args.scenario != "failover":
+        raise ValueError("--partition goes with --scenario failover (or use --scenario partition)")
+    if args.partition_for <= 0:
+        raise ValueError("--partition-for must be more than 0 seconds")
+    if args.scenario == "partition" or args.partition:
+        reason = netfilter.problem()
+        if reason:
+            raise ValueError(f"partition unavailable: {reason}")
     return RehearsalConfig(
         port=args.port,
         gateway=args.gateway,
@@ -274,6 +309,7 @@ def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
         ),
         gateway_delay_ms=args.gateway_delay,
         gateway_retries=args.retries,
+        per_try_timeout=args.per_try_timeout,
         weights=tuple(policy.parse_weights(args.weights).items()) if args.weights else (),
         route_header=args.route_header,
         standby=standby,
@@ -316,6 +352,8 @@ def print_banner(r: Rehearsal, out: TextIO, scenario: str | None = None) -> None
             )
     for b in r.backends + r.canary:
         print(f"  {b.cluster:<12} {b.pod:<24} {b.address}", file=out)
+    if r.firewall is None:
+        print(f"partition: unavailable ({r.firewall_problem})", file=out)
     if r.config.backend_tls:
         names = ", ".join(sorted({b.server_name for b in r.backends + r.canary}))
         print(
@@ -391,8 +429,13 @@ async def _main(args: argparse.Namespace, config: RehearsalConfig) -> int:
         if args.scenario is None:
             await stop.wait()
             return EXIT_OK
-        work = scenarios.RUNNERS[args.scenario](rehearsal, rps=args.rps)
-        allowed = findings.allowed_failures(args.scenario, args.max_failed)
+        extra: dict[str, Any] = {}
+        if args.scenario == "partition":
+            extra["partition_for"] = args.partition_for
+        if args.scenario == "failover" and args.partition:
+            extra["partition"] = True
+        work = scenarios.RUNNERS[args.scenario](rehearsal, rps=args.rps, **extra)
+        allowed = findings.allowed_failures(args.scenario, args.max_failed, config.gateway)
         task = asyncio.ensure_future(work)
         waiter = asyncio.ensure_future(stop.wait())
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)

@@ -50,6 +50,8 @@ from greeter.rehearse.gateway import (
     CANARY_HEADER,
     CANARY_VALUE,
     HOST,
+    IDEMPOTENT_METHODS,
+    QUICK_TIMEOUT_S,
     STREAM_TIMEOUT_S,
     WEB_PATH,
     BackendTLS,
@@ -60,6 +62,15 @@ from greeter.rehearse.gateway import (
 from greeter.rehearse.yaml_text import to_yaml
 
 GREETER_PREFIX = "/helloworld.Greeter/"
+# Each try of a quick idempotent call (IDEMPOTENT_METHODS) gets this long before Envoy gives
+# up on it and retries it on another pod (gateway.QUICK_TIMEOUT_S).
+PER_TRY_TIMEOUT_S = QUICK_TIMEOUT_S
+# HTTP/2 PING on every upstream connection this often, closed when no answer comes within
+# the timeout: a connection to a pod that vanished from the network (no reset ever comes) is
+# found dead in KEEPALIVE_INTERVAL_S + KEEPALIVE_TIMEOUT_S at most, and the streams on it end
+# (UNAVAILABLE) instead of hanging. (Was 30 s / 5 s.)
+KEEPALIVE_INTERVAL_S = 2.0
+KEEPALIVE_TIMEOUT_S = 2.0
 # Response metadata a page on another origin may read (Emissary's Mapping `cors`).
 EXPOSED_HEADERS = (
     "grpc-status",
@@ -147,6 +158,8 @@ class EnvoyGateway(GatewaySpec):
     # error does (Emissary's and Envoy Gateway's routes retry nothing unless told; Istio's
     # default retries these and more). False: no retries, health checks alone.
     retries: bool = True
+    # The per-try timeout of quick idempotent calls (IDEMPOTENT_METHODS); 0: none.
+    per_try_timeout: float = PER_TRY_TIMEOUT_S
 
 
 def _duration(seconds: float) -> str:
@@ -238,7 +251,10 @@ def _grpc_cluster(
                 explicit_http_config={
                     "http2_protocol_options": {
                         "max_concurrent_streams": 1000,
-                        "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+                        "connection_keepalive": {
+                            "interval": _duration(KEEPALIVE_INTERVAL_S),
+                            "timeout": _duration(KEEPALIVE_TIMEOUT_S),
+                        },
                     }
                 },
                 common_http_protocol_options={"idle_timeout": f"{STREAM_TIMEOUT_S}s"},
@@ -247,6 +263,10 @@ def _grpc_cluster(
         # Retries of calls that never reached a pod are not rationed (the default allows 3
         # at once, and an outage at 250 calls/s needs more).
         "circuit_breakers": {"thresholds": [{"max_retries": 10_000}]},
+        # A pod its health checks take out (a cut cluster answers no check) loses its
+        # connections at once: the streams on them end rather than wait for the client's
+        # deadline, and nothing more is written to them.
+        "close_connections_on_host_health_failure": True,
         "health_checks": [
             {
                 "timeout": _duration(hc.timeout),
@@ -309,12 +329,19 @@ def _web_cluster(g: EnvoyGateway) -> dict[str, Any]:
     return config
 
 
-def _retry_policy() -> dict[str, Any]:
-    """Retry a call on another pod only when it surely never reached one, or one shed it."""
-    return {
-        # resource-exhausted: a pod past capacity shed the call before running it (admission
-        # control, "overloaded: ..."): another pod may have room.
-        "retry_on": "connect-failure,refused-stream,reset-before-request,resource-exhausted",
+def _retry_policy(per_try_timeout: float = 0.0, priorities: bool = False) -> dict[str, Any]:
+    """Retry a call on another pod only when it surely never reached one, or one shed it; with
+    ``per_try_timeout`` (quick idempotent calls only), also when a try got no answer in that
+    long or its connection was reset (``reset`` covers the per-try timeout), on another pod
+    (``previous_hosts``); with ``priorities`` (a standby), in another priority once one has
+    been tried (``previous_priorities``)."""
+    # resource-exhausted: a pod past capacity shed the call before running it (admission
+    # control, "overloaded: ..."): another pod may have room.
+    retry_on = "connect-failure,refused-stream,reset-before-request,resource-exhausted"
+    if per_try_timeout:
+        retry_on = "connect-failure,refused-stream,reset,resource-exhausted"
+    policy: dict[str, Any] = {
+        "retry_on": retry_on,
         # Up to ~0.6 s of retries: long enough for outlier detection's ejection (or a health
         # check) to reach the worker, so a call that picked a pod the instant it died is
         # retried onto the survivors, or the standby, and not onto the dead pods again.
@@ -330,15 +357,31 @@ def _retry_policy() -> dict[str, Any]:
         "host_selection_retry_max_attempts": 5,
         "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
     }
+    if per_try_timeout:
+        policy["per_try_timeout"] = _duration(per_try_timeout)
+    if priorities:
+        # A retry goes to another priority (the standby) once one has been tried: with a
+        # cut active cluster whose pods still look healthy, its next pod is no better.
+        policy["retry_priority"] = {
+            "name": "envoy.retry_priorities.previous_priorities",
+            "typed_config": _typed(
+                "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+                update_frequency=2,
+            ),
+        }
+    return policy
 
 
-def _to(g: EnvoyGateway, cluster: str, rewrite: str = "") -> dict[str, Any]:
+def _to(g: EnvoyGateway, cluster: str, rewrite: str = "", quick: bool = False) -> dict[str, Any]:
+    """Route to ``cluster``; ``quick``: a quick idempotent method, with the per-try timeout."""
     action: dict[str, Any] = {
         "cluster": cluster,
         "timeout": "0s",  # streams may last; the client's deadline bounds a call
     }
     if g.retries:
-        action["retry_policy"] = _retry_policy()
+        action["retry_policy"] = _retry_policy(
+            g.per_try_timeout if quick else 0.0, priorities=bool(g.standby) and cluster == "fleet"
+        )
     if rewrite:
         action["prefix_rewrite"] = rewrite
     return action
@@ -373,23 +416,26 @@ def _web_routes(g: EnvoyGateway) -> list[dict[str, Any]]:
 
 
 def _routes(g: EnvoyGateway, clusters: Sequence[str]) -> list[dict[str, Any]]:
-    """grpc.example.com: the canary rule, header routing, then the fleet."""
-    routes = [
-        *_web_routes(g),
-        {
-            "match": {"prefix": GREETER_PREFIX, "headers": [_header(CANARY_HEADER, CANARY_VALUE)]},
-            "route": _to(g, "canary"),
-        },
-    ]
+    """grpc.example.com: the canary rule, header routing, then the fleet; each first for the
+    quick idempotent methods (their own retry policy), then for every other path."""
+    canary = [_header(CANARY_HEADER, CANARY_VALUE)]
+    routes = [*_web_routes(g)]
+    quick = [{"path": path} for path in IDEMPOTENT_METHODS] if g.per_try_timeout else []
+    for match, is_quick in [*((m, True) for m in quick), ({"prefix": GREETER_PREFIX}, False)]:
+        routes.append(
+            {"match": {**match, "headers": canary}, "route": _to(g, "canary", quick=is_quick)}
+        )
+    every = [*((m, True) for m in quick), ({"prefix": "/"}, False)]
     if g.route_header:
         routes += [
             {
-                "match": {"prefix": "/", "headers": [_header(g.route_header, cluster)]},
-                "route": _to(g, member_upstream(cluster)),
+                "match": {**match, "headers": [_header(g.route_header, cluster)]},
+                "route": _to(g, member_upstream(cluster), quick=is_quick),
             }
             for cluster in clusters
+            for match, is_quick in every
         ]
-    routes.append({"match": {"prefix": "/"}, "route": _to(g, "fleet")})
+    routes += [{"match": m, "route": _to(g, "fleet", quick=is_quick)} for m, is_quick in every]
     return routes
 
 

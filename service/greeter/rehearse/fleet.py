@@ -1,8 +1,10 @@
 """The rehearsal fleet: Greeter backends in two "clusters", a canary, and a gateway in front
 (nginx, or Envoy with ``gateway="envoy"``).
 
-``async with Rehearsal(RehearsalConfig()) as r:`` starts everything on 127.0.0.1 and stops it
-all on the way out (backends drained with SIGTERM, bounded, then killed if they linger).
+``async with Rehearsal(RehearsalConfig()) as r:`` starts everything on loopback (the gateway
+on 127.0.0.1, each pod on an address of its own, :mod:`greeter.rehearse.netfilter`) and stops
+it all on the way out (backends drained with SIGTERM, bounded, then killed if they linger;
+packet-filter rules deleted, the address block released).
 """
 
 from __future__ import annotations
@@ -21,23 +23,27 @@ from types import TracebackType
 
 from greeter import certs
 from greeter.client import Target
-from greeter.rehearse import policy
+from greeter.rehearse import netfilter, policy
 from greeter.rehearse.envoy import Envoy, find_envoy
-from greeter.rehearse.envoy_config import EnvoyGateway, HealthCheck
+from greeter.rehearse.envoy_config import PER_TRY_TIMEOUT_S, EnvoyGateway, HealthCheck
 from greeter.rehearse.gateway import (
     BACKEND_HOST,
     CANARY_BACKEND_HOST,
     CANARY_HEADER,
     CANARY_VALUE,
+    CONNECT_TIMEOUT_S,
     HOST,
+    QUICK_TIMEOUT_S,
     WEB_PATH,
     BackendTLS,
     Endpoint,
     GatewayProcess,
 )
+from greeter.rehearse.netfilter import METRICS_PORT, WEB_PORT, AddressBlock, Firewall
 from greeter.rehearse.nginx import Nginx, NginxGateway, find_nginx
 from greeter.rehearse.pods import Backend, free_port
 from greeter.rehearse.prometheus import Prometheus, selector, service_labels
+from greeter.rehearse.traffic import SLOW_CALL_S
 
 DEFAULT_PORT = 8443
 GATEWAYS = ("nginx", "envoy")
@@ -46,6 +52,13 @@ NGINX_DRAIN_DELAY = 3.0
 # See Rehearsal.dead_grace_s.
 ENVOY_DEAD_GRACE_S = 0.1
 CANARY_POD = "greeter-canary-0"
+# The shortest ping interval the pods allow: below the gateway's keep-alive pings.
+KEEPALIVE_MIN_TIME_S = 1.0
+# The slowest call a partition may cause with the shipped settings, per gateway (seconds):
+# Envoy gives each try of a quick idempotent call PER_TRY_TIMEOUT_S (two pods of the cut
+# cluster, then a live one); nginx gives each backend QUICK_TIMEOUT_S to connect or answer.
+# docs/rehearsal.md, "Partition", has the measured numbers.
+PARTITION_BOUND_S = {"envoy": 2.0, "nginx": 2.0}
 # Cluster names become pod names, nginx upstream names and header values: DNS labels.
 _CLUSTER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -76,7 +89,7 @@ class RehearsalConfig:
     server_args: tuple[str, ...] = ()
     # Gateway knobs (see Gateway): passive health and connect timeout.
     fail_timeout: float = 2.0
-    connect_timeout: float = 1.0
+    connect_timeout: float = CONNECT_TIMEOUT_S
     # TLS to the backends: each serves a certificate from a fleet CA made for this rehearsal,
     # and nginx verifies it (grpc_pass grpcs://), as gateways do with the chart's tls.enabled.
     backend_tls: bool = False
@@ -93,6 +106,9 @@ class RehearsalConfig:
     # Envoy retries a call that never reached a pod (refused connection or stream) on another
     # pod, as nginx does; False leaves the drain to the health checks alone.
     gateway_retries: bool = True
+    # Envoy: each try of a quick idempotent call (gateway.IDEMPOTENT_METHODS) may take this
+    # long before it is retried on another pod (0: no per-try timeout).
+    per_try_timeout: float = PER_TRY_TIMEOUT_S
     # Traffic policies (greeter.rehearse.policy): each cluster's percent of the fleet's calls
     # (empty: round robin over every backend); a header routing calls to the cluster it names
     # ("": none); standby clusters, whose backends take calls only while no active one can.
@@ -147,7 +163,13 @@ class RehearsalConfig:
         policy.check_standby(self.standby, self.clusters)
         if self.pods_per_cluster < 1:
             raise ValueError("pods_per_cluster must be at least 1")
-        for name in ("drain_delay", "grace_period", "fail_timeout", "connect_timeout"):
+        for name in (
+            "drain_delay",
+            "grace_period",
+            "fail_timeout",
+            "connect_timeout",
+            "per_try_timeout",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
 
@@ -168,6 +190,13 @@ class Rehearsal:
         self.gateway: GatewayProcess | None = None
         self.prometheus: Prometheus | None = None
         self._made_workdir = False
+        # The pods' addresses (127.B.C.P) and this run's packet-filter rules; ``firewall`` is
+        # None where the machine does not allow them (``firewall_problem`` says why).
+        self.block: AddressBlock | None = None
+        self.firewall: Firewall | None = None
+        self.firewall_problem = ""
+        self._refused: dict[str, list[list[str]]] = {}
+        self._cut: dict[str, list[list[str]]] = {}
 
     # -- what users dial -----------------------------------------------------
     @property
@@ -205,6 +234,19 @@ class Rehearsal:
         if self.gateway is None:
             raise RuntimeError("the rehearsal is not running")
         return self.gateway.return_bound
+
+    @property
+    def partition_bound_s(self) -> float:
+        """The slowest a call may be while a cluster is cut off (``PARTITION_BOUND_S``)."""
+        return PARTITION_BOUND_S[self.config.gateway]
+
+    @property
+    def held_s(self) -> float:
+        """How long the gateway waits on a silent pod before it gives a quick idempotent call
+        to another (Envoy: the per-try timeout; nginx: the quick connect/read timeout)."""
+        c = self.config
+        quick = c.per_try_timeout if c.gateway == "envoy" else QUICK_TIMEOUT_S
+        return quick or SLOW_CALL_S
 
     @property
     def cert(self) -> Path:
@@ -292,23 +334,28 @@ class Rehearsal:
     ) -> None:
         await self.stop()
 
-    def _backend(self, cluster: str, pod: str, pair: certs.Pair | None, name: str) -> Backend:
+    def _backend(
+        self, cluster: str, pod: str, pair: certs.Pair | None, name: str, host: str
+    ) -> Backend:
         c = self.config
-        sock = self.workdir / "sockets" / f"{pod}.sock"
-        metrics_port = free_port() if c.prometheus else 0
+        metrics_port = METRICS_PORT if c.prometheus else 0
         command = [
             sys.executable,
             "-m",
             "greeter",
             "serve",
-            f"--host=unix:{sock}",
-            "--port=0",
-            "--metrics-host=127.0.0.1",
+            f"--host={host}",
+            f"--port={netfilter.GRPC_PORT}",
+            f"--metrics-host={host}",
             f"--metrics-port={metrics_port}",
             f"--cluster-name={cluster}",
             f"--pod-name={pod}",
             f"--drain-delay={c.drain}",
             f"--grace-period={c.grace_period}",
+            # Envoy pings its upstream connections every KEEPALIVE_INTERVAL_S (2 s) to find a
+            # dead one; a server that allows pings only every 10 s (the default) answers a
+            # busy pinger with GOAWAY (too_many_pings). The chart's server.keepaliveMinTime.
+            f"--keepalive-min-time={KEEPALIVE_MIN_TIME_S}",
             "--access-log=false",
             "--log-format=json",
             "--event-loop=asyncio",
@@ -319,15 +366,15 @@ class Rehearsal:
             command += [f"--tls-cert={pair.cert}", f"--tls-key={pair.key}"]
         web_port = 0
         if c.web:
-            web_port = free_port()
-            command += ["--web-host=127.0.0.1", f"--web-port={web_port}"]
+            web_port = WEB_PORT
+            command += [f"--web-host={host}", f"--web-port={web_port}"]
         command += list(c.server_args)
         # Nothing from the caller's GREETER_* environment leaks into the backends.
         env = {k: v for k, v in os.environ.items() if not k.startswith("GREETER_")}
         log = self.workdir / "logs" / f"{pod}.log"
         ca = self.fleet_ca if pair is not None else None
         backend = Backend(
-            cluster, pod, sock, command, env, log, ca=ca, server_name=name, web_port=web_port
+            cluster, pod, host, command, env, log, ca=ca, server_name=name, web_port=web_port
         )
         backend.metrics_port = metrics_port
         return backend
@@ -346,7 +393,12 @@ class Rehearsal:
             folder = self.workdir / "prometheus"
             self.prometheus = Prometheus.prepare(folder, c.prometheus_binary, rules_for)
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
-        (self.workdir / "sockets").mkdir(parents=True, exist_ok=True)
+        self.firewall_problem = await asyncio.to_thread(netfilter.problem)
+        if not self.firewall_problem:
+            await asyncio.to_thread(netfilter.sweep)  # what killed runs left behind
+            self.firewall = Firewall()
+        pods = [(i, j) for i in range(len(c.clusters)) for j in range(c.pods_per_cluster)]
+        self.block = netfilter.claim_block(pods)
         pair = certs.make_leaf(self.workdir / "tls", "tls", [HOST, "localhost", "127.0.0.1"])
         # With backend TLS: a fleet CA, and one certificate per Service (every pod of a release
         # mounts the same Secret), named as the gateway addresses the Service in the cluster.
@@ -359,13 +411,16 @@ class Rehearsal:
             canary_pair = certs.make_leaf(
                 folder, "grpc-service-canary", _service_names(CANARY_BACKEND_HOST), ca
             )
-        for cluster in c.clusters:
+        block = self.block.block
+        for i, cluster in enumerate(c.clusters):
             for index in range(c.pods_per_cluster):
                 pod = f"{cluster}-greeter-{index}"
-                self.backends.append(self._backend(cluster, pod, fleet_pair, BACKEND_HOST))
+                host = netfilter.pod_host(block, i, index)
+                self.backends.append(self._backend(cluster, pod, fleet_pair, BACKEND_HOST, host))
         if c.canary:
+            host = netfilter.canary_host(block)
             self.canary.append(
-                self._backend(c.clusters[0], CANARY_POD, canary_pair, CANARY_BACKEND_HOST)
+                self._backend(c.clusters[0], CANARY_POD, canary_pair, CANARY_BACKEND_HOST, host)
             )
         everyone = self.backends + self.canary
         for backend in everyone:
@@ -407,6 +462,7 @@ class Rehearsal:
             web=[b.web_upstream for b in self.backends + self.canary if b.web_port],
             delay_ms=c.gateway_delay_ms,
             retries=c.gateway_retries,
+            per_try_timeout=c.per_try_timeout,
         )
 
     def _nginx_gateway(self, pair: certs.Pair, backend_tls: BackendTLS | None) -> NginxGateway:
@@ -435,9 +491,12 @@ class Rehearsal:
         bound = self.config.drain + self.config.grace_period + 5.0
         if self.prometheus is not None:
             await asyncio.to_thread(self.prometheus.stop)
-        await asyncio.gather(*(b.stop(bound) for b in self.backends + self.canary))
-        if self.gateway is not None:
-            await asyncio.to_thread(self.gateway.stop)
+        try:
+            await asyncio.gather(*(b.stop(bound) for b in self.backends + self.canary))
+            if self.gateway is not None:
+                await asyncio.to_thread(self.gateway.stop)
+        finally:
+            self._undo_machine()
         if self._made_workdir and not self.config.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -449,6 +508,16 @@ class Rehearsal:
             self.prometheus.kill()
         if self.gateway is not None:
             self.gateway.kill()
+        self._undo_machine()
+
+    def _undo_machine(self) -> None:
+        """Delete this run's packet-filter rules and release its address block."""
+        if self.firewall is not None:
+            self.firewall.clear()
+        self._cut.clear()
+        self._refused.clear()
+        if self.block is not None:
+            self.block.release()
 
     # -- disruptions ---------------------------------------------------------
     def cluster(self, name: str) -> list[Backend]:
@@ -461,12 +530,39 @@ class Rehearsal:
         go NOT_SERVING."""
         bound = self.config.drain + self.config.grace_period + 5.0
         if self.gateway is not None and self.gateway.drain_by_endpoint:
-            backend.remove_endpoint()
+            self.remove_endpoint(backend)
         code = await backend.stop(bound)
         backend.spawn()
+        self.restore_endpoint(backend)  # it takes calls as soon as it listens, as before
         backend.restarts += 1
         await backend.wait_ready()
         return code
+
+    def remove_endpoint(self, backend: Backend) -> None:
+        """Take the backend out of the gateway's endpoints: new connections are refused,
+        connections already open keep being served. Kubernetes does this when a pod starts
+        terminating, at the same time as it runs the preStop hook and sends SIGTERM. Without a
+        packet filter (not root) the pod only gets SIGTERM: it keeps accepting through its
+        drain delay, and refuses once it stops listening."""
+        if self.firewall is not None:
+            rule = self.firewall.refuse_new(backend.host, backend.port)
+            self._refused.setdefault(backend.pod, []).append(rule)
+
+    def restore_endpoint(self, backend: Backend) -> None:
+        if self.firewall is not None:
+            self.firewall.remove(self._refused.pop(backend.pod, []))
+
+    def cut(self, name: str) -> list[Backend]:
+        """Drop every packet between this machine and cluster ``name``'s pods, both ways."""
+        if self.firewall is None:
+            raise RuntimeError(f"partition unavailable: {self.firewall_problem}")
+        victims = self.cluster(name)
+        self._cut[name] = self.firewall.cut([b.host for b in victims])
+        return victims
+
+    def heal(self, name: str) -> None:
+        if self.firewall is not None:
+            self.firewall.remove(self._cut.pop(name, []))
 
     async def back_in_rotation(self, backend: Backend) -> None:
         """Until the gateway sends the (SERVING again) backend calls: nginx once

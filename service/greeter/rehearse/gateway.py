@@ -29,6 +29,21 @@ CANARY_VALUE = "true"
 BACKEND_HOST = "grpc-service.gateway-demo.svc"
 CANARY_BACKEND_HOST = "grpc-service-canary.gateway-demo.svc"
 STREAM_TIMEOUT_S = 3600
+# A pod that does not accept a connection in this long counts as failed, and the call goes to
+# another one. Only the connect: a call's own time is not bounded by it. A pod cut off by the
+# network never answers the SYN, so every new connection to it costs this much (was 1 s).
+CONNECT_TIMEOUT_S = 0.5
+# The calls a gateway may send again, to another pod, after a try that got no answer in
+# time: quick, idempotent unary methods, and only those. A per-try timeout (Envoy) or a
+# short read timeout (nginx) is scoped to these paths, so slow calls and streams (greeter
+# check's slow_unary and stream_gaps, a client's long server stream) are never cut by it.
+IDEMPOTENT_METHODS = ("/helloworld.Greeter/SayHello",)
+# How long a gateway waits on a pod for a quick idempotent call before it gives the call to
+# another pod: Envoy's per-try timeout, nginx's connect/read/send timeouts in SayHello's
+# location. A pod cut off by the network answers nothing, and without it the call would wait
+# for the client's deadline; two tries on the two pods of a cut cluster, then one on a live
+# pod, stay under the 2 s a caller would notice.
+QUICK_TIMEOUT_S = 0.5
 WEB_PATH = "/web/"
 
 
@@ -59,7 +74,7 @@ class BackendTLS:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One pod as a gateway reaches it: ``unix:/path.sock`` or ``127.0.0.1:port``."""
+    """One pod as a gateway reaches it: ``127.B.C.P:port`` (or ``unix:/path.sock``)."""
 
     address: str
     cluster: str
@@ -77,7 +92,7 @@ class GatewaySpec:
     key: Path
     host: str = HOST
     # A backend that does not accept a connection in this long counts as failed.
-    connect_timeout: float = 1.0
+    connect_timeout: float = CONNECT_TIMEOUT_S
     # TLS to the backends (verified against the fleet CA); None: cleartext HTTP/2.
     backend_tls: BackendTLS | None = None
     # A request header whose value names a cluster: such calls go to that cluster only; "" for

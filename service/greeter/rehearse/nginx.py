@@ -43,6 +43,8 @@ from pathlib import Path
 from greeter.rehearse.gateway import (
     CANARY_HEADER,
     CANARY_VALUE,
+    IDEMPOTENT_METHODS,
+    QUICK_TIMEOUT_S,
     STREAM_TIMEOUT_S,
     WEB_PATH,
     GatewayError,
@@ -62,7 +64,7 @@ class NginxError(GatewayError):
 class NginxGateway(GatewaySpec):
     """Everything the nginx configuration depends on. Durations in seconds."""
 
-    # Backend addresses as nginx names them: unix:/path.sock or 127.0.0.1:port.
+    # Backend addresses as nginx names them: 127.B.C.P:port (or unix:/path.sock).
     fleet: Sequence[str]
     canary: Sequence[str]
     # Passive health: one failed attempt takes a backend out for fail_timeout (whole seconds).
@@ -87,6 +89,12 @@ class NginxGateway(GatewaySpec):
     # The backends' gRPC-Web ports (127.0.0.1:port), fleet and canary; empty: no /web/ route.
     web_fleet: Sequence[str] = ()
     web_canary: Sequence[str] = ()
+    # grpc_connect_timeout and grpc_read_timeout of the quick idempotent methods: a backend
+    # that does not connect or send the reply's headers within this long is given up on, and
+    # the call goes to the next one (grpc_next_upstream timeout). Every other path keeps the
+    # stream-friendly 3600 s read timeout: a slow call or a quiet stream must not be cut. 0:
+    # the defaults of every other path.
+    quick_timeout: float = QUICK_TIMEOUT_S
 
 
 def _ms(seconds: float) -> str:
@@ -229,6 +237,24 @@ def _web_by_content_type(g: NginxGateway) -> str:
             }"""
 
 
+def _quick_locations(g: NginxGateway, scheme: str, canary_name: str) -> str:
+    """The quick idempotent methods: short connect and read timeouts, so a call to a backend
+    that answers nothing (cut off) goes to the next one within them, not at the deadline."""
+    if not g.quick_timeout:
+        return ""
+    return "".join(
+        f"""
+        location = {path} {{{_web_by_content_type(g)}
+            # Quick and idempotent: no reply headers in {_ms(g.quick_timeout)}, the next backend.
+            grpc_connect_timeout {_ms(g.quick_timeout)};
+            grpc_read_timeout {_ms(g.quick_timeout)};
+            grpc_send_timeout {_ms(g.quick_timeout)};
+            grpc_pass {scheme}://$greeter_upstream;{canary_name}
+        }}"""
+        for path in IDEMPOTENT_METHODS
+    )
+
+
 def render(g: NginxGateway, prefix: Path) -> str:
     """The nginx.conf for ``nginx -p PREFIX -c nginx.conf``: unprivileged, in the foreground."""
     # Started as root, nginx would run its workers as nobody, who may not open the backends'
@@ -318,6 +344,7 @@ http {{
         grpc_next_upstream_tries 0;
         grpc_next_upstream_timeout {_ms(g.next_upstream_timeout)};
 {_backend_tls(g)}{_web_location(g)}
+{_quick_locations(g, scheme, canary_name)}
         location /helloworld.Greeter/ {{{_web_by_content_type(g)}
             grpc_pass {scheme}://$greeter_upstream;{canary_name}
         }}

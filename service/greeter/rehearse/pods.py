@@ -1,6 +1,8 @@
 """One rehearsal pod: a ``greeter serve`` process the fleet starts, drains, kills and
-starts again, on an address it keeps across restarts (today a unix socket in the run's
-folder; the address is the one thing a gateway knows of it)."""
+starts again, on an address it keeps across restarts: a loopback address of its own
+(``127.B.C.P``, :mod:`greeter.rehearse.netfilter`) on the real pods' ports, so a packet
+filter can cut it off like a cluster's network (the address is the one thing a gateway knows
+of it)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import grpc
 
+from greeter.rehearse.netfilter import GRPC_PORT
 from greeter.rehearse.prometheus import ScrapeTarget, service_labels
 
 RECONNECT_BACKOFF_MS = 100  # a direct channel to a backend retries its connect this often
@@ -28,11 +31,11 @@ def free_port() -> int:
 
 @dataclass
 class Backend:
-    """One ``greeter serve`` process on a unix socket it keeps across restarts."""
+    """One ``greeter serve`` process on an address it keeps across restarts."""
 
     cluster: str
     pod: str
-    socket: Path
+    host: str
     command: list[str]
     env: dict[str, str]
     log: Path
@@ -42,47 +45,38 @@ class Backend:
     server_name: str = ""
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     restarts: int = 0
-    # /metrics on 127.0.0.1 (kept across restarts), 0 when metrics are off.
+    # /metrics on the pod's address (kept across restarts), 0 when metrics are off.
     metrics_port: int = 0
-    # The gRPC-Web port on 127.0.0.1 (0: none).
+    # The gRPC-Web port on the pod's address (0: none).
     web_port: int = 0
+    # The gRPC port (the same on every pod, as in the fleet).
+    port: int = GRPC_PORT
 
     def scrape_target(self) -> ScrapeTarget:
         """How Prometheus scrapes this backend: its Service's job and namespace, its names."""
         job, namespace = service_labels(self.server_name)
-        address = f"127.0.0.1:{self.metrics_port}"
+        address = f"{self.host}:{self.metrics_port}"
         return ScrapeTarget(job, namespace, self.cluster, self.pod, address)
 
     @property
     def web_upstream(self) -> str:
-        return f"127.0.0.1:{self.web_port}"
+        return f"{self.host}:{self.web_port}"
 
     @property
     def address(self) -> str:
-        """Where the pod serves gRPC: the target of a direct channel."""
-        return f"unix:{self.socket}"
+        """The gRPC target."""
+        return f"{self.host}:{self.port}"
 
     @property
     def upstream(self) -> str:
-        """How a gateway names this pod (an :class:`Endpoint`'s address): its address."""
+        """How a gateway names this backend."""
         return self.address
-
-    @property
-    def socket_file(self) -> Path:
-        return self.socket
-
-    def remove_endpoint(self) -> None:
-        """Take the backend out of the gateway's endpoints: new connections fail (ENOENT),
-        connections already open keep being served. Kubernetes does this when a pod starts
-        terminating, at the same time as it runs the preStop hook and sends SIGTERM."""
-        self.socket_file.unlink(missing_ok=True)
 
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def spawn(self) -> None:
-        self.socket_file.unlink(missing_ok=True)  # a SIGKILLed process leaves its socket behind
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 self.command,

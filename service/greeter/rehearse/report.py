@@ -22,8 +22,11 @@ from greeter.wording import plural
 WHAT: dict[findings.ScenarioName, str] = {
     "drain": "SIGTERM each backend in turn under greeter load, restart it",
     "outage": "SIGKILL every backend of {cluster} under traffic, then restart them",
-    "failover": "SIGKILL the active {active}; the standby {standby} takes the calls",
+    "failover": "{fault} the active {active}; the standby {standby} takes the calls",
+    "partition": "drop every packet between the gateway and {cluster} (no reset) for "
+    "{partition_for:g} s, then heal",
 }
+FAULT_WORDS = {"kill": "SIGKILL", "cut": "cut off (packets dropped)"}
 NO_BACKEND = "no backend (gateway 502)"  # nginx: no backend took the call
 NO_BACKEND_ENVOY = "no backend (gateway 503)"  # Envoy: no healthy pod, or the pod's link broke
 NO_IDENTITY = "no backend named"  # failed without naming a backend, and not the gateway's own
@@ -81,6 +84,11 @@ def verdict_line(summary: dict[str, Any], allowed: int) -> str:
     late = findings.failures_after_dead(summary)
     if late:
         line += f"; {late:,} sent after the active backends had exited{_grace(summary)} (allowed 0)"
+    if summary.get("slowest_bound_ms") is not None:
+        line += (
+            f"; slowest {summary['latency_ms']['max']:,.0f} ms "
+            f"(bound {summary['slowest_bound_ms']:,.0f} ms)"
+        )
     return f"{'PASSED' if ok else 'FAILED'}: {line}"
 
 
@@ -166,6 +174,8 @@ def detail_lines(summary: dict[str, Any], events: bool = True) -> list[str]:
         cluster=summary.get("cluster") or "one cluster",
         active=", ".join(summary.get("active", [])),
         standby=", ".join(summary.get("standby", [])),
+        fault=FAULT_WORDS[summary.get("fault", "kill")],
+        partition_for=float(summary.get("partition_for_s") or 0.0),
     )
     codes = ", ".join(f"{code} {n:,}" for code, n in summary["status_codes"].items())
     started = float(summary.get("traffic_started_at_s") or 0.0)
@@ -184,6 +194,8 @@ def detail_lines(summary: dict[str, Any], events: bool = True) -> list[str]:
         *_rows("by cluster", _served_by(summary, "by_cluster")),
         *_rows("by pod", _served_by(summary, "by_pod")),
     ]
+    if "slow_calls" in summary:
+        lines.append(_row("slow calls", slow_line(summary)))
     if events:
         lines += _rows("events", _event_lines(summary))
     if "covered_all_restarts" in summary:
@@ -194,8 +206,10 @@ def detail_lines(summary: dict[str, Any], events: bool = True) -> list[str]:
         lines.append(_row("failed calls", _failures(summary)))
     if "phases" in summary:  # the failover: where the calls went
         lines += failover_lines(summary)
-    if "revived_at_s" in summary:  # the outage and the failover: the victims' return
+    if "revived_at_s" in summary and "partition_for_s" not in summary:  # killed, revived
         lines.append(return_line(summary))
+    if "partition_for_s" in summary:
+        lines += partition_lines(summary)
     lines += _rows("failed", _samples(summary)) if summary.get("failure_samples") else []
     return lines
 
@@ -229,8 +243,13 @@ def drained_lines(summary: dict[str, Any]) -> list[str]:
     ]
 
 
+def _cut(summary: dict[str, Any]) -> bool:
+    """Whether the victims were cut off (a partition) rather than killed."""
+    return summary.get("fault") == "cut"
+
+
 def _failures(summary: dict[str, Any]) -> str:
-    kill = f"the SIGKILL at {summary['kill_at_s']:.3f} s"
+    kill = f"the {'cut' if _cut(summary) else 'SIGKILL'} at {summary['kill_at_s']:.3f} s"
     failed = summary["failed"]
     if not failed:
         return f"none ({kill})"
@@ -274,7 +293,7 @@ def failover_lines(summary: dict[str, Any]) -> list[str]:
     standby, active = ", ".join(summary["standby"]), ", ".join(summary["active"])
     phases = []
     for key, what in (
-        ("before_kill", "before the kill"),
+        ("before_kill", f"before the {'cut' if _cut(summary) else 'kill'}"),
         ("active_down", f"while {active} was down"),
         (
             "returned",
@@ -289,10 +308,56 @@ def failover_lines(summary: dict[str, Any]) -> list[str]:
             f"{plural(phase['count'], 'call')}, {phase['failed']:,} failed; served: {served}"
         )
     share = (
-        f"{standby}: {_percent(summary['standby_share_before_kill'])} before the kill, "
+        f"{standby}: {_percent(summary['standby_share_before_kill'])} before the "
+        f"{'cut' if _cut(summary) else 'kill'}, "
         f"{_percent(summary['standby_share_after_kill'])} while {active} was down"
     )
     return [*_rows("phases", phases), _row("standby share", share)]
+
+
+def slow_line(summary: dict[str, Any]) -> str:
+    """``12 over 1 s; slowest 1,043 ms (sent 2.345 s)``: calls that hung a while."""
+    slow = summary["slow_calls"]
+    sent = slow.get("slowest_sent_s")
+    at = "" if sent is None else f" (sent {sent:.3f} s)"
+    return f"{slow['count']:,} over {slow['over_s']:g} s; slowest {slow['slowest_ms']:,.0f} ms{at}"
+
+
+def partition_lines(summary: dict[str, Any]) -> list[str]:
+    """The partition: failed calls by code, when the cut cluster stopped and got calls again,
+    and the gateway's own count beside the probe's."""
+    codes = ", ".join(f"{code} {n:,}" for code, n in summary["failed_by_code"].items())
+    cut, healed = summary["cut_at_s"], summary["healed_at_s"]
+    stopped = summary["stopped_after_s"]
+    held = (
+        "no call held by it"
+        if stopped is None
+        else f"the last call it held ({summary['held_s']:g} s or more) was sent at "
+        f"{summary['last_held_sent_s']:.3f} s "
+        f"({stopped:.3f} s after the cut)"
+    )
+    back = summary["returned_at_s"]
+    lines = [
+        _row("failed calls", codes or "none"),
+        _row(
+            summary["cluster"],
+            f"cut at {cut:.3f} s, healed at {healed:.3f} s; {held}; first call again at "
+            f"{'-' if back is None else f'{back:.3f} s'}",
+        ),
+    ]
+    counts = summary.get("gateway_counts")
+    if counts:
+        agree = "the same as the probe's" if counts["agrees"] else "NOT the probe's"
+        served = ", ".join(f"{pod} {n:,}" for pod, n in sorted(counts["by_pod"].items()))
+        lines += _rows(
+            "gateway log",
+            [
+                f"{counts['calls']:,} calls ({counts['retried']:,} tried on more than one pod); "
+                f"by pod {agree}",
+                served or "-",
+            ],
+        )
+    return lines
 
 
 def _killed(summary: dict[str, Any]) -> str:
@@ -302,11 +367,14 @@ def _killed(summary: dict[str, Any]) -> str:
 
 def return_line(summary: dict[str, Any]) -> str:
     returned = summary["returned_at_s"]
-    line = (
-        f"restarted at {summary['reviving_at_s']:.3f} s, SERVING at "
-        f"{summary['revived_at_s']:.3f} s, first call again at "
-        f"{'-' if returned is None else f'{returned:.3f} s'}"
-    )
+    back = "first call again at " + ("-" if returned is None else f"{returned:.3f} s")
+    if _cut(summary):
+        line = f"healed at {summary['revived_at_s']:.3f} s, {back}"
+    else:
+        line = (
+            f"restarted at {summary['reviving_at_s']:.3f} s, SERVING at "
+            f"{summary['revived_at_s']:.3f} s, {back}"
+        )
     if "phases" in summary:
         line += (
             f", share {_percent(summary['active_share_after_return'])} from "
@@ -328,6 +396,8 @@ MARKED = {
     "sigkill": lambda e: f"kill {_names(e)}",
     "reviving": lambda e: f"restart {_names(e)}",
     "revived": lambda e: f"{_names(e)} back",
+    "partition": lambda e: f"cut {_names(e)}",
+    "heal": lambda e: f"heal {_names(e)}",
 }
 
 
@@ -358,6 +428,8 @@ def _verdict(summary: dict[str, Any], allowed: int) -> str:
     if "covered_all_restarts" in summary:
         covered = "covered" if summary["covered_all_restarts"] else "did NOT cover"
         parts.append(f"the traffic {covered} every restart")
+    if "slow_calls" in summary:
+        parts.append(f"slow calls: {slow_line(summary)}")
     word = "passed" if ok else "FAILED"
     return (
         f'<p class="verdict" data-passed="{str(ok).lower()}"><strong>{word}</strong>: '

@@ -1,5 +1,5 @@
-"""Disruptions under steady traffic through the gateway: a rolling drain, a cluster outage and
-an active/standby failover.
+"""Disruptions under steady traffic through the gateway: a rolling drain, a cluster outage, an
+active/standby failover, and a cluster cut off by the network (a partition).
 
 Each returns a :class:`ScenarioResult` whose ``summary()`` has ``count``, ``failed``,
 ``status_codes``, ``by_cluster``, ``by_pod`` and a timeline of what was done when; its
@@ -19,17 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from greeter.rehearse import findings
+from greeter.rehearse import access_log, findings
 from greeter.rehearse.findings import (
     PROBE_CONCURRENCY,
     DrainFacts,
     Facts,
     FailoverFacts,
+    GatewayCounts,
     OutageFacts,
     ScenarioName,
     facts_json,
 )
 from greeter.rehearse.fleet import Rehearsal
+from greeter.rehearse.gateway import IDEMPOTENT_METHODS
 from greeter.rehearse.pods import Backend
 from greeter.rehearse.traffic import LoadRun, Traffic, TrafficReport, load_report, load_summary
 
@@ -268,6 +270,41 @@ class Kill:
 
 
 @dataclass
+class Cut:
+    """Drop every packet between the machine and the ``clusters``' pods, both ways (no reset:
+    connections stay "open", calls on them get no answer, new connections no SYN-ACK), as a
+    route table, a security group or a region's network does; recover by healing."""
+
+    clusters: list[str]
+    what: dict[str, Any]
+
+    async def inflict(self, rehearsal: Rehearsal, timeline: _Timeline) -> Inflicted:
+        began = time.perf_counter()
+        victims = []
+        for name in self.clusters:
+            victims += await asyncio.to_thread(rehearsal.cut, name)
+        timeline.mark("partition", **self.what, pods=[b.pod for b in victims])
+        return Inflicted(began, time.perf_counter())
+
+    async def recover(self, rehearsal: Rehearsal, timeline: _Timeline) -> tuple[float, float]:
+        healing = time.perf_counter()
+        for name in self.clusters:
+            await asyncio.to_thread(rehearsal.heal, name)
+        healed = time.perf_counter()
+        timeline.mark("heal", **self.what)
+        return healing, healed
+
+
+class PartitionUnavailable(RuntimeError):
+    """The machine does not let the rehearsal filter packets (not root, no iptables)."""
+
+
+def _cutter(rehearsal: Rehearsal) -> None:
+    if rehearsal.firewall is None:
+        raise PartitionUnavailable(f"partition unavailable: {rehearsal.firewall_problem}")
+
+
+@dataclass
 class ProbeRun:
     """A probe scenario's run: the probe's records and the steps' times, in seconds since
     the traffic started."""
@@ -368,6 +405,7 @@ async def cluster_failover(
     after: float = 5.0,
     back: float | None = None,
     concurrency: int = PROBE_CONCURRENCY,
+    partition: bool = False,
 ) -> ScenarioResult:
     """Active/standby: SIGKILL every backend of the active clusters under traffic, so the
     standby's (nginx ``backup`` servers) take the calls; then bring the active ones back and
@@ -379,6 +417,9 @@ async def cluster_failover(
     in three phases: the calls that ended before the kill, and by when each call was sent,
     from the moment the active backends had exited until they were started again, and from
     ``return_bound`` after they were SERVING again.
+
+    ``partition``: the active clusters are cut off by the network (:class:`Cut`) rather than
+    killed; "exited" and "started again" are then the cut and the heal.
     """
     c = rehearsal.config
     if not c.standby:
@@ -387,9 +428,12 @@ async def cluster_failover(
     victims = [b for b in rehearsal.backends if b.cluster in active]
     bound = rehearsal.return_bound
     back = bound + 3.0 if back is None else back
-    kill = Kill(victims, {"clusters": active})
+    fault: Fault = Kill(victims, {"clusters": active})
+    if partition:
+        _cutter(rehearsal)
+        fault = Cut(active, {"clusters": active})
     run = await probe_fault_recover(
-        rehearsal, kill, rps, concurrency, before, after, back,
+        rehearsal, fault, rps, concurrency, before, after, back,
         active=active, standby=list(c.standby),
     )  # fmt: skip
     report = run.report
@@ -398,7 +442,67 @@ async def cluster_failover(
     )
     times = (run.fault_s, run.effective_s, run.recovering_s, run.recovered_s)
     facts: FailoverFacts = findings.failover(report, hit, active, c.standby, times, bound)
+    facts.fault = "cut" if partition else "kill"
     return run.result("failover", facts)
+
+
+async def cluster_partition(
+    rehearsal: Rehearsal,
+    cluster: str | None = None,
+    rps: float = 250.0,
+    before: float = 2.0,
+    partition_for: float = 20.0,
+    back: float | None = None,
+    concurrency: int = PROBE_CONCURRENCY,
+) -> ScenarioResult:
+    """Cut one cluster off (every packet between the machine and its pods dropped, both ways)
+    under traffic for ``partition_for`` seconds, then heal, and keep going for ``back``
+    (default: the rehearsal's ``return_bound`` + 1) to see the traffic return to it.
+
+    The steps are the outage's, the fault a cut rather than a kill; the verdict also wants no
+    call slower than the gateway's bound (``Rehearsal.partition_bound_s``): a call that hung
+    on the silent cluster until its deadline is the failure this scenario looks for.
+    """
+    _cutter(rehearsal)
+    if partition_for <= 0:
+        raise ValueError("partition_for must be more than 0 seconds")
+    name = cluster or rehearsal.config.clusters[-1]
+    if not rehearsal.cluster(name):
+        raise ValueError(f"no backends in cluster {name!r}")
+    if rehearsal.gateway is None:
+        raise RuntimeError("the rehearsal is not running")
+    log = rehearsal.gateway.access_log
+    since = _log_size(log)
+    back = rehearsal.return_bound + 1.0 if back is None else back
+    cut = Cut([name], {"cluster": name, "for_s": partition_for})
+    run = await probe_fault_recover(rehearsal, cut, rps, concurrency, before, partition_for, back)
+    counts = await _gateway_counts(rehearsal, log, since, run.report)
+    facts = findings.partition(
+        run.report, name, (run.fault_s, run.recovered_s), partition_for,
+        rehearsal.partition_bound_s, counts, rehearsal.held_s,
+    )  # fmt: skip
+    return run.result("partition", facts)
+
+
+async def _gateway_counts(
+    rehearsal: Rehearsal, log: Path, since: int, report: TrafficReport
+) -> GatewayCounts:
+    """The gateway's access log over the probe's calls, once it has them all (bounded: Envoy
+    flushes its log every 100 ms)."""
+    pods = {b.upstream: b.pod for b in rehearsal.backends + rehearsal.canary}
+    logged: list[access_log.LoggedCall] = []
+    for _ in range(40):
+        logged = access_log.calls(log, since, IDEMPOTENT_METHODS[0])
+        if len(logged) >= report.count:
+            break
+        await asyncio.sleep(0.05)
+    by_pod = access_log.served_by_pod(logged, pods)
+    return GatewayCounts(
+        calls=len(logged),
+        retried=sum(1 for c in logged if c.retried),
+        by_pod=by_pod,
+        agrees=len(logged) == report.count and by_pod == report.by_pod,
+    )
 
 
 # What ``greeter rehearse --scenario NAME`` runs, with its calls per second.
@@ -406,4 +510,5 @@ RUNNERS: dict[ScenarioName, Callable[..., Awaitable[ScenarioResult]]] = {
     "drain": rolling_drain,
     "outage": cluster_outage,
     "failover": cluster_failover,
+    "partition": cluster_partition,
 }

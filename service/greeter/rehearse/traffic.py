@@ -32,6 +32,9 @@ from greeter.timing import server_us
 # The scenarios' timeline buckets: fine enough to show a few seconds' outage or a backend's
 # drain, coarse enough for each pod to have calls in every bucket at the scenarios' rates.
 TIMELINE_INTERVAL_S = 0.5
+# A call slower than this counts as slow (hung on a silent pod, then retried): `greeter load`'s
+# "slow calls" line (greeter.load.report) uses the same second.
+SLOW_CALL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,28 @@ class TrafficReport:
         """Failed calls handed to gRPC after ``t`` (seconds since the traffic started)."""
         return [o for o in self.failures if o.sent > t]
 
+    def latency_ms(self) -> dict[str, float]:
+        """Each call's time from sent to ended: median, 99th percentile, slowest (ms)."""
+        times = sorted((o.at - o.sent) * 1000 for o in self.outcomes)
+        if not times:
+            return {"p50": 0.0, "p99": 0.0, "max": 0.0}
+
+        def pick(q: float) -> float:
+            return round(times[min(len(times) - 1, int(q * len(times)))], 1)
+
+        return {"p50": pick(0.5), "p99": pick(0.99), "max": round(times[-1], 1)}
+
+    def slow_calls(self) -> dict[str, Any]:
+        """Calls slower than SLOW_CALL_S: how many, the slowest, and when it was sent."""
+        slow = [o for o in self.outcomes if o.at - o.sent > SLOW_CALL_S]
+        worst = max(self.outcomes, key=lambda o: o.at - o.sent, default=None)
+        return {
+            "over_s": SLOW_CALL_S,
+            "count": len(slow),
+            "slowest_ms": round((worst.at - worst.sent) * 1000, 1) if worst else 0.0,
+            "slowest_sent_s": round(worst.sent, 3) if worst else None,
+        }
+
     def failure_window(self) -> float:
         """Seconds from the first failed call to the last (0 with one or none)."""
         failed = self.failures
@@ -97,6 +122,8 @@ class TrafficReport:
             "status_codes": self.status_codes,
             "by_cluster": self.by_cluster,
             "by_pod": self.by_pod,
+            "latency_ms": self.latency_ms(),
+            "slow_calls": self.slow_calls(),
             "first_failure_s": round(failed[0].at, 3) if failed else None,
             "failure_window_s": round(self.failure_window(), 3),
             "last_failure_sent_s": round(max(o.sent for o in failed), 3) if failed else None,
