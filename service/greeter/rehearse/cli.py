@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from greeter.rehearse import findings, policy, scenarios
 from greeter.rehearse.envoy import EnvoyError, find_envoy
-from greeter.rehearse.envoy_config import HealthCheck
+from greeter.rehearse.envoy_config import TRACE_SERVICE_NAME, HealthCheck
 from greeter.rehearse.fleet import DEFAULT_PORT, GATEWAYS, Rehearsal, RehearsalConfig
 from greeter.rehearse.nginx import NginxError
 from greeter.rehearse.prometheus import PrometheusError
@@ -36,6 +36,7 @@ EPILOG = """examples:
   greeter rehearse --gateway envoy --scenario drain --no-retries
   greeter rehearse --scenario outage --rps 100 --html outage.html
   greeter rehearse --scenario failover --json > failover.json
+  greeter rehearse --gateway envoy --traces http://127.0.0.1:4317
 
 exit codes: 0 ok (a scenario passed); 1 a scenario lost more calls than allowed; 2 bad
 arguments (envoy missing too); 3 nginx or prometheus missing, a gateway refused its
@@ -242,6 +243,15 @@ def register(subparsers: Any) -> None:
         help="also run Prometheus (apt-get install -y prometheus) on 127.0.0.1, scraping every "
         "backend each second and evaluating the chart's alert rules",
     )
+    other.add_argument(
+        "--traces",
+        default="",
+        metavar="ENDPOINT",
+        help="an OTLP/gRPC collector (http://127.0.0.1:4317): Envoy traces with its "
+        "OpenTelemetry tracer, nginx passes traceparent through, the backends export their "
+        "spans there; the banner prints the `greeter load --trace-sample` command that starts "
+        "the traces (default: none; docs/tracing.md)",
+    )
     other.add_argument("--keep", action="store_true", help="keep the work folder (logs, conf)")
     p.set_defaults(func=cmd_rehearse)
 
@@ -279,6 +289,7 @@ def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
         standby=standby,
         prometheus=args.prometheus,
         web=args.web,
+        traces=args.traces,
     )
 
 
@@ -316,6 +327,15 @@ def print_banner(r: Rehearsal, out: TextIO, scenario: str | None = None) -> None
             )
     for b in r.backends + r.canary:
         print(f"  {b.cluster:<12} {b.pod:<24} {b.address}", file=out)
+    if c.traces:
+        gateway = (
+            f"Envoy ({TRACE_SERVICE_NAME}: envoy.tracers.opentelemetry)"
+            if c.gateway == "envoy"
+            else "nginx passes traceparent/tracestate through (no span of its own)"
+        )
+        print(f"traces: OTLP/gRPC to {c.traces}: {gateway}; the backends (greeter)", file=out)
+        print("  a trace starts where the load tester samples a call:", file=out)
+        print(f"  {r.trace_command()}", file=out)
     if r.config.backend_tls:
         names = ", ".join(sorted({b.server_name for b in r.backends + r.canary}))
         print(
