@@ -328,13 +328,21 @@ def print_banner(r: Rehearsal, out: TextIO, scenario: str | None = None) -> None
     for b in r.backends + r.canary:
         print(f"  {b.cluster:<12} {b.pod:<24} {b.address}", file=out)
     if c.traces:
-        gateway = (
-            f"Envoy ({TRACE_SERVICE_NAME}: envoy.tracers.opentelemetry)"
-            if c.gateway == "envoy"
-            else "nginx passes traceparent/tracestate through (no span of its own)"
-        )
-        print(f"traces: OTLP/gRPC to {c.traces}: {gateway}; the backends (greeter)", file=out)
-        print("  a trace starts where the load tester samples a call:", file=out)
+        print(f"traces: OTLP/gRPC to {c.traces}", file=out)
+        if c.gateway == "envoy":
+            print(
+                f"  Envoy: a span per sampled call (service.name {TRACE_SERVICE_NAME}, "
+                "envoy.tracers.opentelemetry)",
+                file=out,
+            )
+        else:
+            print(
+                "  nginx passes traceparent/tracestate through (no span of its own: Debian's "
+                "nginx has no OpenTelemetry module)",
+                file=out,
+            )
+        print("  backends: a SERVER span per sampled call (service.name greeter)", file=out)
+        print("  calls are sampled where a trace starts, e.g. by the load tester:", file=out)
         print(f"  {r.trace_command()}", file=out)
     if r.config.backend_tls:
         names = ", ".join(sorted({b.server_name for b in r.backends + r.canary}))
