@@ -43,6 +43,7 @@ class Received:
     attributes: dict[str, Any]
     resource: dict[str, Any]
     status_code: int  # 0 unset, 1 ok, 2 error
+    trace_state: str = ""  # W3C tracestate the span carries
 
 
 SERVER, CLIENT = 2, 3
@@ -73,6 +74,7 @@ class Spans:
                                 attributes=_attributes(span.attributes),
                                 resource=resource,
                                 status_code=span.status.code,
+                                trace_state=span.trace_state,
                             )
                         )
 

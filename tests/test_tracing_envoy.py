@@ -23,6 +23,13 @@ from load_support import load_cli
 from otlp_support import CLIENT, SERVER, Received, otlp_receiver
 
 from conftest import free_port, require_tool, running, until
+from greeter.rehearse.envoy_config import (
+    TRACE_SERVICE_NAME,
+    OtlpEndpoint,
+    otlp_cluster,
+    trace_runtime,
+    tracing,
+)
 
 H2_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -59,21 +66,14 @@ def _h2_cluster(name: str, port: int) -> dict[str, Any]:
 
 def envoy_config(port: int, admin: int, pod: int, otlp: int) -> dict[str, Any]:
     """A plaintext HTTP/2 gateway to one pod, tracing with OpenTelemetry to ``otlp``."""
+    collector = OtlpEndpoint("127.0.0.1", otlp)
     manager = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network"
         ".http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "gateway",
         "codec_type": "AUTO",
-        "tracing": {
-            "provider": {
-                "name": "envoy.tracers.opentelemetry",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
-                    "grpc_service": {"envoy_grpc": {"cluster_name": "otlp"}, "timeout": "1s"},
-                    "service_name": "gateway",
-                },
-            }
-        },
+        # The rehearsal's tracer (greeter rehearse --traces): the caller's sampled flag decides.
+        "tracing": tracing(collector),
         "route_config": {
             "virtual_hosts": [
                 {
@@ -95,17 +95,7 @@ def envoy_config(port: int, admin: int, pod: int, otlp: int) -> dict[str, Any]:
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         # Spans leave every 100 ms (the default is 5 s, or 5 spans).
-        "layered_runtime": {
-            "layers": [
-                {
-                    "name": "static",
-                    "static_layer": {
-                        "tracing.opentelemetry.flush_interval_ms": 100,
-                        "tracing.opentelemetry.min_flush_spans": 1,
-                    },
-                }
-            ]
-        },
+        "layered_runtime": trace_runtime(100),
         "static_resources": {
             "listeners": [
                 {
@@ -123,7 +113,7 @@ def envoy_config(port: int, admin: int, pod: int, otlp: int) -> dict[str, Any]:
                     ],
                 }
             ],
-            "clusters": [_h2_cluster("pod", pod), _h2_cluster("otlp", otlp)],
+            "clusters": [_h2_cluster("pod", pod), otlp_cluster(collector)],
         },
     }
 
@@ -198,7 +188,7 @@ async def test_client_envoy_and_pod_in_one_trace(
         (server,) = [
             s for s in in_trace if s.kind == SERVER and s.resource.get("service.name") == "greeter"
         ]
-        gateway = [s for s in in_trace if s.resource.get("service.name") == "gateway"]
+        gateway = [s for s in in_trace if s.resource.get("service.name") == TRACE_SERVICE_NAME]
         assert len(gateway) == 1, in_trace
         assert client.resource["service.name"] == "greeter-load"
         assert client.parent_span_id == ""

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from greeter.rehearse import findings, netfilter, policy, scenarios
 from greeter.rehearse.envoy import EnvoyError, find_envoy
-from greeter.rehearse.envoy_config import PER_TRY_TIMEOUT_S, HealthCheck
+from greeter.rehearse.envoy_config import PER_TRY_TIMEOUT_S, TRACE_SERVICE_NAME, HealthCheck
 from greeter.rehearse.fleet import DEFAULT_PORT, GATEWAYS, Rehearsal, RehearsalConfig
 from greeter.rehearse.gateway import CONNECT_TIMEOUT_S
 from greeter.rehearse.nginx import NginxError
@@ -39,6 +39,7 @@ EPILOG = """examples:
   greeter rehearse --scenario failover --json > failover.json
   greeter rehearse --gateway envoy --scenario partition --partition-for 20
   greeter rehearse --scenario failover --partition
+  greeter rehearse --gateway envoy --traces http://127.0.0.1:4317
 
 exit codes: 0 ok (a scenario passed); 1 a scenario lost more calls than allowed; 2 bad
 arguments (envoy missing too); 3 nginx or prometheus missing, a gateway refused its
@@ -269,6 +270,15 @@ def register(subparsers: Any) -> None:
         help="also run Prometheus (apt-get install -y prometheus) on 127.0.0.1, scraping every "
         "backend each second and evaluating the chart's alert rules",
     )
+    other.add_argument(
+        "--traces",
+        default="",
+        metavar="ENDPOINT",
+        help="an OTLP/gRPC collector (http://127.0.0.1:4317): Envoy traces with its "
+        "OpenTelemetry tracer, nginx passes traceparent through, the backends export their "
+        "spans there; the banner prints the `greeter load --trace-sample` command that starts "
+        "the traces (default: none; docs/tracing.md)",
+    )
     other.add_argument("--keep", action="store_true", help="keep the work folder (logs, conf)")
     p.set_defaults(func=cmd_rehearse)
 
@@ -315,6 +325,7 @@ def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
         standby=standby,
         prometheus=args.prometheus,
         web=args.web,
+        traces=args.traces,
     )
 
 
@@ -354,6 +365,23 @@ def print_banner(r: Rehearsal, out: TextIO, scenario: str | None = None) -> None
         print(f"  {b.cluster:<12} {b.pod:<24} {b.address}", file=out)
     if r.firewall is None:
         print(f"partition: unavailable ({r.firewall_problem})", file=out)
+    if c.traces:
+        print(f"traces: OTLP/gRPC to {c.traces}", file=out)
+        if c.gateway == "envoy":
+            print(
+                f"  Envoy: a span per sampled call (service.name {TRACE_SERVICE_NAME}, "
+                "envoy.tracers.opentelemetry)",
+                file=out,
+            )
+        else:
+            print(
+                "  nginx passes traceparent/tracestate through (no span of its own: Debian's "
+                "nginx has no OpenTelemetry module)",
+                file=out,
+            )
+        print("  backends: a SERVER span per sampled call (service.name greeter)", file=out)
+        print("  calls are sampled where a trace starts, e.g. by the load tester:", file=out)
+        print(f"  {r.trace_command()}", file=out)
     if r.config.backend_tls:
         names = ", ".join(sorted({b.server_name for b in r.backends + r.canary}))
         print(

@@ -36,11 +36,15 @@ as YAML (``envoy/envoy.yaml``) and runs Envoy on it.
 
 Where to change what: a cluster's connection, health-check and outlier settings in
 :func:`_grpc_cluster`; what a route retries in :func:`_retry_policy`; the listener's HTTP
-filters in :func:`_http_filters`; what the connection manager logs or traces in :func:`config`.
+filters in :func:`_http_filters`; what the connection manager logs or traces in :func:`config`,
+the tracer itself (``--traces``: ``envoy.tracers.opentelemetry`` to one OTLP endpoint) in
+:func:`tracing`.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +138,121 @@ class HealthCheck:
         return self.interval * self.healthy_threshold + self.timeout
 
 
+# -- tracing (--traces) ------------------------------------------------------------------------
+# service.name of Envoy's spans; the pods' is "greeter", the load tester's "greeter-load".
+TRACE_SERVICE_NAME = "gateway"
+OTLP_CLUSTER = "otlp"
+OTLP_GRPC_PORT = 4317  # OTLP/gRPC's registered port, when the endpoint names none
+
+
+@dataclass(frozen=True)
+class OtlpEndpoint:
+    """An OTLP/gRPC collector (``http://HOST:PORT``): where Envoy and the pods send spans."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def is_ip(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+
+def otlp_endpoint(text: str) -> OtlpEndpoint:
+    """``--traces``: an OTLP/gRPC endpoint ``http://HOST[:PORT]`` (port 4317 by default);
+    ValueError naming the flag otherwise."""
+    problem = f"--traces {text!r}: expected an OTLP/gRPC endpoint such as http://127.0.0.1:4317"
+    try:
+        url = urllib.parse.urlsplit(text.strip())
+        port = url.port
+    except ValueError:
+        raise ValueError(problem) from None
+    if url.scheme != "http":
+        raise ValueError(
+            f"{problem} (http://: the rehearsal sends spans in cleartext, to a collector on "
+            "this machine or a trusted network)"
+        )
+    if not url.hostname or url.username or url.password or url.query or url.fragment:
+        raise ValueError(problem)
+    if url.path not in ("", "/"):
+        raise ValueError(f"{problem} (no path: OTLP/gRPC has none)")
+    return OtlpEndpoint(url.hostname, port or OTLP_GRPC_PORT)
+
+
+SAMPLERS = "envoy.extensions.tracers.opentelemetry.samplers.v3"
+
+
+def tracing(endpoint: OtlpEndpoint, root_percent: float = 0.0) -> dict[str, Any]:
+    """The connection manager's ``tracing``: Envoy's OpenTelemetry tracer, exporting over
+    OTLP/gRPC through the :func:`otlp_cluster`, with a parent-based sampler: a call with a
+    ``traceparent`` is traced as its caller decided (its sampled flag), and ``root_percent``
+    of the calls without one start a trace in Envoy (0: the caller decides, as ``greeter load
+    --trace-sample`` does). Envoy's span is the caller's child and the pod's parent (W3C
+    ``traceparent`` and ``tracestate`` to the pod).
+
+    The connection manager's own decision (``random_sampling``) stays at 100 %: Envoy 1.40's
+    tracer obeys it over the caller's sampled flag (measured: at 0 it made no span for a
+    sampled call), so the sampler decides instead."""
+    root = {
+        "name": "envoy.tracers.opentelemetry.samplers.trace_id_ratio_based",
+        "typed_config": _typed(
+            f"{SAMPLERS}.TraceIdRatioBasedSamplerConfig",
+            sampling_percentage={
+                "numerator": round(root_percent * 10_000),
+                "denominator": "MILLION",
+            },
+        ),
+    }
+    config = _typed(
+        "envoy.config.trace.v3.OpenTelemetryConfig",
+        grpc_service={"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "1s"},
+        service_name=TRACE_SERVICE_NAME,
+        sampler={
+            "name": "envoy.tracers.opentelemetry.samplers.parent_based",
+            "typed_config": _typed(f"{SAMPLERS}.ParentBasedSamplerConfig", wrapped_sampler=root),
+        },
+    )
+    return {
+        "random_sampling": {"value": 100.0},
+        "provider": {"name": "envoy.tracers.opentelemetry", "typed_config": config},
+    }
+
+
+def otlp_cluster(endpoint: OtlpEndpoint) -> dict[str, Any]:
+    """The collector as an Envoy cluster: HTTP/2 (gRPC), a host name resolved by DNS."""
+    address = {"socket_address": {"address": endpoint.host, "port_value": endpoint.port}}
+    return {
+        "name": OTLP_CLUSTER,
+        "type": "STATIC" if endpoint.is_ip else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": OTLP_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                explicit_http_config={"http2_protocol_options": {}},
+            )
+        },
+    }
+
+
+def trace_runtime(flush_ms: int = 1000) -> dict[str, Any]:
+    """Bootstrap ``layered_runtime`` that sends Envoy's spans every ``flush_ms`` (its default
+    is every 5 s, or 5 spans)."""
+    flush = {"tracing.opentelemetry.flush_interval_ms": flush_ms}
+    return {"layers": [{"name": "tracing", "static_layer": flush}]}
+
+
 @dataclass(frozen=True)
 class EnvoyGateway(GatewaySpec):
     """Everything the Envoy configuration depends on. Durations in seconds."""
@@ -160,6 +279,9 @@ class EnvoyGateway(GatewaySpec):
     retries: bool = True
     # The per-try timeout of quick idempotent calls (IDEMPOTENT_METHODS); 0: none.
     per_try_timeout: float = PER_TRY_TIMEOUT_S
+    # --traces: the connection manager traces every call its caller sampled (W3C traceparent)
+    # with Envoy's OpenTelemetry tracer, to this OTLP endpoint; None: no tracing.
+    traces: OtlpEndpoint | None = None
 
 
 def _duration(seconds: float) -> str:
@@ -509,6 +631,10 @@ def config(g: EnvoyGateway) -> dict[str, Any]:
         ]
     if g.web:
         envoy_clusters.append(_web_cluster(g))
+    traced: dict[str, Any] = {}
+    if g.traces is not None:
+        envoy_clusters.append(otlp_cluster(g.traces))
+        traced["tracing"] = tracing(g.traces)
     not_found = {"match": {"prefix": "/"}, "direct_response": {"status": 404}}
     cors = {"envoy.filters.http.cors": _cors(g)}
     manager = _typed(
@@ -549,6 +675,7 @@ def config(g: EnvoyGateway) -> dict[str, Any]:
             ],
         },
         http_filters=_http_filters(g),
+        **traced,
     )
     tls = _typed(
         "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
@@ -578,10 +705,13 @@ def config(g: EnvoyGateway) -> dict[str, Any]:
             }
         ],
     }
-    return {
+    bootstrap: dict[str, Any] = {
         "admin": {"address": _address(f"127.0.0.1:{g.admin_port}")},
         "static_resources": {"listeners": [listener], "clusters": envoy_clusters},
     }
+    if g.traces is not None:
+        bootstrap["layered_runtime"] = trace_runtime()
+    return bootstrap
 
 
 def render(g: EnvoyGateway) -> str:

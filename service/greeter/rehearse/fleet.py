@@ -25,7 +25,12 @@ from greeter import certs
 from greeter.client import Target
 from greeter.rehearse import netfilter, policy
 from greeter.rehearse.envoy import Envoy, find_envoy
-from greeter.rehearse.envoy_config import PER_TRY_TIMEOUT_S, EnvoyGateway, HealthCheck
+from greeter.rehearse.envoy_config import (
+    PER_TRY_TIMEOUT_S,
+    EnvoyGateway,
+    HealthCheck,
+    otlp_endpoint,
+)
 from greeter.rehearse.gateway import (
     BACKEND_HOST,
     CANARY_BACKEND_HOST,
@@ -61,6 +66,27 @@ KEEPALIVE_MIN_TIME_S = 1.0
 PARTITION_BOUND_S = {"envoy": 2.0, "nginx": 2.0}
 # Cluster names become pod names, nginx upstream names and header values: DNS labels.
 _CLUSTER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _trace_env(environ: dict[str, str], endpoint: str) -> dict[str, str]:
+    """``--traces``: the pods' OpenTelemetry environment. The endpoint (OTLP/gRPC) wins over
+    anything inherited that would send spans elsewhere or not at all; the sampler (only calls
+    whose caller sampled them: ``greeter load --trace-sample``), the service name and a 1 s
+    export delay apply unless the environment sets them."""
+    env = {k: v for k, v in environ.items() if k not in _TRACE_OVERRIDDEN}
+    env.update(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
+    env.setdefault("OTEL_TRACES_SAMPLER", "parentbased_always_off")
+    env.setdefault("OTEL_SERVICE_NAME", "greeter")
+    env.setdefault("OTEL_BSP_SCHEDULE_DELAY", "1000")
+    return env
+
+
+_TRACE_OVERRIDDEN = (
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+)
 
 
 def _service_names(name: str) -> list[str]:
@@ -121,6 +147,10 @@ class RehearsalConfig:
     prometheus_binary: str = ""  # "" finds it on PATH
     # Each backend also serves gRPC-Web and the page (--web-port), behind nginx's /web/.
     web: bool = True
+    # An OTLP/gRPC endpoint (http://127.0.0.1:4317): Envoy traces with its OpenTelemetry
+    # tracer, the pods export their SERVER spans there ("": no tracing; nginx passes the
+    # traceparent through either way).
+    traces: str = ""
 
     def __post_init__(self) -> None:
         if self.gateway not in GATEWAYS:
@@ -161,6 +191,8 @@ class RehearsalConfig:
         if self.route_header:  # as gRPC metadata carries it: lower case
             object.__setattr__(self, "route_header", policy.check_route_header(self.route_header))
         policy.check_standby(self.standby, self.clusters)
+        if self.traces:
+            object.__setattr__(self, "traces", otlp_endpoint(self.traces).url)
         if self.pods_per_cluster < 1:
             raise ValueError("pods_per_cluster must be at least 1")
         for name in (
@@ -317,6 +349,19 @@ class Rehearsal:
             f"greeter load {a} --insecure --authority {HOST}{auth} -c 8 -z 10s --rps 200",
         ]
 
+    def trace_command(self) -> str:
+        """With ``traces``: a ``greeter load`` through the gateway that starts a trace on every
+        call and exports its CLIENT spans to the same endpoint ("" without)."""
+        if not self.config.traces:
+            return ""
+        auth = ""
+        if self.config.auth_tokens:
+            auth = f" -m 'authorization:Bearer {self.config.auth_tokens[0]}'"
+        return (
+            f"OTEL_EXPORTER_OTLP_ENDPOINT={self.config.traces} greeter load {self.address} "
+            f"--insecure --authority {HOST}{auth} -n 20 -c 2 --trace-sample 1"
+        )
+
     # -- lifecycle -----------------------------------------------------------
     async def __aenter__(self) -> Rehearsal:
         try:
@@ -371,6 +416,8 @@ class Rehearsal:
         command += list(c.server_args)
         # Nothing from the caller's GREETER_* environment leaks into the backends.
         env = {k: v for k, v in os.environ.items() if not k.startswith("GREETER_")}
+        if c.traces:
+            env = _trace_env(env, c.traces)
         log = self.workdir / "logs" / f"{pod}.log"
         ca = self.fleet_ca if pair is not None else None
         backend = Backend(
@@ -463,6 +510,7 @@ class Rehearsal:
             delay_ms=c.gateway_delay_ms,
             retries=c.gateway_retries,
             per_try_timeout=c.per_try_timeout,
+            traces=otlp_endpoint(c.traces) if c.traces else None,
         )
 
     def _nginx_gateway(self, pair: certs.Pair, backend_tls: BackendTLS | None) -> NginxGateway:
