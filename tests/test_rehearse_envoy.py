@@ -30,9 +30,10 @@ from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
 from greeter.client import Target
 from greeter.rehearse import findings, scenarios
 from greeter.rehearse.envoy import Envoy, EnvoyError, find_envoy
-from greeter.rehearse.envoy_config import EnvoyGateway, HealthCheck, config
+from greeter.rehearse.envoy_config import EnvoyGateway, config
 from greeter.rehearse.fleet import Rehearsal, RehearsalConfig
 from greeter.rehearse.gateway import BACKEND_HOST, HOST, BackendTLS, Endpoint
+from greeter.rehearse.health_check import HealthCheck
 from greeter.rehearse.report import report_lines
 from greeter.rehearse.traffic import TIMELINE_INTERVAL_S, Outcome, TrafficReport
 

@@ -25,13 +25,13 @@ from rehearse_support import hello
 from conftest import IN_CI, require_tool, until
 from greeter.rehearse.cli import print_banner
 from greeter.rehearse.envoy import EnvoyError, find_envoy
-from greeter.rehearse.envoy_config import (
+from greeter.rehearse.fleet import Rehearsal, RehearsalConfig
+from greeter.rehearse.gateway import HOST
+from greeter.rehearse.traces import (
     TRACE_SERVICE_NAME,
     otlp_cluster,
     otlp_endpoint,
 )
-from greeter.rehearse.fleet import Rehearsal, RehearsalConfig
-from greeter.rehearse.gateway import HOST
 
 IN_MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")
 CALLS = 10

@@ -23,7 +23,7 @@ from load_support import load_cli
 from otlp_support import CLIENT, SERVER, Received, otlp_receiver
 
 from conftest import free_port, require_tool, running, until
-from greeter.rehearse.envoy_config import (
+from greeter.rehearse.traces import (
     TRACE_SERVICE_NAME,
     OtlpEndpoint,
     otlp_cluster,

@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from greeter.rehearse import findings, netfilter, policy, scenarios
+from greeter.rehearse.config import DEFAULT_PORT, GATEWAYS, RehearsalConfig
 from greeter.rehearse.envoy import EnvoyError, find_envoy
-from greeter.rehearse.envoy_config import PER_TRY_TIMEOUT_S, TRACE_SERVICE_NAME, HealthCheck
-from greeter.rehearse.fleet import DEFAULT_PORT, GATEWAYS, Rehearsal, RehearsalConfig
+from greeter.rehearse.envoy_config import PER_TRY_TIMEOUT_S
+from greeter.rehearse.fleet import Rehearsal
 from greeter.rehearse.gateway import CONNECT_TIMEOUT_S
+from greeter.rehearse.health_check import HealthCheck
 from greeter.rehearse.nginx import NginxError
 from greeter.rehearse.prometheus import PrometheusError
 from greeter.rehearse.report import report_lines, to_html
+from greeter.rehearse.traces import TRACE_SERVICE_NAME
 
 logger = logging.getLogger(__name__)
 

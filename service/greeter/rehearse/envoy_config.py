@@ -43,8 +43,6 @@ the tracer itself (``--traces``: ``envoy.tracers.opentelemetry`` to one OTLP end
 
 from __future__ import annotations
 
-import ipaddress
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +60,14 @@ from greeter.rehearse.gateway import (
     Endpoint,
     GatewaySpec,
     member_upstream,
+)
+from greeter.rehearse.health_check import HealthCheck
+from greeter.rehearse.traces import (
+    OtlpEndpoint,
+    otlp_cluster,
+    trace_runtime,
+    tracing,
+    typed,
 )
 from greeter.rehearse.yaml_text import to_yaml
 
@@ -94,163 +100,6 @@ ALLOWED_HEADERS = (
     "x-greeter-stream-count",
     CANARY_HEADER,
 )
-
-
-@dataclass(frozen=True)
-class HealthCheck:
-    """Envoy's active gRPC health checks, timed like the chart's ALB health checks.
-
-    The defaults are ``albIngress.healthCheck`` in chart/values.yaml (a test keeps them equal):
-    a pod that goes ``NOT_SERVING`` stops getting calls within ``detection_s`` (interval x
-    unhealthy threshold + timeout), so its drain delay must be at least that plus ``margin``.
-    """
-
-    interval: float = 1.0
-    timeout: float = 1.0
-    unhealthy_threshold: int = 2
-    healthy_threshold: int = 2
-    margin: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("interval", "timeout"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"health check {name} must be more than 0 seconds")
-        for name in ("unhealthy_threshold", "healthy_threshold"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"health check {name.replace('_', ' ')} must be at least 1")
-        if self.margin < 0:
-            raise ValueError("health check margin must not be negative")
-
-    @property
-    def detection_s(self) -> float:
-        """Longest time from ``NOT_SERVING`` to no more calls: interval x unhealthy threshold
-        + timeout."""
-        return self.interval * self.unhealthy_threshold + self.timeout
-
-    @property
-    def min_drain_delay(self) -> float:
-        """The shortest drain delay that loses no call: detection + margin."""
-        return self.detection_s + self.margin
-
-    @property
-    def return_s(self) -> float:
-        """Longest time from a pod serving again to Envoy sending it calls."""
-        return self.interval * self.healthy_threshold + self.timeout
-
-
-# -- tracing (--traces) ------------------------------------------------------------------------
-# service.name of Envoy's spans; the pods' is "greeter", the load tester's "greeter-load".
-TRACE_SERVICE_NAME = "gateway"
-OTLP_CLUSTER = "otlp"
-OTLP_GRPC_PORT = 4317  # OTLP/gRPC's registered port, when the endpoint names none
-
-
-@dataclass(frozen=True)
-class OtlpEndpoint:
-    """An OTLP/gRPC collector (``http://HOST:PORT``): where Envoy and the pods send spans."""
-
-    host: str
-    port: int
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    @property
-    def is_ip(self) -> bool:
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return False
-        return True
-
-
-def otlp_endpoint(text: str) -> OtlpEndpoint:
-    """``--traces``: an OTLP/gRPC endpoint ``http://HOST[:PORT]`` (port 4317 by default);
-    ValueError naming the flag otherwise."""
-    problem = f"--traces {text!r}: expected an OTLP/gRPC endpoint such as http://127.0.0.1:4317"
-    try:
-        url = urllib.parse.urlsplit(text.strip())
-        port = url.port
-    except ValueError:
-        raise ValueError(problem) from None
-    if url.scheme != "http":
-        raise ValueError(
-            f"{problem} (http://: the rehearsal sends spans in cleartext, to a collector on "
-            "this machine or a trusted network)"
-        )
-    if not url.hostname or url.username or url.password or url.query or url.fragment:
-        raise ValueError(problem)
-    if url.path not in ("", "/"):
-        raise ValueError(f"{problem} (no path: OTLP/gRPC has none)")
-    return OtlpEndpoint(url.hostname, port or OTLP_GRPC_PORT)
-
-
-SAMPLERS = "envoy.extensions.tracers.opentelemetry.samplers.v3"
-
-
-def tracing(endpoint: OtlpEndpoint, root_percent: float = 0.0) -> dict[str, Any]:
-    """The connection manager's ``tracing``: Envoy's OpenTelemetry tracer, exporting over
-    OTLP/gRPC through the :func:`otlp_cluster`, with a parent-based sampler: a call with a
-    ``traceparent`` is traced as its caller decided (its sampled flag), and ``root_percent``
-    of the calls without one start a trace in Envoy (0: the caller decides, as ``greeter load
-    --trace-sample`` does). Envoy's span is the caller's child and the pod's parent (W3C
-    ``traceparent`` and ``tracestate`` to the pod).
-
-    The connection manager's own decision (``random_sampling``) stays at 100 %: Envoy 1.40's
-    tracer obeys it over the caller's sampled flag (measured: at 0 it made no span for a
-    sampled call), so the sampler decides instead."""
-    root = {
-        "name": "envoy.tracers.opentelemetry.samplers.trace_id_ratio_based",
-        "typed_config": _typed(
-            f"{SAMPLERS}.TraceIdRatioBasedSamplerConfig",
-            sampling_percentage={
-                "numerator": round(root_percent * 10_000),
-                "denominator": "MILLION",
-            },
-        ),
-    }
-    config = _typed(
-        "envoy.config.trace.v3.OpenTelemetryConfig",
-        grpc_service={"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "1s"},
-        service_name=TRACE_SERVICE_NAME,
-        sampler={
-            "name": "envoy.tracers.opentelemetry.samplers.parent_based",
-            "typed_config": _typed(f"{SAMPLERS}.ParentBasedSamplerConfig", wrapped_sampler=root),
-        },
-    )
-    return {
-        "random_sampling": {"value": 100.0},
-        "provider": {"name": "envoy.tracers.opentelemetry", "typed_config": config},
-    }
-
-
-def otlp_cluster(endpoint: OtlpEndpoint) -> dict[str, Any]:
-    """The collector as an Envoy cluster: HTTP/2 (gRPC), a host name resolved by DNS."""
-    address = {"socket_address": {"address": endpoint.host, "port_value": endpoint.port}}
-    return {
-        "name": OTLP_CLUSTER,
-        "type": "STATIC" if endpoint.is_ip else "STRICT_DNS",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": OTLP_CLUSTER,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
-        },
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                explicit_http_config={"http2_protocol_options": {}},
-            )
-        },
-    }
-
-
-def trace_runtime(flush_ms: int = 1000) -> dict[str, Any]:
-    """Bootstrap ``layered_runtime`` that sends Envoy's spans every ``flush_ms`` (its default
-    is every 5 s, or 5 spans)."""
-    flush = {"tracing.opentelemetry.flush_interval_ms": flush_ms}
-    return {"layers": [{"name": "tracing", "static_layer": flush}]}
 
 
 @dataclass(frozen=True)
@@ -295,14 +144,10 @@ def _address(address: str) -> dict[str, Any]:
     return {"socket_address": {"address": host.strip("[]"), "port_value": int(port)}}
 
 
-def _typed(kind: str, **config: Any) -> dict[str, Any]:
-    return {"@type": f"type.googleapis.com/{kind}", **config}
-
-
 def _upstream_tls(tls: BackendTLS, name: str, alpn: str) -> dict[str, Any]:
     """TLS origination: ALPN, SNI ``name``, the certificate verified against the fleet CA
     and ``name`` (an Emissary origination TLSContext, a BackendTLSPolicy's hostname)."""
-    context = _typed(
+    context = typed(
         "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         sni=name,
         common_tls_context={
@@ -368,7 +213,7 @@ def _grpc_cluster(
             "endpoints": localities,
         },
         "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 explicit_http_config={
                     "http2_protocol_options": {
@@ -471,7 +316,7 @@ def _retry_policy(per_try_timeout: float = 0.0, priorities: bool = False) -> dic
         "retry_host_predicate": [
             {
                 "name": "envoy.retry_host_predicates.previous_hosts",
-                "typed_config": _typed(
+                "typed_config": typed(
                     "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
                 ),
             }
@@ -486,7 +331,7 @@ def _retry_policy(per_try_timeout: float = 0.0, priorities: bool = False) -> dic
         # cut active cluster whose pods still look healthy, its next pod is no better.
         policy["retry_priority"] = {
             "name": "envoy.retry_priorities.previous_priorities",
-            "typed_config": _typed(
+            "typed_config": typed(
                 "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
                 update_frequency=2,
             ),
@@ -564,7 +409,7 @@ def _routes(g: EnvoyGateway, clusters: Sequence[str]) -> list[dict[str, Any]]:
 def _cors(g: EnvoyGateway) -> dict[str, Any]:
     """Emissary's Mapping ``cors``: which origins may call, and what their pages may read."""
     origins = [f"https://{name}:{g.port}" for name in (g.host, "127.0.0.1", "localhost")]
-    return _typed(
+    return typed(
         "envoy.extensions.filters.http.cors.v3.CorsPolicy",
         allow_origin_string_match=[{"exact": origin} for origin in origins],
         allow_methods="POST, OPTIONS",
@@ -578,11 +423,11 @@ def _http_filters(g: EnvoyGateway) -> list[dict[str, Any]]:
     filters = [
         {
             "name": "envoy.filters.http.grpc_web",
-            "typed_config": _typed("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"),
+            "typed_config": typed("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"),
         },
         {
             "name": "envoy.filters.http.cors",
-            "typed_config": _typed("envoy.extensions.filters.http.cors.v3.Cors"),
+            "typed_config": typed("envoy.extensions.filters.http.cors.v3.Cors"),
         },
     ]
     # A call may ask the gateway to hold it: `-m x-envoy-fault-delay-request:50` (ms).
@@ -593,14 +438,14 @@ def _http_filters(g: EnvoyGateway) -> list[dict[str, Any]]:
     filters += [
         {
             "name": "envoy.filters.http.fault",
-            "typed_config": _typed("envoy.extensions.filters.http.fault.v3.HTTPFault", delay=d),
+            "typed_config": typed("envoy.extensions.filters.http.fault.v3.HTTPFault", delay=d),
         }
         for d in delays
     ]
     filters.append(
         {
             "name": "envoy.filters.http.router",
-            "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
+            "typed_config": typed("envoy.extensions.filters.http.router.v3.Router"),
         }
     )
     return filters
@@ -637,7 +482,7 @@ def config(g: EnvoyGateway) -> dict[str, Any]:
         traced["tracing"] = tracing(g.traces)
     not_found = {"match": {"prefix": "/"}, "direct_response": {"status": 404}}
     cors = {"envoy.filters.http.cors": _cors(g)}
-    manager = _typed(
+    manager = typed(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         stat_prefix="gateway",
         codec_type="AUTO",
@@ -649,7 +494,7 @@ def config(g: EnvoyGateway) -> dict[str, Any]:
         access_log=[
             {
                 "name": "envoy.access_loggers.file",
-                "typed_config": _typed(
+                "typed_config": typed(
                     "envoy.extensions.access_loggers.file.v3.FileAccessLog",
                     path=str(g.access_log),
                     log_format={"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}},
@@ -677,7 +522,7 @@ def config(g: EnvoyGateway) -> dict[str, Any]:
         http_filters=_http_filters(g),
         **traced,
     )
-    tls = _typed(
+    tls = typed(
         "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
         common_tls_context={
             "alpn_protocols": ["h2", "http/1.1"],
