@@ -154,7 +154,10 @@ def test_flags_are_grouped_by_purpose(helps: dict[str, str]) -> None:
     assert serve[:4] == ["options", "ports", "processes", "calls"], serve
     assert {"identity", "shutdown", "TLS", "auth", "fault injection", "logging"} <= set(serve)
     rehearse = " ".join(helps["greeter rehearse"].split())
-    assert "(default: drain 0, outage 10, failover 26)" in rehearse
+    assert (
+        "(default: drain 0, outage 10, failover 26, partition 0; partition through nginx 10)"
+        in (rehearse)
+    )
 
 
 # -- flags from other tools ---------------------------------------------------------------
