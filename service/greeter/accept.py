@@ -17,12 +17,6 @@ The calls are run without grpc.aio's ``maximum_concurrent_rpcs`` limiter and wit
 interceptors: the Greeter sets neither (its interceptors are bound into the handlers, see
 pipeline.py). A server that did would have to pass them here too.
 
-While admission control sheds (greeter.admission), a call taken here that cannot wait out the
-event loop's queue is refused right here, before grpc.aio builds its servicer context and the
-pipeline runs: grpc.aio's own cheap refusal (the one its ``maximum_concurrent_rpcs`` limiter
-uses: one status batch, ``RESOURCE_EXHAUSTED``, trailers only), with admission's
-``overloaded: ...`` message. The calls grpc.aio's own request takes are shed by the pipeline.
-
 This uses grpc.aio's internal (underscored) server API, which has no public equivalent.
 ``supported()`` checks its shape once; when it does not match (another grpcio), the server
 logs that it accepts one call per round trip and runs as before.
@@ -33,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -56,14 +49,6 @@ _EXPECTED = {
         "concurrency_exceeded",
     ),
     "_schedule_rpc_coro": ("rpc_coro", "rpc_state", "loop", "method_name"),
-    "_send_error_status_from_server": (
-        "grpc_call_wrapper",
-        "code",
-        "details",
-        "trailing_metadata",
-        "send_initial_metadata_op",
-        "loop",
-    ),
 }
 
 
@@ -94,10 +79,6 @@ def supported(server: grpc.aio.Server | None = None) -> str | None:
             )
         if not callable(getattr(cygrpc.AioServer, "is_running", None)):
             return "cygrpc.AioServer has no is_running"
-        if int(cygrpc.StatusCode.resource_exhausted) != grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]:
-            return "cygrpc.StatusCode.resource_exhausted is not RESOURCE_EXHAUSTED"
-        if not callable(getattr(cygrpc._ServicerContext, "time_remaining", None)):
-            return "cygrpc._ServicerContext has no time_remaining"
         if not issubclass(cygrpc._RequestCallError, Exception):
             return "cygrpc._RequestCallError is not an exception"
         cygrpc._MethodResolver([], {})
@@ -119,17 +100,11 @@ class Acceptors:
         handlers: dict[str, grpc.RpcMethodHandler],
         depth: int,
         admission: Admission | None = None,
-        sheddable: frozenset[str] = frozenset(),
-        on_shed: Callable[[str, str], None] | None = None,
     ) -> None:
         """``handlers``: fully qualified method (``/pkg.Service/Method``) -> its handler, as
         registered on ``server`` with ``add_registered_method_handlers``. ``admission`` counts
-        the calls taken here until they finish: the queue of calls it sheds against; while it
-        sheds, calls of the ``sheddable`` methods that cannot wait are refused here, each told
-        to ``on_shed(method, reason)``."""
+        the calls taken here until they finish: the queue of calls it sheds against."""
         self._admission = admission
-        self._sheddable = sheddable
-        self._on_shed = on_shed
         cygrpc = _cygrpc()
         self._core = server._server
         self._resolver = cygrpc._MethodResolver([], dict(handlers))
@@ -138,7 +113,6 @@ class Acceptors:
         self._accepting: set[asyncio.Task[None]] = set()
         self._calls: set[asyncio.Task[Any]] = set()
         self.accepted = 0  # calls that came through the extra requests
-        self.refused = 0  # of those, the ones refused here (admission control shedding)
         self._failed = 0
 
     def start(self) -> None:
@@ -157,10 +131,6 @@ class Acceptors:
         calls = self._calls
         handle, schedule = cygrpc._handle_rpc, cygrpc._schedule_rpc_coro
         admission = self._admission
-        shedder = admission if method in self._sheddable else None
-        on_shed = self._on_shed
-        context, refuse = cygrpc._ServicerContext, cygrpc._send_error_status_from_server
-        exhausted = cygrpc.StatusCode.resource_exhausted
         while core.is_running():
             try:
                 rpc_state = await core._request_registered_call(method_bytes)
@@ -175,22 +145,15 @@ class Acceptors:
                     logger.exception("an extra request for calls of %s failed", method)
                 self._failed += 1
                 return
-            reason = None
-            if shedder is not None and shedder.shedding:
-                remaining = context(rpc_state, None, None, loop).time_remaining()
-                reason = shedder.refuse_taken(remaining)
-            if reason is None:
-                coro = handle(method, self._resolver, (), rpc_state, loop, False)
-            else:
-                assert shedder is not None
-                # with its (empty) initial metadata, as grpc.aio's own refusal: without
-                # them core never completes the status batch and the client hangs
-                headers = cygrpc.SendInitialMetadataOperation((), 0)
-                coro = refuse(rpc_state, exhausted, shedder.message(reason), (), headers, loop)
-                self.refused += 1
-                if on_shed is not None:
-                    on_shed(method, reason)
-            call = loop.create_task(schedule(coro, rpc_state, loop, method), name="rpc_task")
+            call = loop.create_task(
+                schedule(
+                    handle(method, self._resolver, (), rpc_state, loop, False),
+                    rpc_state,
+                    loop,
+                    method,
+                ),
+                name="rpc_task",
+            )
             calls.add(call)
             call.add_done_callback(calls.discard)
             self.accepted += 1

@@ -154,18 +154,6 @@ class Admission:
             return LIMIT
         return None
 
-    def refuse_taken(self, time_remaining: float | None) -> str | None:
-        """Why a call accept.py has just taken must be refused there, before grpc.aio builds
-        its context and the pipeline runs (the cheap refusal), or None to run it. Only the
-        queue rule applies there (``refuse`` checks the rest when the call runs)."""
-        if not self.shedding:
-            return None
-        if time_remaining is not None and time_remaining <= 0:
-            return DEADLINE
-        if time_remaining is None or time_remaining < SERVE_TURNS * self.delay:
-            return QUEUE
-        return None
-
     def message(self, reason: str) -> str:
         """The refusal's status message: ``overloaded: `` and why."""
         if reason == DEADLINE:

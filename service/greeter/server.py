@@ -382,30 +382,16 @@ class GreeterServer:
             for service, methods in registrar.wrapped.items()
             for name, handler in methods.items()
         }
-        sheddable = frozenset(m for m in handlers if m.startswith(f"/{GREETER_SERVICE}/"))
         for server in self._servers:
-            acceptors = accept.Acceptors(
-                server, handlers, depth, self.admission, sheddable, self._count_shed
-            )
+            acceptors = accept.Acceptors(server, handlers, depth, self.admission)
             acceptors.start()
             self._acceptors.append(acceptors)
         self.accept_depth = depth
-
-    def _count_shed(self, method: str, reason: str) -> None:
-        """A call accept.py refused (``/pkg.Service/Method``): counted as the pipeline counts."""
-        if self.metrics is not None:
-            service, _, name = method[1:].partition("/")
-            self.metrics.shed.labels(service, name, reason).inc()
 
     @property
     def accepted_ahead(self) -> int:
         """Calls accepted through those extra requests (the rest came through grpc.aio's)."""
         return sum(acceptors.accepted for acceptors in self._acceptors)
-
-    @property
-    def refused_ahead(self) -> int:
-        """Of those, the calls refused as they were taken (admission control shedding)."""
-        return sum(acceptors.refused for acceptors in self._acceptors)
 
     @property
     def accepting(self) -> int:
