@@ -4,6 +4,8 @@
     python -m bench.overload --quick              # smoke run: 1 s steps
     python -m bench.overload --quota 0.3 --duration 10 --deadline 2 --json out.json
     python -m bench.overload --levels 0.5,1,2,3,4     # the levels asked (x capacity)
+    python -m bench.overload --variant wait2=GREETER_ADMISSION_CORE_WAIT=2
+    python -m bench.overload --variant before=PYTHONPATH=/work/main/service  # another checkout
 
 A pod held to ``resources.limits.cpu: 300m`` is a process in a CPU cgroup with a quota of
 0.3 core: the server (``greeter serve`` defaults, via bench.servers.greeter_serve) runs in
@@ -14,7 +16,10 @@ pinned, and the table says so.
 First the capacity: a closed loop (``-c 100 --connections 4``), admission control on, OK
 calls per second. Then, for each level, an open loop asking ``level x capacity`` calls per
 second (``-c 20000 --connections 8 -t DEADLINE``), once with admission control on and once
-off (a fresh server each time, the order alternating), reporting: calls sent per second (and
+off, and once per ``--variant NAME=ENV=VALUE[,ENV=VALUE]`` (admission control on with that
+environment too, e.g. another setting, or ``PYTHONPATH`` pointing at another checkout's
+``service/`` to compare with the code before a change), a fresh server each time, the order
+rotating from level to level, reporting: calls sent per second (and
 whether the client kept up: at least 95% of the rate asked), goodput (OK calls per second)
 and its ratio to the capacity, p50/p99 of the OK calls, calls shed (RESOURCE_EXHAUSTED, and
 CANCELLED: the calls grpc dropped after ``admission_core_wait``), calls past their deadline
@@ -51,7 +56,7 @@ WARMUP_MAX = 2.0
 
 @dataclass
 class Step:
-    mode: str  # "on" or "off"
+    mode: str  # "on", "off" or a variant's name
     level: float  # offered load as a multiple of the capacity (0: the capacity run)
     asked: float  # calls per second asked (0: closed loop)
     sent: float
@@ -108,14 +113,16 @@ def load(
 
 def measure(
     mode: str,
+    env: str,
     level: float,
     capacity: float,
     args: argparse.Namespace,
     group: Path | None,
     cores: tuple[int | None, int | None],
 ) -> Step:
-    on = "true" if mode == "on" else "false"
-    spec = parse_spec(f"greeter-defaults@GREETER_ADMISSION_CONTROL={on}")
+    on = "false" if mode == "off" else "true"
+    extra = f",{env}" if env else ""
+    spec = parse_spec(f"greeter-defaults@GREETER_ADMISSION_CONTROL={on}{extra}")
     with started(spec, cores[0]) as (port, proc), tempfile.TemporaryDirectory() as scratch:
         if group is not None:
             (group / "cgroup.procs").write_text(str(proc.pid))
@@ -198,6 +205,16 @@ def levels(text: str) -> list[float]:
     return values
 
 
+def variant(text: str) -> tuple[str, str]:
+    name, _, env = text.partition("=")
+    if not name or name in ("on", "off") or "=" not in env:
+        raise argparse.ArgumentTypeError(
+            "a variant is NAME=ENV=VALUE[,ENV=VALUE] (NAME not on/off), e.g."
+            " wait2=GREETER_ADMISSION_CORE_WAIT=2"
+        )
+    return name, env
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.overload", description=__doc__)
     parser.add_argument("--quota", type=float, default=0.3, help="server CPU quota, cores")
@@ -206,6 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", type=levels, default=[0.5, 1.0, 2.0, 3.0])
     parser.add_argument(
         "--quick", action="store_true", help="1 s steps, or --duration if shorter (a smoke run)"
+    )
+    parser.add_argument(
+        "--variant",
+        type=variant,
+        action="append",
+        default=[],
+        metavar="NAME=ENV=VALUE[,ENV=VALUE]",
+        help="also measure admission control on with this environment (repeatable)",
     )
     parser.add_argument("--json", type=Path, help="write the steps here")
     args = parser.parse_args(argv)
@@ -221,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"server: {held}, pinned to core {cores[0]}; client on core {cores[1]}")
         args.cpu_per_ok = None
         try:
-            first = measure("on", 0.0, 0.0, args, group, cores)
+            first = measure("on", "", 0.0, 0.0, args, group, cores)
         except Exception as exc:
             print(f"capacity run FAILED: {exc}", file=sys.stderr)
             return 1
@@ -231,11 +256,12 @@ def main(argv: list[str] | None = None) -> int:
         cpu_per_ok = first.cpu_us_per_call / 1e6
         args.cpu_per_ok = cpu_per_ok
         print(f"capacity: {capacity:,.0f} OK calls/s, {first.cpu_us_per_call:,.0f} µs CPU each")
+        modes = [("on", ""), ("off", ""), *args.variant]
         for i, level in enumerate(args.levels):
-            modes = ("on", "off") if i % 2 == 0 else ("off", "on")
-            for mode in modes:
+            turn = i % len(modes)
+            for mode, env in modes[turn:] + modes[:turn]:
                 try:
-                    step = measure(mode, level, capacity, args, group, cores)
+                    step = measure(mode, env, level, capacity, args, group, cores)
                 except Exception as exc:
                     print(f"{level:g}x {mode}: FAILED: {exc}", file=sys.stderr)
                     failed += 1
@@ -246,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                     f" sent {step.sent:,.0f}/s of {step.asked:,.0f}, codes {step.codes}",
                     flush=True,
                 )
-    ordered = [steps[0], *sorted(steps[1:], key=lambda s: (s.level, s.mode != "on"))]
+    rank = {mode: i for i, (mode, _) in enumerate(modes)}
+    ordered = [steps[0], *sorted(steps[1:], key=lambda s: (s.level, rank[s.mode]))]
     print()
     print(table(ordered))
     print(f"\n{machine()}; server {held}; deadline {args.deadline:g} s; {args.duration:g} s steps")

@@ -232,12 +232,21 @@ def test_gateway_refuses_an_unknown_path() -> None:
 
 def test_overload_measures_capacity_then_each_level_on_and_off(tmp_path: Path) -> None:
     out = tmp_path / "overload.json"
-    done = bench("overload", "--quick", "--duration", "0.5", "--levels", "2", "--json", str(out))
+    variant = "wait2=GREETER_ADMISSION_CORE_WAIT=2"  # admission on, with another setting
+    done = bench(
+        "overload", "--quick", "--duration", "0.5", "--levels", "2", "--variant", variant,
+        "--json", str(out),
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     assert report["failed"] == 0
     steps = report["steps"]
-    assert [(s["level"], s["mode"]) for s in steps] == [(0.0, "on"), (2.0, "on"), (2.0, "off")]
+    assert [(s["level"], s["mode"]) for s in steps] == [
+        (0.0, "on"),
+        (2.0, "on"),
+        (2.0, "off"),
+        (2.0, "wait2"),
+    ]
     capacity = steps[0]
     assert capacity["goodput"] == report["capacity"] > 0
     for step in steps[1:]:
@@ -248,3 +257,10 @@ def test_overload_measures_capacity_then_each_level_on_and_off(tmp_path: Path) -
         assert step["goodput_x"] == pytest.approx(step["goodput"] / report["capacity"], abs=0.01)
     assert "| capacity | on |" in done.stdout
     assert "| 2x | off |" in done.stdout
+    assert "| 2x | wait2 |" in done.stdout
+
+
+def test_overload_refuses_a_variant_without_an_environment() -> None:
+    done = bench("overload", "--variant", "on=GREETER_ADMISSION_CORE_WAIT=2", timeout=30)
+    assert done.returncode == 2
+    assert "a variant is NAME=ENV=VALUE" in done.stderr
