@@ -250,7 +250,10 @@ async def _rules_loaded_and_every_expression_evaluates(prom: PrometheusAPI) -> N
     )
     assert {x["metric"]["cluster"] for x in calls if float(x["value"][1]) > 0} == set(CLUSTERS)
     alerts = [r for g in loaded for r in g["rules"] if r["type"] == "alerting"]
-    assert len(alerts) == 8
+    shipped = [r["alert"] for g in groups["groups"] for r in g["rules"] if "alert" in r]
+    assert sorted(r["name"] for r in alerts) == sorted(shipped)
+    assert len(shipped) == 9
+    assert "GreeterShedding" in shipped
     [absent] = [r for r in alerts if r["query"].startswith("absent(up{")]
     [no_traffic] = [r for r in alerts if r["name"] == "GreeterClusterNoTraffic"]
     assert (absent["state"], no_traffic["state"]) == ("inactive", "inactive")
