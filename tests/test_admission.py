@@ -21,6 +21,8 @@ from test_metrics import scrape, value
 from conftest import channel_to, free_port, running, until
 from greeter import admission as adm
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
+from greeter.connections import ConnectionReader, Connections
+from greeter.metrics import CoreDrops
 from greeter.server import server_options
 from greeter.service import Greeter
 from greeter.settings import Settings
@@ -174,6 +176,7 @@ async def test_nothing_is_shed_at_low_load(handled):
         assert len(handled) == 100
         samples = scrape(server.metrics_port)
         assert all(shed(samples, reason) == 0 for reason in adm.REASONS)
+        assert value(scrape(server.metrics_port), CORE_DROPPED) == 0  # after two readings
         assert server.admission is not None
         assert server.admission.in_flight == 0
 
@@ -193,6 +196,68 @@ async def test_admission_off_sheds_nothing_and_leaves_grpc_its_default():
     assert "grpc.server_max_unrequested_time_in_server" not in options
     on = dict(server_options(Settings(admission_core_wait=3)))
     assert on["grpc.server_max_unrequested_time_in_server"] == 3
+
+
+CORE_DROPPED = "greeter_server_core_dropped_total"
+
+
+async def test_calls_grpc_core_drops_are_answered_cancelled_and_counted():
+    # The event loop is held (by this test) past admission_core_wait: calls no request of the
+    # server has taken by then are dropped by grpc-core, which no Python code sees; the
+    # metric counts them from channelz. accept_depth 1: one call is taken (and then served).
+    sent = 12
+    async with running(admission_core_wait=1, accept_depth=1) as server:
+        reader = ConnectionReader(f":{server.port}")
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=10)  # core accepts: no loop needed
+            stub = helloworld_pb2_grpc.GreeterStub(channel)
+            # a sync client: its calls go out on grpc's threads while this loop is held
+            calls = [
+                stub.SayHello.future(HelloRequest(name=f"{i}"), timeout=30) for i in range(sent)
+            ]
+            _hold_the_loop(reader, sent)
+            codes = [await asyncio.to_thread(_code_of, call) for call in calls]
+        dropped = codes.count(grpc.StatusCode.CANCELLED)
+        assert dropped >= sent - 2  # one taken by grpc.aio's request, perhaps one more
+        assert codes.count(grpc.StatusCode.OK) == sent - dropped
+        # two readings in a row show a drop before it is counted: scrape until it is
+        samples = await until(
+            lambda: scrape(server.metrics_port), lambda s: value(s, CORE_DROPPED) == dropped
+        )
+        assert value(samples, CORE_DROPPED) == dropped
+        assert all(shed(samples, reason) == 0 for reason in adm.REASONS)  # not the pipeline's
+
+
+def _hold_the_loop(reader: ConnectionReader, sent: int) -> None:
+    """Hold the event loop (the server's too) until the ``sent`` calls have reached the
+    server, then past the 1 s core wait (bounded)."""
+    held_until = time.monotonic() + 10
+    while reader.read().unresolved < sent and time.monotonic() < held_until:
+        time.sleep(0.01)
+    assert reader.read().unresolved == sent  # every call reached the server
+    time.sleep(2.5)
+
+
+def _code_of(call: grpc.Future) -> grpc.StatusCode:
+    try:
+        call.result()
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_a_core_drop_is_counted_once_two_readings_show_it():
+    drops = CoreDrops()
+    # a call that ended while one reading was taken looks dropped in that reading only
+    assert drops.update(Connections((0,), unresolved=1)) == 0
+    assert drops.update(Connections((0,), unresolved=0)) == 0
+    assert drops.count == 0
+    # calls in flight are not dropped; drops are what is left over
+    assert drops.update(Connections((3, 2), unresolved=8)) == 0  # 3 dropped, seen once
+    assert drops.update(Connections((1,), unresolved=4)) == 3  # seen again: counted
+    assert drops.update(Connections((), unresolved=5)) == 0  # 5 seen once
+    assert drops.update(Connections((), unresolved=5)) == 2
+    assert drops.count == 5
 
 
 def test_the_adaptive_target_follows_the_queue_free_delay_within_its_bounds():

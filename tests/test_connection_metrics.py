@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
+from test_metrics import scrape
 
 from conftest import running, until
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
@@ -111,6 +112,8 @@ def test_workers_add_up_their_connections_for_the_parent(spawn_server) -> None: 
             time.sleep(0.2)
             got = gauges(server.metrics_port)
         assert got == {CONNECTIONS: 4, IN_FLIGHT: 0, BUSIEST: 0}
+        # the calls grpc-core dropped: a counter the workers add to, none here
+        assert scrape(server.metrics_port)[("greeter_server_core_dropped_total", ())] == 0
     code, _, err = server.stop(timeout=30)
     assert code == 0, err
 

@@ -15,6 +15,15 @@ left out and one warning is logged, and the server runs as before.
 
 A call counts as in flight on its connection from its first HTTP/2 frame until grpc-core
 has sent (or received) its end, so a finished call can still count for an instant.
+
+The same reading counts the calls grpc-core refused before the server took them
+(:attr:`Connections.dropped`): a call no request of the server took within
+``grpc.server_max_unrequested_time_in_server`` (admission control's ``admission_core_wait``),
+or one past grpc-core's pending-call limits, is answered ``CANCELLED`` by grpc-core itself;
+no Python code sees it. channelz counts it among the server's calls started, and never among
+those that succeeded or failed (every call the server answered, whatever its status, is one
+of those, measured on grpcio 1.85). So the calls started, less those that succeeded or
+failed, less those in flight on the open connections now, are the calls core dropped.
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ class Connections:
     """One reading: the calls in flight on each open connection."""
 
     in_flight: tuple[int, ...] = ()
+    # calls the servers started that neither succeeded nor failed: in flight, or dropped
+    unresolved: int = 0
 
     @property
     def open(self) -> int:
@@ -51,6 +62,12 @@ class Connections:
     @property
     def busiest(self) -> int:
         return max(self.in_flight, default=0)
+
+    @property
+    def dropped(self) -> int:
+        """Calls grpc-core refused before the server took them (see the module's doc). A call
+        that ended between the two reads of one reading can count for an instant."""
+        return max(0, self.unresolved - self.calls)
 
 
 def _channelz() -> Any:
@@ -82,6 +99,12 @@ def _listens_on(server: dict[str, Any], address: str) -> bool:
     """Whether one of the server's listening sockets is ``address`` (``:port`` for TCP,
     ``unix:/path`` for a unix socket): channelz names them ``chttp2 listener ipv4:...``."""
     return any(s.get("name", "").endswith(address) for s in server.get("listenSocket", []))
+
+
+def _unresolved(server: dict[str, Any]) -> int:
+    data = server.get("data", {})
+    started = int(data.get("callsStarted", 0))
+    return started - int(data.get("callsSucceeded", 0)) - int(data.get("callsFailed", 0))
 
 
 def _in_flight(socket: dict[str, Any]) -> int:
@@ -120,9 +143,11 @@ class ConnectionReader:
 
     def _read(self, cz: Any) -> Connections:
         counts: list[int] = []
+        unresolved = 0
         for server in _pages(cz.channelz_get_servers, "server", "serverId"):
             if not _listens_on(server, self.address):
                 continue
+            unresolved += _unresolved(server)  # read before the sockets: see Connections.dropped
             server_id = int(server["ref"]["serverId"])
             sockets = _pages(
                 functools.partial(cz.channelz_get_server_sockets, server_id, max_results=0),
@@ -136,4 +161,4 @@ class ConnectionReader:
                     with contextlib.suppress(ValueError):
                         found = json.loads(cz.channelz_get_socket(int(ref["socketId"])))
                         counts.append(_in_flight(found.get("socket", {})))
-        return Connections(tuple(counts))
+        return Connections(tuple(counts), unresolved)

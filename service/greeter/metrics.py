@@ -15,7 +15,7 @@ from typing import Any, Literal
 import grpc
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from greeter import __version__
 from greeter.admission import AdmissionState
@@ -96,23 +96,58 @@ ADMISSION_GAUGES: tuple[tuple[str, str, str, Literal["livesum", "livemax"]], ...
 )
 
 
+CORE_DROPPED = "greeter_server_core_dropped"
+CORE_DROPPED_HELP = (
+    "Calls grpc-core refused before the server took them (CANCELLED): held unrequested past"
+    " admission_core_wait, or past grpc-core's pending-call limits. Read from channelz."
+)
+
+
+class CoreDrops:
+    """``greeter_server_core_dropped_total`` from successive readings of
+    :attr:`Connections.dropped`. A call that ends while one reading is taken can look dropped
+    in that reading only; a dropped call stays dropped. So a count is taken once two readings
+    in a row show it, one reading late, never spuriously from one."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._last = 0
+
+    def update(self, now: Connections) -> int:
+        """Take a reading; how much the count grew."""
+        seen = min(self._last, now.dropped)
+        self._last = now.dropped
+        grew = max(0, seen - self.count)
+        self.count += grew
+        return grew
+
+
 class ConnectionCollector:
-    """The connection gauges, read when Prometheus scrapes (``read`` set by the server)."""
+    """The connection gauges and the core-dropped calls, read when Prometheus scrapes
+    (``read`` set by the server)."""
 
     def __init__(self) -> None:
         self.read: Callable[[], Connections] | None = None
+        self.drops = CoreDrops()
 
-    def describe(self) -> list[GaugeMetricFamily]:
-        return [GaugeMetricFamily(name, doc) for name, doc, _, _ in CONNECTION_GAUGES]
+    def describe(self) -> list[GaugeMetricFamily | CounterMetricFamily]:
+        return [
+            *(GaugeMetricFamily(name, doc) for name, doc, _, _ in CONNECTION_GAUGES),
+            CounterMetricFamily(CORE_DROPPED, CORE_DROPPED_HELP),
+        ]
 
-    def collect(self) -> list[GaugeMetricFamily]:
+    def collect(self) -> list[GaugeMetricFamily | CounterMetricFamily]:
         read = self.read
         if read is None:
             return []
         now = read()
+        self.drops.update(now)
         return [
-            GaugeMetricFamily(name, doc, value=getattr(now, attr))
-            for name, doc, attr, _ in CONNECTION_GAUGES
+            *(
+                GaugeMetricFamily(name, doc, value=getattr(now, attr))
+                for name, doc, attr, _ in CONNECTION_GAUGES
+            ),
+            CounterMetricFamily(CORE_DROPPED, CORE_DROPPED_HELP, value=self.drops.count),
         ]
 
 
@@ -196,11 +231,13 @@ class ServerMetrics:
         # (record_connections) that the parent adds up.
         self.connections = ConnectionCollector()
         self._connection_gauges: list[tuple[Gauge, str]] = []
+        self._core_dropped: Counter | None = None
         if multiprocess:
             self._connection_gauges = [
                 (Gauge(name, doc, registry=r, multiprocess_mode=mode), attr)
                 for name, doc, attr, mode in CONNECTION_GAUGES
             ]
+            self._core_dropped = Counter(CORE_DROPPED, CORE_DROPPED_HELP, registry=r)
         else:
             r.register(self.connections)
         if registry is None and not multiprocess:
@@ -217,6 +254,9 @@ class ServerMetrics:
         """Set a worker's connection gauges (a single process reads them at scrape time)."""
         for gauge, attr in self._connection_gauges:
             gauge.set(getattr(now, attr))
+        grew = self.connections.drops.update(now)
+        if grew and self._core_dropped is not None:
+            self._core_dropped.inc(grew)
 
 
 def fast_inc(child: Any) -> Callable[..., None]:
