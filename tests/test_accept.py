@@ -53,9 +53,11 @@ def handled(server, method: str, grpc_type: str, code: str) -> float:
     return server.metrics.registry.get_sample_value("grpc_server_handled_total", labels) or 0.0
 
 
-def test_this_grpcio_has_the_internals_accept_depth_needs() -> None:
+async def test_this_grpcio_has_the_internals_accept_depth_needs() -> None:
     # If a grpcio upgrade changes them the server falls back to depth 1 (and says so), and
-    # this test is the one that tells: the gateway benchmark would lose a third.
+    # this test is the one that tells: the gateway benchmark would lose a third. (A coroutine:
+    # grpc.aio.server() wants an event loop, and after another module's async tests the
+    # main thread has none of its own.)
     assert accept.supported() is None
     assert accept.supported(grpc.aio.server()) is None
 
