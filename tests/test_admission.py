@@ -22,6 +22,7 @@ from conftest import channel_to, free_port, running, until
 from greeter import admission as adm
 from greeter._proto import helloworld_pb2, helloworld_pb2_grpc
 from greeter.connections import ConnectionReader, Connections
+from greeter.load.render import CORE_DROP
 from greeter.metrics import CoreDrops
 from greeter.server import server_options
 from greeter.service import Greeter
@@ -216,8 +217,11 @@ async def test_calls_grpc_core_drops_are_answered_cancelled_and_counted():
                 stub.SayHello.future(HelloRequest(name=f"{i}"), timeout=30) for i in range(sent)
             ]
             _hold_the_loop(reader, sent)
-            codes = [await asyncio.to_thread(_code_of, call) for call in calls]
+            ends = [await asyncio.to_thread(_end_of, call) for call in calls]
+        codes = [code for code, _ in ends]
         dropped = codes.count(grpc.StatusCode.CANCELLED)
+        # a bare CANCELLED: what `greeter load` names as the server's refusal (render.CORE_DROP)
+        assert {f"{code.name}: {details}" for code, details in ends if details} == {CORE_DROP}
         assert dropped >= sent - 2  # one taken by grpc.aio's request, perhaps one more
         assert codes.count(grpc.StatusCode.OK) == sent - dropped
         # two readings in a row show a drop before it is counted: scrape until it is
@@ -238,12 +242,12 @@ def _hold_the_loop(reader: ConnectionReader, sent: int) -> None:
     time.sleep(2.5)
 
 
-def _code_of(call: grpc.Future) -> grpc.StatusCode:
+def _end_of(call: grpc.Future) -> tuple[grpc.StatusCode, str]:
     try:
         call.result()
     except grpc.RpcError as exc:
-        return exc.code()
-    return grpc.StatusCode.OK
+        return exc.code(), exc.details()
+    return grpc.StatusCode.OK, ""
 
 
 def test_a_core_drop_is_counted_once_two_readings_show_it():

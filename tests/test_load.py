@@ -155,6 +155,30 @@ def test_injected_errors_show_and_trip_max_error_rate(spawn_server: Spawn) -> No
     assert "latency p50" in missed.stderr
 
 
+def test_the_report_says_when_the_server_refused_calls_past_its_capacity(
+    spawn_server: Spawn,
+) -> None:
+    # At most 2 calls in flight, each held 0.2 s: the others are shed (RESOURCE_EXHAUSTED
+    # overloaded: ...), and the report says what that means. (grpc-core's bare CANCELLED, the
+    # other refusal it names, is made for real in test_admission.py.)
+    srv = spawn_server(
+        env={
+            "GREETER_ADMISSION_LIMIT": "2",
+            "GREETER_FAULT_ENABLED": "true",
+            "GREETER_FAULT_DELAY": "0.2",
+            "GREETER_FAULT_DELAY_PERCENT": "100",
+        }
+    )
+    result = load_cli(srv.address, "-n", "40", "-c", "8", "--procs", "1")
+    assert "Traceback" not in result.stderr
+    codes = dict(re.findall(r"\[(\w+)\]\t(\d+) responses", result.stdout))
+    assert int(codes["RESOURCE_EXHAUSTED"]) >= 20  # 6 of every 8 at least, as calls end
+    line = next(x for x in result.stdout.splitlines() if "the server refused calls" in x)
+    assert f"{int(codes['RESOURCE_EXHAUSTED']):,} RESOURCE_EXHAUSTED overloaded" in line
+    assert "CANCELLED" not in line
+    assert 'docs/performance.md, "Overload"' in line
+
+
 def test_a_server_that_only_fails(spawn_server: Spawn) -> None:
     srv = spawn_server(env={"GREETER_FAULT_ENABLED": "true", "GREETER_FAULT_STATUS_PERCENT": "100"})
     result = load_cli(srv.address, "-n", "50", "--procs", "1")

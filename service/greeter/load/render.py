@@ -30,6 +30,36 @@ def backend_name(name: str, d: dict[str, Any]) -> str:
     return "no backend"
 
 
+# What a gRPC server's own refusals look like in ``error_messages`` ("CODE: details"):
+# grpc-core drops a call its server has not taken in time with a bare CANCELLED (a greeter
+# pod past capacity: admission_core_wait); a greeter pod's admission control sheds with
+# RESOURCE_EXHAUSTED "overloaded: ...".
+CORE_DROP = "CANCELLED: CANCELLED"
+SHED_PREFIX = "RESOURCE_EXHAUSTED: overloaded: "
+
+
+def refused_line(d: dict[str, Any]) -> str | None:
+    """``the server refused 26,136 calls before running them ...``: why a load past capacity
+    fails, in words (None when nothing was refused)."""
+    messages: dict[str, int] = d.get("error_messages") or {}
+    dropped = messages.get(CORE_DROP, 0)
+    shed = sum(n for m, n in messages.items() if m.startswith(SHED_PREFIX))
+    if not dropped and not shed:
+        return None
+    parts = []
+    if dropped:
+        parts.append(
+            f"{dropped:,} with a bare CANCELLED (grpc-core drops a call its server has not"
+            " taken in time; a greeter pod after admission_core_wait)"
+        )
+    if shed:
+        parts.append(f"{shed:,} RESOURCE_EXHAUSTED overloaded (its admission control)")
+    return (
+        f"the server refused calls before running them: {' and '.join(parts)}; it is past its"
+        ' capacity (docs/performance.md, "Overload")'
+    )
+
+
 def slow_line(d: dict[str, Any]) -> str:
     """``3 over 1.00 s, slowest 10.00 s``: the calls that hung."""
     slow = d.get("slow_calls")
@@ -156,6 +186,9 @@ def summary(report: Report) -> str:
         add("Error distribution:")
         for message, n in d["error_messages"].items():
             add(f"  [{n}]\t{message}")
+        refused = refused_line(d)
+        if refused is not None:
+            add(f"  ({refused})")
     for title, key in (("cluster", "by_cluster"), ("pod", "by_pod")):
         add("")
         add(f"By {title}:")
