@@ -167,6 +167,8 @@ def test_overload_page(killed_then_run: dict[str, Any]) -> None:
     text = killed_then_run["page"].read_text()
     assert "greeter rehearse: overload" in text
     assert 'data-passed="true"' in text
+    # The pods' refusals name no pod, and are not the gateway's own answers.
+    assert "no backend (gateway" not in text
     assert "the capacity" in text
     assert "goodput" in text
 

@@ -130,7 +130,10 @@ def _rows(label: str, texts: list[str]) -> list[str]:
 
 def _unnamed_label(summary: dict[str, Any]) -> str:
     """How the calls that failed without naming a backend are labelled: the gateway's own
-    answers (nginx's 502, Envoy's 503) or just unnamed."""
+    answers (nginx's 502, Envoy's 503) or just unnamed; in an overload just unnamed (the pods'
+    refusals name no pod either, and are not the gateway's)."""
+    if "min_goodput" in summary:
+        return NO_IDENTITY
     texts = [str(s.get("details", "")) for s in summary.get("failure_samples", [])]
     texts += [str(k) for k in (summary.get("errors") or {})]
     return next((label for label in map(_no_backend, texts) if label), NO_IDENTITY)
