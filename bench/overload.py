@@ -31,21 +31,19 @@ Exits 1 if a run failed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.run import cpu_seconds, machine, parse_spec, pin_cores, started
+from greeter.rehearse import cpu_quota
+from greeter.rehearse.cpu_quota import CpuQuota
 
-CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
-PERIOD_US = 100_000
+CGROUP_PREFIX = "greeter-bench-overload"
 KEPT_UP = 0.95  # the client kept up when it sent at least this share of the rate asked
 CAPACITY_SHAPE = ("-c", "100", "--connections", "4")
 OPEN_SHAPE = ("-c", "20000", "--connections", "8")
@@ -74,24 +72,6 @@ class Step:
     cpu_us_per_refused: float | None
 
 
-@contextlib.contextmanager
-def quota(fraction: float) -> Iterator[Path | None]:
-    """A CPU cgroup with ``fraction`` of a core, or None when none can be made here."""
-    group = CGROUP_ROOT / f"greeter-bench-overload-{os.getpid()}"
-    try:
-        group.mkdir()
-        (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
-        (group / "cpu.cfs_quota_us").write_text(str(int(PERIOD_US * fraction)))
-    except OSError:
-        yield None
-        return
-    try:
-        yield group
-    finally:
-        with contextlib.suppress(OSError):
-            group.rmdir()
-
-
 def load(
     port: int, core: int | None, args: tuple[str, ...], seconds: float, scratch: Path
 ) -> dict[str, Any]:
@@ -117,7 +97,7 @@ def measure(
     level: float,
     capacity: float,
     args: argparse.Namespace,
-    group: Path | None,
+    group: CpuQuota | None,
     cores: tuple[int | None, int | None],
 ) -> Step:
     on = "false" if mode == "off" else "true"
@@ -125,7 +105,7 @@ def measure(
     spec = parse_spec(f"greeter-defaults@GREETER_ADMISSION_CONTROL={on}{extra}")
     with started(spec, cores[0]) as (port, proc), tempfile.TemporaryDirectory() as scratch:
         if group is not None:
-            (group / "cgroup.procs").write_text(str(proc.pid))
+            group.add(proc.pid)
         shape: tuple[str, ...] = (*CAPACITY_SHAPE, "-t", f"{args.deadline}s")
         asked = level * capacity
         if level:
@@ -241,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     cores = pin_cores()
     steps: list[Step] = []
     failed = 0
-    with quota(args.quota) as group:
+    with cpu_quota.held(CGROUP_PREFIX, "server", args.quota) as group:
         held = f"{args.quota:g} core (cgroup quota)" if group else "one core (no cgroup here)"
         print(f"server: {held}, pinned to core {cores[0]}; client on core {cores[1]}")
         args.cpu_per_ok = None

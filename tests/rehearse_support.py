@@ -4,8 +4,11 @@ client makes them, and a scenario's HTML page read back."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -168,3 +171,33 @@ def calls(
         and b["t"] + b["duration_s"] <= until
         and b["duration_s"] == pytest.approx(TIMELINE_INTERVAL_S)
     ]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (the pods run in sessions of their own): what a SIGKILL
+    of a rehearsal leaves running."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def rehearse(*flags: str, **kwargs: Any) -> subprocess.Popen[str]:
+    """``greeter rehearse --port 0 FLAGS`` as a child, its output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "greeter", "rehearse", "--port", "0", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rehearse_support import descendants, rehearse
 
 from greeter.rehearse import access_log, netfilter
 from greeter.rehearse.envoy_config import PER_TRY_TIMEOUT_S, EnvoyGateway, config
@@ -27,16 +28,6 @@ from greeter.rehearse.nginx import NginxGateway, render
 NO_FILTER = netfilter.problem()
 needs_filter = pytest.mark.skipif(bool(NO_FILTER), reason=NO_FILTER)
 PARTITION_FOR = "6"  # seconds; the users' default is 20
-
-
-def _rehearse(*flags: str, **kwargs: Any) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "greeter", "rehearse", "--port", "0", *flags],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kwargs,
-    )
 
 
 def _pod_addresses(banner: str) -> list[tuple[str, int]]:
@@ -262,26 +253,8 @@ def test_sweep_deletes_only_the_rules_of_dead_runs() -> None:
 # -- the scenario through both gateways -------------------------------------------------
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (the pods run in sessions of their own)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def _json_run(*flags: str) -> tuple[subprocess.Popen[str], dict[str, Any], str]:
-    proc = _rehearse("--scenario", "partition", "--partition-for", PARTITION_FOR, "--json", *flags)
+    proc = rehearse("--scenario", "partition", "--partition-for", PARTITION_FOR, "--json", *flags)
     out, err = proc.communicate(timeout=180)
     assert proc.returncode in (0, 1), err
     return proc, json.loads(out), err
@@ -322,7 +295,7 @@ def test_envoy_partition_loses_nothing_and_nothing_hangs(tmp_path: Path) -> None
 
 @needs_filter
 def test_a_killed_run_leaves_rules_the_next_run_removes() -> None:
-    killed = _rehearse(
+    killed = rehearse(
         "--scenario", "partition", "--partition-for", "60", start_new_session=True
     )  # fmt: skip
     try:
@@ -331,7 +304,7 @@ def test_a_killed_run_leaves_rules_the_next_run_removes() -> None:
             assert killed.poll() is None, killed.communicate()[1]
             time.sleep(0.1)
         assert len(netfilter.tagged_rules(killed.pid)) == 4  # the cut, both ways, 2 pods
-        left = _descendants(killed.pid)
+        left = descendants(killed.pid)
     finally:
         killed.send_signal(signal.SIGKILL)
         killed.wait(10)
@@ -358,7 +331,7 @@ def test_a_killed_run_leaves_rules_the_next_run_removes() -> None:
 
 @needs_filter
 def test_envoy_failover_by_partition_moves_every_call_to_the_standby() -> None:
-    proc = _rehearse("--gateway", "envoy", "--scenario", "failover", "--partition", "--json")
+    proc = rehearse("--gateway", "envoy", "--scenario", "failover", "--partition", "--json")
     out, banner = proc.communicate(timeout=180)
     assert proc.returncode == 0, banner
     summary = json.loads(out)

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from greeter.rehearse import findings, netfilter, policy, scenarios
-from greeter.rehearse.config import DEFAULT_PORT, GATEWAYS, RehearsalConfig
+from greeter.rehearse import cpu_quota, findings, netfilter, policy, scenarios
+from greeter.rehearse.config import DEFAULT_PORT, GATEWAYS, RehearsalConfig, pod_name
 from greeter.rehearse.envoy import EnvoyError, find_envoy
 from greeter.rehearse.envoy_config import PER_TRY_TIMEOUT_S
 from greeter.rehearse.fleet import Rehearsal
@@ -31,6 +31,9 @@ EXIT_OK = 0
 EXIT_LOSS = 1  # a scenario lost more calls than it may
 EXIT_BAD_ARGS = 2
 EXIT_STARTUP = 3  # nginx (or prometheus) missing, a gateway rejected, a backend would not start
+# --scenario overload without --pod-cpu: every pod held to this, the last to a quarter of it.
+DEFAULT_OVERLOAD_POD_CPU = 0.1
+DEFAULT_OVERLOAD_SLOW_POD_CPU = 0.025
 
 
 EPILOG = """examples:
@@ -43,8 +46,11 @@ EPILOG = """examples:
   greeter rehearse --gateway envoy --scenario partition --partition-for 20
   greeter rehearse --scenario failover --partition
   greeter rehearse --gateway envoy --traces http://127.0.0.1:4317
+  greeter rehearse --gateway envoy --scenario overload --pod-cpu 0.1 \
+      --pod-cpu cluster-b-greeter-1=0.025
 
-exit codes: 0 ok (a scenario passed); 1 a scenario lost more calls than allowed; 2 bad
+exit codes: 0 ok (a scenario passed); 1 a scenario lost more calls than allowed (an
+overload: goodput below --min-goodput); 2 bad
 arguments (envoy missing too); 3 nginx or prometheus missing, a gateway refused its
 configuration, or a backend would not start;
 130 interrupted. See docs/rehearsal.md."""
@@ -59,7 +65,8 @@ def register(subparsers: Any) -> None:
         "them and wait for "
         "Ctrl-C; or, with --scenario, run a rolling drain, a cluster outage, an "
         "active/standby failover or a partition (a cluster cut off by the network) under "
-        "traffic, report every failed call and exit. --weights, "
+        "traffic, report every failed call and exit; or, with --scenario overload and pods "
+        "held to CPU quotas (--pod-cpu), the fleet's goodput at twice its capacity. --weights, "
         "--route-header and --standby set the fleet's traffic policies. With --backend-tls "
         "the backends serve TLS with certificates from a fleet CA and the gateway verifies "
         "them. Needs nginx (apt-get install -y nginx-light) or, for --gateway envoy, the "
@@ -76,6 +83,18 @@ def register(subparsers: Any) -> None:
         help="comma-separated cluster names",
     )
     fleet.add_argument("--no-canary", action="store_true", help="no canary backend")
+    fleet.add_argument(
+        "--pod-cpu",
+        action="append",
+        default=[],
+        metavar="[POD=]CORES",
+        help="hold every fleet pod (or, with POD=, that pod: e.g. cluster-b-greeter-1=0.05) "
+        "to this many cores with a CPU cgroup quota, as resources.limits.cpu does "
+        f"({cpu_quota.MIN_CORES:g}-{cpu_quota.MAX_CORES:g}; repeatable, a pod's own value "
+        "wins; needs root and the cgroup v1 cpu controller; default: none, --scenario "
+        f"overload: every pod {DEFAULT_OVERLOAD_POD_CPU:g}, the last "
+        f"{DEFAULT_OVERLOAD_SLOW_POD_CPU:g})",
+    )
     fleet.add_argument(
         "--drain-delay",
         type=float,
@@ -237,7 +256,11 @@ def register(subparsers: Any) -> None:
     scenario.add_argument(
         "--rps", type=float, default=250.0, metavar="N", help="the scenario's calls per second"
     )
-    allowed = ", ".join(f"{name} {findings.allowed_failures(name)}" for name in findings.SCENARIOS)
+    allowed = ", ".join(
+        f"{name} {findings.allowed_failures(name)}"
+        for name in findings.SCENARIOS
+        if name != "overload"  # judged by its goodput (--min-goodput)
+    )
     allowed += f"; partition through nginx {findings.NGINX_PARTITION_MAX_FAILED}"
     scenario.add_argument(
         "--max-failed",
@@ -258,6 +281,30 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="--scenario failover: cut the active cluster off the network instead of killing it",
     )
+    for flag, default, metavar, what in (
+        ("--overload-level", findings.OVERLOAD_LEVEL, "X", "ask X times the fleet's capacity"),
+        ("--overload-deadline", findings.OVERLOAD_DEADLINE_S, "SECONDS", "each call's deadline"),
+        (
+            "--overload-for",
+            scenarios.OVERLOAD_FOR_S,
+            "SECONDS",
+            "how long the capacity run and the overload run each last (the first 20%%, at "
+            "most 2 s, is warm-up)",
+        ),
+        (
+            "--min-goodput",
+            findings.OVERLOAD_MIN_GOODPUT,
+            "X",
+            "passes when the goodput (OK calls/s) is at least X times the capacity",
+        ),
+    ):
+        scenario.add_argument(
+            flag,
+            type=float,
+            default=default,
+            metavar=metavar,
+            help=f"--scenario overload: {what} (default {default:g})",
+        )
     scenario.add_argument("--json", action="store_true", help="print the scenario's report as JSON")
     scenario.add_argument(
         "--html",
@@ -286,6 +333,48 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_rehearse)
 
 
+def parse_pod_cpu(values: list[str]) -> tuple[tuple[str, float], ...]:
+    """``--pod-cpu [POD=]CORES`` values as (pod, cores) pairs, pod "" for every pod."""
+    out = []
+    for value in values:
+        pod, _, cores = value.rpartition("=")
+        try:
+            number = float(cores)
+        except ValueError:
+            raise ValueError(f"--pod-cpu {value}: {cores!r} is not a number of cores") from None
+        out.append((pod.strip(), number))
+    return tuple(out)
+
+
+def overload_args(args: argparse.Namespace, pods: list[str]) -> tuple[tuple[str, float], ...]:
+    """The overload's flags checked (each names itself when wrong); the pods' quotas (the
+    scenario's defaults when none is given)."""
+    pod_cpu = parse_pod_cpu(args.pod_cpu)
+    if args.scenario != "overload":
+        return pod_cpu
+    for flag, value in (
+        ("--overload-level", args.overload_level),
+        ("--overload-deadline", args.overload_deadline),
+        ("--overload-for", args.overload_for),
+    ):
+        if not value > 0:
+            raise ValueError(f"{flag} {value:g}: must be more than 0")
+    if not args.min_goodput >= 0:
+        raise ValueError(f"--min-goodput {args.min_goodput:g}: must not be negative")
+    if args.max_failed is not None:
+        raise ValueError("--max-failed does not go with --scenario overload (--min-goodput does)")
+    if not pod_cpu and pods:
+        pod_cpu = (("", DEFAULT_OVERLOAD_POD_CPU), (pods[-1], DEFAULT_OVERLOAD_SLOW_POD_CPU))
+    held = {pod for pod, _ in pod_cpu}
+    loose = [pod for pod in pods if "" not in held and pod not in held]
+    if loose:
+        raise ValueError(
+            f"--scenario overload holds every pod to a quota: --pod-cpu CORES for all, or "
+            f"one for {', '.join(loose)}"
+        )
+    return pod_cpu
+
+
 def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
     clusters = tuple(c.strip() for c in args.clusters.split(",") if c.strip())
     standby = tuple(args.standby)
@@ -299,6 +388,8 @@ def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
         reason = netfilter.problem()
         if reason:
             raise ValueError(f"partition unavailable: {reason}")
+    pods = [pod_name(c, i) for c in clusters for i in range(max(args.pods, 0))]
+    pod_cpu = overload_args(args, pods)
     return RehearsalConfig(
         port=args.port,
         gateway=args.gateway,
@@ -329,6 +420,7 @@ def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
         prometheus=args.prometheus,
         web=args.web,
         traces=args.traces,
+        pod_cpu=pod_cpu,
     )
 
 
@@ -365,7 +457,9 @@ def print_banner(r: Rehearsal, out: TextIO, scenario: str | None = None) -> None
                 f"  delay: {c.gateway_delay_ms:g} ms added to every call (fault filter)", file=out
             )
     for b in r.backends + r.canary:
-        print(f"  {b.cluster:<12} {b.pod:<24} {b.address}", file=out)
+        held = "" if b.cores is None else f"  cpu {b.cores:g} core"
+        pinned = f" on core {b.cpus}" if b.cpus else ""
+        print(f"  {b.cluster:<12} {b.pod:<24} {b.address}{held}{pinned}", file=out)
     if r.firewall is None:
         print(f"partition: unavailable ({r.firewall_problem})", file=out)
     if c.traces:
@@ -460,12 +554,19 @@ async def _main(args: argparse.Namespace, config: RehearsalConfig) -> int:
         if args.scenario is None:
             await stop.wait()
             return EXIT_OK
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"rps": args.rps}
+        if args.scenario == "overload":
+            extra = {
+                "level": args.overload_level,
+                "deadline": args.overload_deadline,
+                "duration": args.overload_for,
+                "min_goodput": args.min_goodput,
+            }
         if args.scenario == "partition":
             extra["partition_for"] = args.partition_for
         if args.scenario == "failover" and args.partition:
             extra["partition"] = True
-        work = scenarios.RUNNERS[args.scenario](rehearsal, rps=args.rps, **extra)
+        work = scenarios.RUNNERS[args.scenario](rehearsal, **extra)
         allowed = findings.allowed_failures(args.scenario, args.max_failed, config.gateway)
         task = asyncio.ensure_future(work)
         waiter = asyncio.ensure_future(stop.wait())
@@ -508,6 +609,10 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         if config.gateway == "envoy":
             find_envoy(config.envoy)  # a missing gateway is a usage error: say how to get it
+        if config.pod_cpu:
+            reason = cpu_quota.problem()
+            if reason:
+                raise ValueError(f"--pod-cpu unavailable: {reason}")
     except (ValueError, EnvoyError) as exc:
         print(f"greeter rehearse: {exc}", file=sys.stderr)
         return EXIT_BAD_ARGS

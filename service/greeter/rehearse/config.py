@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from greeter.rehearse import policy
+from greeter.rehearse.cpu_quota import check_cores
 from greeter.rehearse.envoy_config import PER_TRY_TIMEOUT_S
 from greeter.rehearse.gateway import CONNECT_TIMEOUT_S
 from greeter.rehearse.health_check import HealthCheck
@@ -19,6 +20,10 @@ GATEWAYS = ("nginx", "envoy")
 NGINX_DRAIN_DELAY = 3.0
 # Cluster names become pod names, nginx upstream names and header values: DNS labels.
 _CLUSTER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def pod_name(cluster: str, index: int) -> str:
+    return f"{cluster}-greeter-{index}"
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,9 @@ class RehearsalConfig:
     # tracer, the pods export their SERVER spans there ("": no tracing; nginx passes the
     # traceparent through either way).
     traces: str = ""
+    # CPU quotas (greeter.rehearse.cpu_quota): (pod, cores) pairs, pod "" for every fleet
+    # pod; a named pod's own quota wins. Empty: no quota (each pod may use the machine).
+    pod_cpu: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.gateway not in GATEWAYS:
@@ -122,6 +130,7 @@ class RehearsalConfig:
             object.__setattr__(self, "traces", otlp_endpoint(self.traces).url)
         if self.pods_per_cluster < 1:
             raise ValueError("pods_per_cluster must be at least 1")
+        self._check_pod_cpu()
         for name in (
             "drain_delay",
             "grace_period",
@@ -131,6 +140,29 @@ class RehearsalConfig:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+
+    @property
+    def pod_names(self) -> list[str]:
+        """The fleet's pods, as the rehearsal names them (``cluster-a-greeter-0``...)."""
+        return [pod_name(c, i) for c in self.clusters for i in range(self.pods_per_cluster)]
+
+    def _check_pod_cpu(self) -> None:
+        seen: set[str] = set()
+        for pod, cores in self.pod_cpu:
+            what = f"--pod-cpu {pod}={cores:g}" if pod else f"--pod-cpu {cores:g}"
+            if pod in seen:
+                raise ValueError(f"{what}: {pod or 'every pod'} is given twice")
+            seen.add(pod)
+            if pod and pod not in self.pod_names:
+                raise ValueError(
+                    f"{what}: no pod {pod!r} (the fleet's pods: {', '.join(self.pod_names)})"
+                )
+            check_cores(cores, what)
+
+    def pod_quota(self, pod: str) -> float | None:
+        """The cores ``pod`` is held to (None: no quota)."""
+        quotas = dict(self.pod_cpu)
+        return quotas.get(pod, quotas.get(""))
 
     @property
     def drain(self) -> float:

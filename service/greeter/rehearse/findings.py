@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args
 from greeter.rehearse.traffic import SLOW_CALL_S, TrafficReport
 
 # The scenarios, by the one name the command line, the JSON (``scenario``) and the report use.
-ScenarioName = Literal["drain", "outage", "failover", "partition"]
+ScenarioName = Literal["drain", "outage", "failover", "partition", "overload"]
 SCENARIOS: tuple[ScenarioName, ...] = get_args(ScenarioName)
 
 # A cluster outage (SIGKILL: connections reset, ports refused) may fail only the calls that were
@@ -51,7 +51,21 @@ MAX_FAILED: dict[ScenarioName, int] = {
     "outage": OUTAGE_MAX_FAILED,
     "failover": FAILOVER_MAX_FAILED,
     "partition": PARTITION_MAX_FAILED,
+    # Past capacity calls are refused on purpose: the overload is judged by its goodput
+    # (``passed``), not by failed calls.
+    "overload": 0,
 }
+# The overload: the rate asked is this many times the fleet's capacity, each call has this
+# deadline, and the run passes when the goodput is at least this share of the capacity.
+OVERLOAD_LEVEL = 2.0
+OVERLOAD_DEADLINE_S = 2.0
+OVERLOAD_MIN_GOODPUT = 0.9
+# The client kept up when it sent at least this share of the rate asked (bench.overload's).
+KEPT_UP = 0.95
+# How the overload counts the calls: refused by a pod past capacity (admission control's
+# RESOURCE_EXHAUSTED, grpc-core's CANCELLED after its wait), and the rest.
+REFUSED_CODES = ("RESOURCE_EXHAUSTED", "CANCELLED")
+OVERLOAD_CODES = ("OK", *REFUSED_CODES, "DEADLINE_EXCEEDED", "UNAVAILABLE")
 # Scenarios in which a failed call sent after the victims were gone fails the run whatever
 # ``--max-failed`` says: a standby exists to take those.
 NO_FAILURE_AFTER_DEAD: frozenset[ScenarioName] = frozenset({"failover"})
@@ -84,7 +98,9 @@ def too_slow(summary: dict[str, Any]) -> bool:
 def passed(summary: dict[str, Any], allowed: int) -> bool:
     """The verdict: no more failed calls than ``allowed``, in a failover none sent once
     the active backends were gone (the standby must take those), in a partition none slower
-    than its bound."""
+    than its bound; in an overload, the goodput at least ``min_goodput`` x the capacity."""
+    if "min_goodput" in summary:
+        return float(summary["goodput_x"]) >= float(summary["min_goodput"])
     return (
         not failures_after_dead(summary)
         and not too_slow(summary)
@@ -203,8 +219,64 @@ class PartitionFacts:
     gateway_counts: GatewayCounts | None
 
 
+@dataclass
+class PodLoad:
+    """One pod in the overload, as the gateway's access log saw the run (warm-up included):
+    the calls it answered OK, refused (``REFUSED_CODES``) and otherwise failed; the cores its
+    quota held it to and how long the quota held it back."""
+
+    cores: float | None
+    ok: int
+    refused: int
+    other: int
+    throttled_s: float
+
+
+@dataclass
+class OverloadFacts:
+    """The fleet past capacity: ``capacity`` (OK calls/s through the gateway, closed loop),
+    then an open loop asking ``level`` x that with a ``deadline_s``; its goodput and how it
+    compares with ``min_goodput``; the calls by code (``codes``: every one of
+    ``OVERLOAD_CODES``, and ``other``, adding up to ``count``); whether the client kept up."""
+
+    level: float
+    deadline_s: float
+    capacity: float
+    capacity_by_pod: dict[str, int]
+    capacity_codes: dict[str, int]
+    asked_rps: float
+    sent_rps: float
+    kept_up: bool
+    goodput: float
+    goodput_x: float
+    min_goodput: float
+    codes: dict[str, int]
+    refused: int
+    past_deadline: int
+    pods: dict[str, PodLoad]
+    gateway_retried: int
+    # Calls Envoy answered itself (a circuit breaker's overflow, no healthy pod).
+    gateway_answered: dict[str, int]
+    client_core: int | None
+    pod_cores: str
+
+
+def overload_codes(status_codes: dict[str, int]) -> dict[str, int]:
+    """Every code the overload reports (0 when none), then ``other``: they add up."""
+    codes = {code: int(status_codes.get(code, 0)) for code in OVERLOAD_CODES}
+    codes["other"] = sum(n for code, n in status_codes.items() if code not in OVERLOAD_CODES)
+    return codes
+
+
 Facts = (
-    DrainFacts | Killed | Returned | OutageFacts | FailoverFacts | PartitionFacts | GatewayCounts
+    DrainFacts
+    | Killed
+    | Returned
+    | OutageFacts
+    | FailoverFacts
+    | PartitionFacts
+    | GatewayCounts
+    | OverloadFacts
 )
 
 

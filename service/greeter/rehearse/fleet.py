@@ -21,8 +21,9 @@ from types import TracebackType
 
 from greeter import certs
 from greeter.client import Target
-from greeter.rehearse import netfilter, policy, traces
-from greeter.rehearse.config import RehearsalConfig
+from greeter.rehearse import cpu_quota, netfilter, policy, traces
+from greeter.rehearse.config import RehearsalConfig, pod_name
+from greeter.rehearse.cpu_quota import CpuQuota
 from greeter.rehearse.envoy import Envoy, find_envoy
 from greeter.rehearse.envoy_config import EnvoyGateway
 from greeter.rehearse.gateway import (
@@ -54,6 +55,8 @@ KEEPALIVE_MIN_TIME_S = 1.0
 # cluster, then a live one); nginx gives each backend QUICK_TIMEOUT_S to connect or answer.
 # docs/rehearsal.md, "Partition", has the measured numbers.
 PARTITION_BOUND_S = {"envoy": 2.0, "nginx": 2.0}
+# The pods' CPU-quota groups: greeter-rehearse-pid<PID>-<pod> (greeter.rehearse.cpu_quota).
+QUOTA_PREFIX = "greeter-rehearse"
 
 
 def _service_names(name: str) -> list[str]:
@@ -79,6 +82,10 @@ class Rehearsal:
         self.firewall_problem = ""
         self._refused: dict[str, list[list[str]]] = {}
         self._cut: dict[str, list[list[str]]] = {}
+        # The pods' CPU quotas (``pod_cpu``), and the core the load tester may have to itself
+        # when the quota'd pods are pinned to another (None: not pinned).
+        self.quotas: list[CpuQuota] = []
+        self.client_core: int | None = None
 
     # -- what users dial -----------------------------------------------------
     @property
@@ -311,7 +318,7 @@ class Rehearsal:
         block = self.block.block
         for i, cluster in enumerate(c.clusters):
             for index in range(c.pods_per_cluster):
-                pod = f"{cluster}-greeter-{index}"
+                pod = pod_name(cluster, index)
                 host = netfilter.pod_host(block, i, index)
                 self.backends.append(self._backend(cluster, pod, fleet_pair, BACKEND_HOST, host))
         if c.canary:
@@ -320,6 +327,7 @@ class Rehearsal:
                 self._backend(c.clusters[0], CANARY_POD, canary_pair, CANARY_BACKEND_HOST, host)
             )
         everyone = self.backends + self.canary
+        await asyncio.to_thread(self._hold_pods)
         for backend in everyone:
             backend.spawn()
         await asyncio.gather(*(b.wait_ready() for b in everyone))
@@ -338,6 +346,33 @@ class Rehearsal:
         if self.prometheus is not None:
             targets = [b.scrape_target() for b in everyone]
             await asyncio.to_thread(self.prometheus.start, targets, free_port())
+
+    def _hold_pods(self) -> None:
+        """Each pod with a quota (``pod_cpu``) in a CPU cgroup of its own (the groups a killed
+        run left are removed first). When the quotas add up to a core at most and this
+        process may use more than one, those pods are pinned to the first core and the last
+        is left to the load tester (``client_core``), so the pods' quotas, not the machine,
+        bound the fleet."""
+        c = self.config
+        if not c.pod_cpu:
+            return
+        reason = cpu_quota.problem()
+        if reason:
+            raise RuntimeError(f"--pod-cpu unavailable: {reason}")
+        cpu_quota.sweep(QUOTA_PREFIX)
+        held = [(b, c.pod_quota(b.pod)) for b in self.backends]
+        cores = sorted(os.sched_getaffinity(0))
+        total = sum(q for _, q in held if q is not None)
+        pin = len(cores) > 1 and total <= 1.0
+        for backend, quota in held:
+            if quota is None:
+                continue
+            group = CpuQuota(cpu_quota.group_name(QUOTA_PREFIX, backend.pod), quota)
+            self.quotas.append(group)
+            backend.quota = group.create()
+            if pin:
+                backend.cpus = str(cores[0])
+        self.client_core = cores[-1] if pin else None
 
     def _envoy_gateway(self, pair: certs.Pair, backend_tls: BackendTLS | None) -> EnvoyGateway:
         c = self.config
@@ -416,6 +451,8 @@ class Rehearsal:
         self._refused.clear()
         if self.block is not None:
             self.block.release()
+        for group in self.quotas:
+            group.remove()
 
     # -- disruptions ---------------------------------------------------------
     def cluster(self, name: str) -> list[Backend]:

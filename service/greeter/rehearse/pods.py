@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 
+from greeter.rehearse.cpu_quota import CpuQuota
 from greeter.rehearse.netfilter import GRPC_PORT
 from greeter.rehearse.prometheus import ScrapeTarget, service_labels
 
@@ -51,6 +52,10 @@ class Backend:
     web_port: int = 0
     # The gRPC port (the same on every pod, as in the fleet).
     port: int = GRPC_PORT
+    # The CPU quota that holds the process (``resources.limits.cpu``) once it is SERVING,
+    # kept across restarts, and the cores it is pinned to (``taskset -c``; "": any).
+    quota: CpuQuota | None = None
+    cpus: str = ""
 
     def scrape_target(self) -> ScrapeTarget:
         """How Prometheus scrapes this backend: its Service's job and namespace, its names."""
@@ -76,10 +81,16 @@ class Backend:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def cores(self) -> float | None:
+        """The cores its quota holds it to (None: no quota)."""
+        return self.quota.cores if self.quota is not None else None
+
     def spawn(self) -> None:
+        argv = ["taskset", "-c", self.cpus, *self.command] if self.cpus else self.command
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                self.command,
+                argv,
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -119,9 +130,16 @@ class Backend:
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        self._hold()
                         return
                 await asyncio.sleep(0.05)
         raise RuntimeError(f"{self.pod} was not SERVING within {timeout}s; see {self.log}")
+
+    def _hold(self) -> None:
+        """Into its CPU quota, once it is SERVING: its start-up (a second or two of CPU for
+        Python's imports) held to a few hundredths of a core would take a minute."""
+        if self.quota is not None and self.proc is not None:
+            self.quota.add(self.proc.pid)
 
     def signal(self, signum: int) -> None:
         if self.alive and self.proc is not None:

@@ -25,6 +25,8 @@ WHAT: dict[findings.ScenarioName, str] = {
     "failover": "{fault} the active {active}; the standby {standby} takes the calls",
     "partition": "drop every packet between the gateway and {cluster} (no reset) for "
     "{partition_for:g} s, then heal",
+    "overload": "the fleet's capacity through the gateway (closed loop), then {level:g}x it "
+    "(open loop, deadline {deadline:g} s)",
 }
 FAULT_WORDS = {"kill": "SIGKILL", "cut": "cut off (packets dropped)"}
 NO_BACKEND = "no backend (gateway 502)"  # nginx: no backend took the call
@@ -68,7 +70,14 @@ WINDOW_WHY = "a call sent any later must reach a live backend"
 
 
 def allowed_line(summary: dict[str, Any], allowed: int) -> str:
-    """The verdict's "(allowed N)" explained: the scenario's reason, or --max-failed."""
+    """The verdict's "(allowed N)" explained: the scenario's reason, or --max-failed; the
+    overload's bound instead (refusals past capacity are its point, not failures)."""
+    if "min_goodput" in summary:
+        return _row(
+            "bound",
+            f"goodput at least {summary['min_goodput']:g}x the capacity (--min-goodput); "
+            "calls refused past capacity are not failures",
+        )
     name = summary["scenario"]
     default = findings.allowed_failures(name)
     why = ALLOWED_WHY.get(name, "") if allowed == default else "as --max-failed set"
@@ -76,8 +85,15 @@ def allowed_line(summary: dict[str, Any], allowed: int) -> str:
 
 
 def verdict_line(summary: dict[str, Any], allowed: int) -> str:
-    """``PASSED: 1 failed of 2,925 calls (allowed 10)`` or ``FAILED: ...``."""
+    """``PASSED: 1 failed of 2,925 calls (allowed 10)`` or ``FAILED: ...``; the overload's
+    ``PASSED: goodput 1,734/s = 0.93x the capacity 1,860/s (min 0.9x)``."""
     ok = findings.passed(summary, allowed)
+    if "min_goodput" in summary:
+        return (
+            f"{'PASSED' if ok else 'FAILED'}: goodput {summary['goodput']:,.0f}/s = "
+            f"{summary['goodput_x']:.2f}x the capacity {summary['capacity']:,.0f}/s "
+            f"(min {summary['min_goodput']:g}x)"
+        )
     line = (
         f"{summary['failed']:,} failed of {plural(summary['count'], 'call')} (allowed {allowed:,})"
     )
@@ -114,7 +130,10 @@ def _rows(label: str, texts: list[str]) -> list[str]:
 
 def _unnamed_label(summary: dict[str, Any]) -> str:
     """How the calls that failed without naming a backend are labelled: the gateway's own
-    answers (nginx's 502, Envoy's 503) or just unnamed."""
+    answers (nginx's 502, Envoy's 503) or just unnamed; in an overload just unnamed (the pods'
+    refusals name no pod either, and are not the gateway's)."""
+    if "min_goodput" in summary:
+        return NO_IDENTITY
     texts = [str(s.get("details", "")) for s in summary.get("failure_samples", [])]
     texts += [str(k) for k in (summary.get("errors") or {})]
     return next((label for label in map(_no_backend, texts) if label), NO_IDENTITY)
@@ -176,6 +195,8 @@ def detail_lines(summary: dict[str, Any], events: bool = True) -> list[str]:
         standby=", ".join(summary.get("standby", [])),
         fault=FAULT_WORDS[summary.get("fault", "kill")],
         partition_for=float(summary.get("partition_for_s") or 0.0),
+        level=float(summary.get("level") or 0.0),
+        deadline=float(summary.get("deadline_s") or 0.0),
     )
     codes = ", ".join(f"{code} {n:,}" for code, n in summary["status_codes"].items())
     started = float(summary.get("traffic_started_at_s") or 0.0)
@@ -210,6 +231,8 @@ def detail_lines(summary: dict[str, Any], events: bool = True) -> list[str]:
         lines.append(return_line(summary))
     if "partition_for_s" in summary:
         lines += partition_lines(summary)
+    if "min_goodput" in summary:
+        lines += overload_lines(summary)
     lines += _rows("failed", _samples(summary)) if summary.get("failure_samples") else []
     return lines
 
@@ -360,6 +383,70 @@ def partition_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def overload_lines(summary: dict[str, Any]) -> list[str]:
+    """The overload: capacity, what was asked and sent, the calls by code, each pod's part."""
+    codes = summary["codes"]
+    count = summary["count"]
+    kept = "yes" if summary["kept_up"] else "NO: the fleet was asked less than the level"
+    where = (
+        f"load tester on core {summary['client_core']}, pods on core {summary['pod_cores']}"
+        if summary["client_core"] is not None
+        else "load tester and pods not pinned"
+    )
+    cap_codes = ", ".join(f"{c} {n:,}" for c, n in summary["capacity_codes"].items())
+    lines = [
+        _row("capacity", f"{summary['capacity']:,.0f} OK calls/s (closed loop; {cap_codes})"),
+        _row(
+            "asked",
+            f"{summary['asked_rps']:,.0f}/s ({summary['level']:g}x); sent "
+            f"{summary['sent_rps']:,.0f}/s; client kept up: {kept} ({where})",
+        ),
+        _row(
+            "goodput",
+            f"{summary['goodput']:,.0f} OK calls/s = {summary['goodput_x']:.2f}x the capacity",
+        ),
+        *_rows(
+            "calls",
+            [
+                f"{code:<18} {n:>8,}  {_share(n, count):>6}"
+                for code, n in codes.items()
+                if n or code != "other"
+            ],
+        ),
+        _row(
+            "refused",
+            f"{summary['refused']:,} (RESOURCE_EXHAUSTED + CANCELLED); past their deadline "
+            f"{summary['past_deadline']:,} (DEADLINE_EXCEEDED)",
+        ),
+    ]
+    pods = summary["pods"]
+    width = max((len(pod) for pod in pods), default=0)
+    rows = [
+        f"{pod:<{width}}  {_cores(p['cores'])}  OK {p['ok']:>7,}  refused {p['refused']:>7,}  "
+        f"other {p['other']:>5,}  throttled {p['throttled_s']:.1f} s"
+        for pod, p in pods.items()
+    ]
+    lines += _rows("pods", [*rows, "(the gateway's access log: the whole run, warm-up included)"])
+    itself = summary["gateway_answered"].items()
+    answered = ", ".join(f"{GATEWAY_FLAGS.get(flags, flags)} {n:,}" for flags, n in itself)
+    lines.append(
+        _row(
+            "gateway",
+            f"{summary['gateway_retried']:,} calls tried on more than one pod; answered itself: "
+            f"{answered or 'none'}",
+        )
+    )
+    return lines
+
+
+# What Envoy's response flags on a call it answered itself mean.
+GATEWAY_FLAGS = {"UO": "UO (circuit breaker: max_requests in flight)", "UH": "UH (no healthy pod)"}
+
+
+def _cores(cores: float | None) -> str:
+    return "no quota" if cores is None else f"{cores:g} core".ljust(10)
+
+
 def _killed(summary: dict[str, Any]) -> str:
     """The clusters the outage or the failover killed."""
     return ", ".join(summary["active"]) if "active" in summary else str(summary["cluster"])
@@ -428,7 +515,7 @@ def _verdict(summary: dict[str, Any], allowed: int) -> str:
     if "covered_all_restarts" in summary:
         covered = "covered" if summary["covered_all_restarts"] else "did NOT cover"
         parts.append(f"the traffic {covered} every restart")
-    if "slow_calls" in summary:
+    if "slow_calls" in summary and "min_goodput" not in summary:
         parts.append(f"slow calls: {slow_line(summary)}")
     word = "passed" if ok else "FAILED"
     return (

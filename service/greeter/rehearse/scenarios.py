@@ -1,5 +1,6 @@
 """Disruptions under steady traffic through the gateway: a rolling drain, a cluster outage, an
-active/standby failover, and a cluster cut off by the network (a partition).
+active/standby failover, a cluster cut off by the network (a partition); and the fleet past
+its capacity (an overload).
 
 Each returns a :class:`ScenarioResult` whose ``summary()`` has ``count``, ``failed``,
 ``status_codes``, ``by_cluster``, ``by_pod`` and a timeline of what was done when; its
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,8 @@ from greeter.rehearse.findings import (
     FailoverFacts,
     GatewayCounts,
     OutageFacts,
+    OverloadFacts,
+    PodLoad,
     ScenarioName,
     facts_json,
 )
@@ -39,6 +43,14 @@ logger = logging.getLogger(__name__)
 
 # How long the traffic may take to start (a `greeter load` process: start-up and connect).
 TRAFFIC_START_TIMEOUT_S = 60.0
+# The overload's two `greeter load` runs (bench.overload's shapes): the capacity in a closed
+# loop, then an open loop with workers enough never to run out while the pods hold calls.
+CAPACITY_CONCURRENCY, CAPACITY_CONNECTIONS = 100, 4
+OPEN_CONCURRENCY, OPEN_CONNECTIONS = 20_000, 8
+OVERLOAD_FOR_S = 8.0
+# Each run's first share (at most WARMUP_MAX_S) is left out of its report: connections, the
+# pods' first turns.
+WARMUP_SHARE, WARMUP_MAX_S = 0.2, 2.0
 
 
 @dataclass
@@ -505,10 +517,147 @@ async def _gateway_counts(
     )
 
 
+async def overload(
+    rehearsal: Rehearsal,
+    level: float = findings.OVERLOAD_LEVEL,
+    deadline: float = findings.OVERLOAD_DEADLINE_S,
+    min_goodput: float = findings.OVERLOAD_MIN_GOODPUT,
+    duration: float = OVERLOAD_FOR_S,
+) -> ScenarioResult:
+    """The fleet past its capacity, every pod held to a CPU quota (``pod_cpu``): first its
+    capacity through the gateway (``greeter load`` in a closed loop, OK calls per second),
+    then an open loop asking ``level`` x that, each call with a ``deadline``, each run
+    ``duration`` seconds (its first ``WARMUP_SHARE`` left out); ``greeter load`` runs pinned
+    to the core the pods are not pinned to, when there is one. The verdict: goodput (OK
+    calls per second) at least ``min_goodput`` x the capacity."""
+    loose = [b.pod for b in rehearsal.backends if b.quota is None]
+    if loose:
+        raise ValueError(
+            f"the overload needs every pod held to a CPU quota (--pod-cpu); none for "
+            f"{', '.join(loose)}"
+        )
+    if level <= 0 or deadline <= 0 or duration <= 0 or min_goodput < 0:
+        raise ValueError("level, deadline and duration must be positive, min_goodput not negative")
+    if rehearsal.gateway is None:
+        raise RuntimeError("the rehearsal is not running")
+    log = rehearsal.gateway.access_log
+    warmup = round(min(WARMUP_MAX_S, duration * WARMUP_SHARE), 3)
+    shape = ("-t", f"{deadline:g}s", "--warmup", f"{warmup:g}s")
+    core = rehearsal.client_core
+    timeline = _Timeline()
+    target = rehearsal.target()
+    timeline.mark("capacity run", closed_loop=CAPACITY_CONCURRENCY, duration_s=duration)
+    first = LoadRun(
+        target, 0, duration, CAPACITY_CONCURRENCY, connections=CAPACITY_CONNECTIONS,
+        extra=shape, core=core,
+    )  # fmt: skip
+    await first.start()
+    try:
+        measured = load_summary(await first.result())
+    except BaseException:  # Ctrl-C: the child stops too
+        first.interrupt()
+        raise
+    ok = int(measured["status_codes"].get("OK", 0))
+    capacity = ok / float(measured["duration_s"] or 1.0)
+    if not ok:
+        raise RuntimeError(
+            f"the fleet served no call in the capacity run: {list(measured['errors'])[:3]}"
+        )
+    asked = level * capacity
+    since = _log_size(log)
+    throttled = {b.pod: b.quota.throttled_s() for b in rehearsal.backends if b.quota}
+    timeline.mark("capacity", ok_rps=round(capacity, 1), asking_rps=round(asked, 1))
+    run = LoadRun(
+        target, asked, duration, OPEN_CONCURRENCY, connections=OPEN_CONNECTIONS, extra=shape,
+        core=core,
+    )  # fmt: skip
+    await run.start()
+    try:
+        await _wait_for_load_calls(run, log, since, TRAFFIC_START_TIMEOUT_S)
+        sending = timeline.mark("overload sending", rps=round(asked, 1), deadline_s=deadline)
+        report = await run.result()
+    except BaseException:
+        run.interrupt()
+        raise
+    timeline.mark("overload done")
+    traffic = load_summary(report)
+    asked_for = Asked(level, deadline, min_goodput, capacity, measured)
+    facts = await _overload_facts(rehearsal, asked_for, traffic, log, since, throttled)
+    # The report's clock starts when its measured run did: after the warm-up.
+    return ScenarioResult("overload", traffic, timeline.events, report, sending + warmup, facts)
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What the overload asked of the fleet: ``level`` x the ``capacity`` its closed loop
+    measured (``measured``: that run's summary), with a ``deadline``, to pass at
+    ``min_goodput``."""
+
+    level: float
+    deadline: float
+    min_goodput: float
+    capacity: float
+    measured: dict[str, Any]
+
+
+async def _overload_facts(
+    rehearsal: Rehearsal,
+    asked: Asked,
+    traffic: dict[str, Any],
+    log: Path,
+    since: int,
+    throttled: dict[str, float],
+) -> OverloadFacts:
+    """What the open loop did, each pod's part from the gateway's access log (read once it
+    has every call: Envoy flushes it every 100 ms)."""
+    seconds = float(traffic["duration_s"] or 1.0)
+    codes = findings.overload_codes(traffic["status_codes"])
+    pods = {b.upstream: b.pod for b in rehearsal.backends + rehearsal.canary}
+    await asyncio.sleep(0.3)
+    logged = access_log.calls(log, since, IDEMPOTENT_METHODS[0])
+    by_pod = access_log.codes_by_pod(logged, pods)
+    loads = {}
+    for b in rehearsal.backends:
+        seen = by_pod.get(b.pod, Counter())
+        refused = sum(seen[c] for c in findings.REFUSED_CODES)
+        held_back = b.quota.throttled_s() - throttled.get(b.pod, 0.0) if b.quota else 0.0
+        loads[b.pod] = PodLoad(
+            cores=b.cores,
+            ok=seen["OK"],
+            refused=refused,
+            other=sum(seen.values()) - seen["OK"] - refused,
+            throttled_s=round(held_back, 2),
+        )
+    rate = asked.level * asked.capacity
+    sent, goodput = traffic["count"] / seconds, codes["OK"] / seconds
+    return OverloadFacts(
+        level=asked.level,
+        deadline_s=asked.deadline,
+        capacity=round(asked.capacity, 1),
+        capacity_by_pod=asked.measured["by_pod"],
+        capacity_codes=asked.measured["status_codes"],
+        asked_rps=round(rate, 1),
+        sent_rps=round(sent, 1),
+        kept_up=sent >= findings.KEPT_UP * rate,
+        goodput=round(goodput, 1),
+        goodput_x=round(goodput / asked.capacity, 3),
+        min_goodput=asked.min_goodput,
+        codes=codes,
+        refused=sum(codes[c] for c in findings.REFUSED_CODES),
+        past_deadline=codes["DEADLINE_EXCEEDED"],
+        pods=loads,
+        gateway_retried=sum(1 for c in logged if c.retried),
+        gateway_answered=dict(Counter(c.flags for c in logged if c.gateway_answered).most_common()),
+        client_core=rehearsal.client_core,
+        pod_cores=next((b.cpus for b in rehearsal.backends if b.cpus), ""),
+    )
+
+
 # What ``greeter rehearse --scenario NAME`` runs, with its calls per second.
 RUNNERS: dict[ScenarioName, Callable[..., Awaitable[ScenarioResult]]] = {
     "drain": rolling_drain,
     "outage": cluster_outage,
     "failover": cluster_failover,
     "partition": cluster_partition,
+    "overload": overload,
 }

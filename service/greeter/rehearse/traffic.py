@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -276,10 +277,18 @@ class LoadRun:
         concurrency: int = 16,
         procs: int = 1,
         interval: float = TIMELINE_INTERVAL_S,
+        connections: int = 2,
+        extra: Sequence[str] = (),
+        core: int | None = None,
     ) -> None:
+        """``rps`` 0: a closed loop (each of ``concurrency`` calls followed by the next);
+        ``extra``: more ``greeter load`` flags; ``core``: pinned to it (``taskset``)."""
         md = [arg for key, value in target.metadata for arg in ("-m", f"{key}:{value}")]
         tls = ["--cacert", target.cacert] if target.cacert else ["--insecure"]
+        pin = ["taskset", "-c", str(core)] if core is not None else []
+        rate = ["--rps", f"{rps:g}"] if rps else []
         self.command = [
+            *pin,
             sys.executable,
             "-m",
             "greeter",
@@ -292,18 +301,18 @@ class LoadRun:
             "-c",
             str(concurrency),
             "--connections",
-            "2",
+            str(connections),
             "--procs",
             str(procs),
             "-z",
             f"{duration:g}s",
-            "--rps",
-            f"{rps:g}",
+            *rate,
             "--timeline-interval",
             f"{interval * 1000:g}ms",
             "-O",
             "json",
             "-q",
+            *extra,
         ]
         self.duration = duration
         self._proc: asyncio.subprocess.Process | None = None
@@ -373,7 +382,9 @@ def load_summary(report: dict[str, Any]) -> dict[str, Any]:
         # Stopped by Ctrl-C (the scenario's interrupt), and the -z limit it was given.
         "interrupted": bool(report.get("interrupted")),
         "limit_s": (report.get("options") or {}).get("duration_s"),
-        "errors": report.get("errors") or report.get("error_distribution"),
+        # The failed calls' messages and how many had each (the report's ``errors`` is a
+        # count: iterating it broke the report of a load with failures).
+        "errors": report.get("error_messages") or {},
         "served_spans_s": served_spans(report),
         "timeline_interval_s": (report.get("options") or {}).get("timeline_interval_s"),
     }
