@@ -22,9 +22,11 @@ import pytest
 from rehearse_support import descendants, rehearse
 
 from conftest import IN_CI
-from greeter.cli import main
+from greeter.cli import build_parser, main
 from greeter.rehearse import cpu_quota
+from greeter.rehearse.cli import per_try_timeout
 from greeter.rehearse.envoy import EnvoyError, find_envoy
+from greeter.rehearse.envoy_config import PER_TRY_TIMEOUT_S
 from greeter.rehearse.findings import OVERLOAD_CODES, REFUSED_CODES
 from greeter.rehearse.fleet import QUOTA_PREFIX
 
@@ -43,14 +45,14 @@ def _needs_quota() -> None:
 
 
 # Three pods, one cluster each (two pods per cluster would do too; three keep it cheap): two
-# at 0.1 core, the slow one at a fifth of that. No per-try timeout: the shipped 0.5 s one
-# gives up on every call a pod keeps queued longer, which past capacity is every call
-# (docs/performance.md, "Through a gateway"), and the pods' shares would be noise.
+# at 0.1 core, the slow one at a fifth of that. The scenario's own default: no per-try
+# timeout (the other scenarios' 0.5 s one gives up on every call a pod keeps queued longer,
+# which past capacity is every call: docs/performance.md, "Through a gateway").
 SLOW = "cluster-c-greeter-0"
 FLEET = (
     "--gateway", "envoy", "--clusters", "cluster-a,cluster-b,cluster-c", "--pods", "1",
     "--no-canary", "--no-web", "--pod-cpu", "0.1", "--pod-cpu", f"{SLOW}=0.02",
-    "--per-try-timeout", "0", "--drain-delay", "0", "--grace-period", "1",
+    "--drain-delay", "0", "--grace-period", "1",
 )  # fmt: skip
 OVERLOAD = ("--scenario", "overload", "--overload-for", "3")
 
@@ -227,3 +229,20 @@ def test_where_no_group_can_be_made_the_reason_is_one_line(tmp_path: Path) -> No
     )
     assert done.returncode == 2
     assert done.stderr.strip() == f"greeter rehearse: --pod-cpu unavailable: {reason}"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((), PER_TRY_TIMEOUT_S),  # the partition's quick per-try timeout
+        (("--scenario", "partition"), PER_TRY_TIMEOUT_S),
+        (("--scenario", "overload"), 0.0),  # none: a full pod's queue is longer
+        (("--scenario", "overload", "--per-try-timeout", "1.5"), 1.5),  # said, kept
+        (("--scenario", "drain", "--per-try-timeout", "0"), 0.0),
+    ],
+)
+def test_the_per_try_timeout_default_follows_the_scenario(
+    args: tuple[str, ...], expected: float
+) -> None:
+    parsed = build_parser().parse_args(["rehearse", *args])
+    assert per_try_timeout(parsed) == expected

@@ -300,7 +300,8 @@ def test_a_killed_run_leaves_rules_the_next_run_removes() -> None:
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 90
-        while not netfilter.tagged_rules(killed.pid) and time.monotonic() < deadline:
+        # the cut is four iptables commands, one after another: wait for all (bounded)
+        while len(netfilter.tagged_rules(killed.pid)) < 4 and time.monotonic() < deadline:
             assert killed.poll() is None, killed.communicate()[1]
             time.sleep(0.1)
         assert len(netfilter.tagged_rules(killed.pid)) == 4  # the cut, both ways, 2 pods

@@ -208,11 +208,14 @@ def register(subparsers: Any) -> None:
     gateway.add_argument(
         "--per-try-timeout",
         type=float,
-        default=PER_TRY_TIMEOUT_S,
+        default=None,
         metavar="SECONDS",
-        help="envoy: each try of a quick idempotent call (SayHello) may take this long before "
-        f"it is retried on another pod (default {PER_TRY_TIMEOUT_S:g}; 0: none, such a call "
-        "waits for a silent pod until its deadline)",
+        help="each try of a quick idempotent call (SayHello) may take this long before it is "
+        "retried on another pod (Envoy's per-try timeout; nginx's timeouts in SayHello's "
+        f"location) (default {PER_TRY_TIMEOUT_S:g}; --scenario overload: 0; 0: none, such a "
+        "call waits for a silent pod until its deadline). Under a pod's queue past capacity "
+        "(up to ~1.5 s) it gives up on queued calls and retries them on pods as full: "
+        'docs/performance.md, "Through a gateway"',
     )
     gateway.add_argument(
         "--gateway-delay",
@@ -375,6 +378,15 @@ def overload_args(args: argparse.Namespace, pods: list[str]) -> tuple[tuple[str,
     return pod_cpu
 
 
+def per_try_timeout(args: argparse.Namespace) -> float:
+    """``--per-try-timeout``, or its default: none for ``--scenario overload`` (a per-try
+    timeout under a full pod's queue collapses the fleet: docs/performance.md, "Through a
+    gateway"), else the partition's quick one."""
+    if args.per_try_timeout is not None:
+        return float(args.per_try_timeout)
+    return 0.0 if args.scenario == "overload" else PER_TRY_TIMEOUT_S
+
+
 def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
     clusters = tuple(c.strip() for c in args.clusters.split(",") if c.strip())
     standby = tuple(args.standby)
@@ -413,7 +425,7 @@ def config_from_args(args: argparse.Namespace) -> RehearsalConfig:
         ),
         gateway_delay_ms=args.gateway_delay,
         gateway_retries=args.retries,
-        per_try_timeout=args.per_try_timeout,
+        per_try_timeout=per_try_timeout(args),
         weights=tuple(policy.parse_weights(args.weights).items()) if args.weights else (),
         route_header=args.route_header,
         standby=standby,

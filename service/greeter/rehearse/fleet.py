@@ -32,7 +32,6 @@ from greeter.rehearse.gateway import (
     CANARY_HEADER,
     CANARY_VALUE,
     HOST,
-    QUICK_TIMEOUT_S,
     WEB_PATH,
     BackendTLS,
     Endpoint,
@@ -133,9 +132,7 @@ class Rehearsal:
     def held_s(self) -> float:
         """How long the gateway waits on a silent pod before it gives a quick idempotent call
         to another (Envoy: the per-try timeout; nginx: the quick connect/read timeout)."""
-        c = self.config
-        quick = c.per_try_timeout if c.gateway == "envoy" else QUICK_TIMEOUT_S
-        return quick or SLOW_CALL_S
+        return self.config.per_try_timeout or SLOW_CALL_S
 
     @property
     def cert(self) -> Path:
@@ -409,6 +406,7 @@ class Rehearsal:
             key=pair.key,
             fail_timeout=c.fail_timeout,
             connect_timeout=c.connect_timeout,
+            quick_timeout=c.per_try_timeout,
             backend_tls=backend_tls,
             weights={b.upstream: weights[b.pod] for b in self.backends},
             backup=[b.upstream for b in self.backends if b.cluster in c.standby],
