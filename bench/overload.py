@@ -42,14 +42,14 @@ from typing import Any
 from bench.run import cpu_seconds, machine, parse_spec, pin_cores, started
 from greeter.rehearse import cpu_quota
 from greeter.rehearse.cpu_quota import CpuQuota
+from greeter.rehearse.findings import KEPT_UP, REFUSED_CODES
+from greeter.rehearse.scenarios import OPEN_CONCURRENCY, OPEN_CONNECTIONS, WARMUP_SHARE
+from greeter.rehearse.scenarios import WARMUP_MAX_S as WARMUP_MAX
 
 CGROUP_PREFIX = "greeter-bench-overload"
-KEPT_UP = 0.95  # the client kept up when it sent at least this share of the rate asked
 CAPACITY_SHAPE = ("-c", "100", "--connections", "4")
-OPEN_SHAPE = ("-c", "20000", "--connections", "8")
-REFUSED = ("RESOURCE_EXHAUSTED", "CANCELLED")
-WARMUP_SHARE = 0.2
-WARMUP_MAX = 2.0
+OPEN_SHAPE = ("-c", str(OPEN_CONCURRENCY), "--connections", str(OPEN_CONNECTIONS))
+REFUSED = REFUSED_CODES  # admission control's RESOURCE_EXHAUSTED, grpc-core's CANCELLED
 
 
 @dataclass

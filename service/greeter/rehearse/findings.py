@@ -60,7 +60,7 @@ MAX_FAILED: dict[ScenarioName, int] = {
 OVERLOAD_LEVEL = 2.0
 OVERLOAD_DEADLINE_S = 2.0
 OVERLOAD_MIN_GOODPUT = 0.9
-# The client kept up when it sent at least this share of the rate asked (bench.overload's).
+# The client kept up when it sent at least this share of the rate asked (bench.overload's too).
 KEPT_UP = 0.95
 # How the overload counts the calls: refused by a pod past capacity (admission control's
 # RESOURCE_EXHAUSTED, grpc-core's CANCELLED after its wait), and the rest.

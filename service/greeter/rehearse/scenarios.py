@@ -53,7 +53,7 @@ CAPACITY_CONCURRENCY, CAPACITY_CONNECTIONS = 300, 8
 OPEN_CONCURRENCY, OPEN_CONNECTIONS = 20_000, 8
 OVERLOAD_FOR_S = 8.0
 # Each run's first share (at most WARMUP_MAX_S) is left out of its report: connections, the
-# pods' first turns.
+# pods' first turns (bench.overload's runs too).
 WARMUP_SHARE, WARMUP_MAX_S = 0.2, 2.0
 
 
